@@ -1,0 +1,90 @@
+"""On-call's undo button: put a model's previous production version back, at once and on record.
+
+Triggered by hand from the Airflow UI form (never scheduled): ``validate → rollback → verify``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+from include.promotion.config import load_model_configs
+
+MODELS = sorted(load_model_configs().models)
+
+
+@dag(
+    dag_id="model_rollback",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    description="Restore a model's previous (or a named) production version as champion",
+    doc_md="""
+### Roll back a model in production
+
+Use this when the current champion misbehaves. Pick the model, optionally a version, and say why.
+
+* **validate** refuses, changing nothing, when the model has no champion, the target does not exist,
+  is already the champion, was never in production or was rejected, or when there is nothing to go
+  back to. Its message says what to pass instead.
+* **rollback** points `champion` at the target (default: the version the current champion replaced,
+  its `promoted_over` tag), moves it to Production, marks the current one `rolled_back` with your
+  reason and name, and writes one audit row per changed version.
+* **verify** checks that exactly one version is in production and that `models:/<name>@champion`
+  resolves to the target.
+
+Triggering again rolls back one more step.
+""",
+    tags=["model-promotion", "rollback", "on-call"],
+    default_args={"owner": "on-call", "retries": 1},
+    params={
+        "model_name": Param(
+            MODELS[0] if MODELS else "",
+            type="string",
+            enum=MODELS or [""],
+            title="Model",
+            description="The governed model to roll back.",
+        ),
+        "target_version": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title="Target version (optional)",
+            description="Leave empty to restore the version the current champion replaced.",
+        ),
+        "reason": Param(
+            type="string",
+            minLength=1,
+            title="Reason",
+            description="What is wrong with the current model. Required; recorded in the audit log.",
+        ),
+    },
+)
+def model_rollback() -> None:
+    @task
+    def validate() -> dict:
+        """Check the request against the registry; refuse with what to do instead, changing nothing."""
+        from include.promotion import rollback
+
+        return rollback.validate(get_current_context()["params"])
+
+    @task(retries=2)
+    def restore_previous_champion(plan: dict) -> dict:
+        """Make the target the champion and mark the current one rolled back, with audit rows."""
+        from include.promotion import rollback
+
+        return rollback.execute(plan, get_current_context())
+
+    @task
+    def verify(plan: dict) -> str:
+        """Exactly one production version, and the champion alias resolves to the target."""
+        from include.promotion import rollback
+
+        return rollback.verify(plan)
+
+    plan = validate()
+    restore_previous_champion(plan) >> verify(plan)
+
+
+model_rollback()

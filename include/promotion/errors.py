@@ -1,0 +1,53 @@
+"""Every error the package raises on purpose, in one place.
+
+Each message says what is wrong and what to do about it. All of them derive from ``PromotionError``
+so a caller can catch the package's refusals without catching programming errors.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk.exceptions import AirflowFailException
+
+
+class PromotionError(AirflowFailException):
+    """Base class: a refusal by the package, with a message meant for a human.
+
+    It is an ``AirflowFailException`` so a task that refuses fails at once instead of being retried:
+    retrying bad data, a bad config or a refused approval cannot succeed.
+    """
+
+
+class ModelConfigError(PromotionError):
+    """A file in the models folder is malformed (the message names the file and the field)."""
+
+
+class UnknownModel(PromotionError):
+    """A model name that no config in the models folder declares."""
+
+
+class DataValidationError(PromotionError):
+    """The training data cannot be used (empty, too small, NaN targets, one class, missing columns)."""
+
+
+class EstimatorError(PromotionError):
+    """The configured estimator cannot be imported or built."""
+
+
+class GateFailed(PromotionError):
+    """The candidate did not pass its evaluation gates; nothing was registered."""
+
+
+class RegistryStateError(PromotionError):
+    """The registry is not in the state this step expects (e.g. the version moved while waiting)."""
+
+
+class ApprovalRefused(PromotionError):
+    """The approval cannot be given or was not valid (self-approval, no eligible reviewer, not a reviewer)."""
+
+
+class RollbackTargetInvalid(PromotionError):
+    """The requested rollback cannot be done; the message says what to pass instead."""
+
+
+class InvariantViolation(PromotionError):
+    """The registry does not hold exactly one Production version holding the ``champion`` alias."""

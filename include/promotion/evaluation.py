@@ -1,0 +1,157 @@
+"""Score the candidate and the current champion on the same holdout and apply the gates.
+
+Hand-written rather than ``mlflow.models.evaluate``: the gates are a handful of sklearn metrics on
+one holdout, and the generic evaluator costs seconds per model and logs artifacts nobody reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from include.promotion import settings, tracking
+from include.promotion.config import METRICS, ModelConfig
+from include.promotion.training import holdout_split
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass
+class Evaluation:
+    """The evaluation verdict; what ``evaluate`` passes on (JSON-friendly)."""
+
+    passed: bool
+    metrics: dict[str, float]
+    gate_results: list[dict[str, Any]]
+    reasons: list[str] = field(default_factory=list)
+    champion_version: str | None = None
+    champion_metrics: dict[str, float] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def score(y_true: Any, proba: Any, threshold: float = 0.5) -> dict[str, float]:
+    """AUC, F1, average precision, precision and recall of positive-class probabilities."""
+    from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
+
+    predicted = (proba >= threshold).astype(int)
+    return {
+        "roc_auc": float(roc_auc_score(y_true, proba)),
+        "f1": float(f1_score(y_true, predicted, zero_division=0)),
+        "average_precision": float(average_precision_score(y_true, proba)),
+        "precision": float(precision_score(y_true, predicted, zero_division=0)),
+        "recall": float(recall_score(y_true, predicted, zero_division=0)),
+    }
+
+
+def apply_gates(cfg: ModelConfig, metrics: dict[str, float], champion: dict[str, float] | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Absolute minimums from the config, then the minimum improvement over the champion (if any)."""
+    results: list[dict[str, Any]] = []
+    reasons: list[str] = []
+    for metric, minimum in cfg.gates.items():
+        value = metrics[metric]
+        ok = math.isfinite(value) and value >= minimum
+        results.append({"gate": f"{metric} >= {minimum}", "value": value, "passed": ok})
+        if not ok:
+            reasons.append(f"{metric} = {value:.4f} is below the minimum {minimum}")
+    if champion is not None:
+        metric = cfg.champion_comparison.metric
+        needed = champion[metric] + cfg.champion_comparison.min_improvement
+        value = metrics[metric]
+        ok = value >= needed
+        results.append(
+            {
+                "gate": f"{metric} >= champion {champion[metric]:.4f} + {cfg.champion_comparison.min_improvement}",
+                "value": value,
+                "passed": ok,
+            }
+        )
+        if not ok:
+            reasons.append(
+                f"{metric} = {value:.4f} does not beat the champion's {champion[metric]:.4f} "
+                f"by the required {cfg.champion_comparison.min_improvement}"
+            )
+    return results, reasons
+
+
+def comparison_markdown(cfg: ModelConfig, evaluation: Evaluation) -> str:
+    """Candidate vs champion, metric by metric with deltas, as a Markdown table."""
+    champion = evaluation.champion_metrics
+    head = f"| metric | candidate | champion (v{evaluation.champion_version}) | delta |" if champion else "| metric | candidate | champion | delta |"
+    lines = [head, "|---|---:|---:|---:|"]
+    for metric in METRICS:
+        cand = evaluation.metrics[metric]
+        if champion:
+            lines.append(f"| {metric} | {cand:.4f} | {champion[metric]:.4f} | {cand - champion[metric]:+.4f} |")
+        else:
+            lines.append(f"| {metric} | {cand:.4f} | none yet | n/a |")
+    return "\n".join(lines)
+
+
+def _log_plots(y_true: Any, curves: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+    from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
+
+    for title, display in (("roc_curve", RocCurveDisplay), ("pr_curve", PrecisionRecallDisplay)):
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for label, proba in curves.items():
+            display.from_predictions(y_true, proba, name=label, ax=ax)
+        ax.set_title(title.replace("_", " ").upper())
+        mlflow.log_figure(fig, f"evaluation/{title}.png")
+        plt.close(fig)
+
+
+def evaluate_candidate(cfg: ModelConfig, frame: pd.DataFrame, trained: dict[str, str]) -> Evaluation:
+    """Score candidate and champion on the same holdout, log the evidence, return the verdict."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = tracking.client()
+    split = holdout_split(cfg, frame)
+    candidate = mlflow.sklearn.load_model(trained["model_uri"])
+    candidate_proba = candidate.predict_proba(split.x_test)[:, 1]
+    metrics = score(split.y_test, candidate_proba)
+
+    champion_version = champion_metrics = None
+    curves = {"candidate": candidate_proba}
+    try:
+        champion = mlflow_client.get_model_version_by_alias(cfg.name, settings.CHAMPION_ALIAS)
+    except MlflowException:
+        champion = None  # no registered model or no champion yet: only the absolute gates apply
+    if champion is not None:
+        champion_model = mlflow.sklearn.load_model(f"models:/{cfg.name}/{champion.version}")
+        champion_proba = champion_model.predict_proba(split.x_test)[:, 1]
+        champion_version, champion_metrics = str(champion.version), score(split.y_test, champion_proba)
+        curves[f"champion v{champion.version}"] = champion_proba
+
+    gate_results, reasons = apply_gates(cfg, metrics, champion_metrics)
+    evaluation = Evaluation(
+        passed=not reasons,
+        metrics=metrics,
+        gate_results=gate_results,
+        reasons=reasons,
+        champion_version=champion_version,
+        champion_metrics=champion_metrics,
+    )
+    with mlflow.start_run(run_id=trained["run_id"]):
+        mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
+        if champion_metrics:
+            mlflow.log_metrics({f"champion_holdout_{k}": v for k, v in champion_metrics.items()})
+        mlflow.log_text(comparison_markdown(cfg, evaluation), "evaluation/comparison.md")
+        mlflow.log_text(json.dumps(evaluation.as_dict(), indent=2), "evaluation/evaluation.json")
+        _log_plots(split.y_test, curves)
+        mlflow.set_tags(
+            {
+                "promotion_decision": "passed" if evaluation.passed else "not_promoted",
+                "promotion_reason": "; ".join(reasons) if reasons else "all gates passed",
+            }
+        )
+    return evaluation

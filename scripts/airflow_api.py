@@ -1,0 +1,107 @@
+"""A small client for Airflow 3.3's public REST API, as a user would drive it.
+
+Used by ``make run`` (to trigger the first run), the end-to-end tests and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import requests
+
+TERMINAL_RUN_STATES = {"success", "failed"}
+
+
+class AirflowAPIError(RuntimeError):
+    def __init__(self, response: requests.Response):
+        self.status_code = response.status_code
+        self.body = response.text
+        super().__init__(f"{response.request.method} {response.url} -> {response.status_code}: {response.text[:500]}")
+
+
+class AirflowAPI:
+    """Calls the API as one user (simple auth manager: POST /auth/token)."""
+
+    def __init__(self, base_url: str, username: str, password: str):
+        self.base_url = base_url.rstrip("/")
+        self.username = username
+        self._session = requests.Session()
+        token = self._session.post(
+            f"{self.base_url}/auth/token", json={"username": username, "password": password}, timeout=30
+        )
+        if token.status_code not in (200, 201):
+            raise AirflowAPIError(token)
+        self._session.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+
+    def request(self, method: str, path: str, ok: tuple[int, ...] = (200, 201), **kwargs: Any) -> Any:
+        response = self._session.request(method, f"{self.base_url}/api/v2{path}", timeout=30, **kwargs)
+        if response.status_code not in ok:
+            raise AirflowAPIError(response)
+        return response.json() if response.content else None
+
+    # -- DAGs and runs -------------------------------------------------------------------------------
+    def wait_for_dag(self, dag_id: str, timeout: float = 120) -> dict[str, Any]:
+        """Wait until the dag-processor has serialized ``dag_id``; unpause it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                dag = self.request("GET", f"/dags/{dag_id}")
+                if dag.get("is_paused"):
+                    self.request("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+                return dag
+            except AirflowAPIError as exc:
+                if exc.status_code != 404 or time.monotonic() > deadline:
+                    raise
+            time.sleep(1)
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        run = self.request("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
+        return run["dag_run_id"]
+
+    def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        tis = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        return {ti["task_id"]: ti["state"] for ti in tis}
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 300) -> str:
+        """Wait until the run ends; return its state."""
+        deadline = time.monotonic() + timeout
+        while (state := self.run(dag_id, run_id)["state"]) not in TERMINAL_RUN_STATES:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{dag_id}/{run_id} still {state} after {timeout}s: {self.task_states(dag_id, run_id)}")
+            time.sleep(1)
+        return state
+
+    def wait_for_task(self, dag_id: str, run_id: str, task_id: str, states: set[str], timeout: float = 300) -> str:
+        """Wait until ``task_id`` is in one of ``states`` (fails fast if the run ends first)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            task_states = self.task_states(dag_id, run_id)
+            if task_states.get(task_id) in states:
+                return task_states[task_id]
+            run_state = self.run(dag_id, run_id)["state"]
+            if run_state in TERMINAL_RUN_STATES or time.monotonic() > deadline:
+                raise TimeoutError(f"{dag_id}/{run_id}: {task_id} never reached {states} (run {run_state}): {task_states}")
+            time.sleep(1)
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+        response = self._session.get(
+            f"{self.base_url}/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
+            headers={"Accept": "text/plain"},
+            timeout=30,
+        )
+        return response.text
+
+    # -- Human-in-the-loop ---------------------------------------------------------------------------
+    def hitl_detail(self, dag_id: str, run_id: str, task_id: str = "approve") -> dict[str, Any]:
+        return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails")
+
+    def answer(self, dag_id: str, run_id: str, option: str, reason: str | None = None, task_id: str = "approve") -> Any:
+        """Answer an approval gate as this user (Approve or Reject, with a reason)."""
+        body: dict[str, Any] = {"chosen_options": [option]}
+        if reason is not None:
+            body["params_input"] = {"reason": reason}
+        return self.request("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails", json=body)

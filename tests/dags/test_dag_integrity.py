@@ -1,0 +1,95 @@
+"""Every DAG imports, parses fast, opens no connection, imports nothing heavy, and documents itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MODELS = REPO / "include" / "models"
+
+
+def parse(tmp_path: Path, models_dir: Path) -> dict:
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "PROMOTION_MODELS_DIR": str(models_dir),
+        "PYTHONPATH": str(REPO),
+    }
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("parse_dags.py")), str(REPO / "dags")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def parsed(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return parse(tmp_path_factory.mktemp("parse"), MODELS)
+
+
+def test_every_dag_file_imports_without_error(parsed: dict) -> None:
+    assert parsed["import_errors"] == {}
+    assert "model_rollback" in parsed["dags"]
+    assert "model_promotion__fraud_detector" in parsed["dags"]
+
+
+def test_parsing_is_light_and_opens_no_connection(parsed: dict) -> None:
+    assert parsed["heavy_modules"] == []
+    assert parsed["events"] == []
+    assert parsed["seconds"] < 1.0, "parsing the package must stay well under a second"
+
+
+@pytest.mark.parametrize("dag_id", ["model_rollback", "model_promotion__fraud_detector"])
+def test_dags_document_themselves(parsed: dict, dag_id: str) -> None:
+    dag = parsed["dags"][dag_id]
+    assert dag["doc_md"], f"{dag_id} has no doc_md"
+    assert dag["tags"], f"{dag_id} has no tags"
+    assert "airflow" not in dag["owners"], f"{dag_id} keeps the default owner"
+    assert min(dag["retries"]) >= 1, f"{dag_id} has a task without retries"
+    assert all(dag["task_docs"].values()), f"{dag_id} has undocumented tasks: {dag['task_docs']}"
+
+
+def test_promotion_dag_has_the_contract_task_ids(parsed: dict) -> None:
+    dag = parsed["dags"]["model_promotion__fraud_detector"]
+    assert dag["task_ids"] == [
+        "load_data",
+        "train",
+        "evaluate",
+        "register",
+        "promote_to_staging",
+        "approve",
+        "promote_to_production",
+    ]
+    assert dag["max_active_runs"] == 1
+
+
+def test_rollback_dag_is_manual_with_its_form(parsed: dict) -> None:
+    dag = parsed["dags"]["model_rollback"]
+    assert dag["schedule"] == "None"
+    assert dag["params"] == ["model_name", "reason", "target_version"]
+
+
+def test_a_malformed_config_is_reported_and_does_not_hide_other_models(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(MODELS / "fraud-detector.yaml", models / "fraud-detector.yaml")
+    broken = (MODELS / "fraud-detector.yaml").read_text().replace("name: fraud-detector", "name: churn")
+    (models / "churn.yaml").write_text(broken.replace("reviewers:", "reviewer:"))
+    result = parse(tmp_path, models)
+    assert "model_promotion__fraud_detector" in result["dags"]
+    assert "model_promotion__churn" not in result["dags"]
+    assert list(result["import_errors"]) == ["model_config_errors.py"]
+    message = result["import_errors"]["model_config_errors.py"]
+    assert "churn.yaml" in message and "approval.reviewer" in message and "did you mean 'reviewers'" in message

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import pytest
+
+from include.promotion.approval import check_responder, eligible_reviewers, evidence_markdown
+from include.promotion.config import parse_model_config
+from include.promotion.errors import ApprovalRefused
+from tests.unit.test_config import DEMO
+
+CFG = parse_model_config(DEMO)
+
+
+def test_the_triggerer_is_never_an_eligible_reviewer() -> None:
+    assert eligible_reviewers(["alice", "bob"], "alice") == ["bob"]
+    assert eligible_reviewers(["alice", "bob"], None) == ["alice", "bob"]
+
+
+def test_no_eligible_reviewer_is_refused_before_waiting() -> None:
+    with pytest.raises(ApprovalRefused, match="Add another reviewer"):
+        eligible_reviewers(["alice"], "alice")
+
+
+@pytest.mark.parametrize(("responder", "message"), [("alice", "triggered this run"), ("mallory", "not a configured reviewer")])
+def test_answers_from_the_triggerer_or_a_stranger_are_refused(responder: str, message: str) -> None:
+    with pytest.raises(ApprovalRefused, match=message):
+        check_responder(responder, ["alice", "bob"], "alice")
+
+
+def test_a_reviewer_and_a_timeout_are_accepted() -> None:
+    check_responder("bob", ["alice", "bob"], "alice")
+    check_responder(None, ["alice", "bob"], "alice")
+
+
+def test_the_evidence_shows_candidate_and_champion_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    metrics = {"roc_auc": 0.91, "f1": 0.5, "average_precision": 0.6, "precision": 0.55, "recall": 0.45}
+    champion = {**metrics, "roc_auc": 0.88}
+    evaluation = {
+        "metrics": metrics,
+        "champion_metrics": champion,
+        "champion_version": "3",
+        "gate_results": [{"gate": "roc_auc >= 0.8", "value": 0.91, "passed": True}],
+    }
+    trained = {"run_id": "abc123", "experiment_id": "7", "data_version": "sha256:feed"}
+    body = evidence_markdown(CFG, {"version": "4"}, evaluation, trained)
+    assert "| roc_auc | 0.9100 | 0.8800 | +0.0300 |" in body
+    assert "PASS `roc_auc >= 0.8`" in body
+    assert "sha256:feed" in body
+    assert "http://mlflow.example:5000/#/experiments/7/runs/abc123" in body
+    assert "http://mlflow.example:5000/#/models/fraud-detector/versions/4" in body
+    assert "**v3**" in body

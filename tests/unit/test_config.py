@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from include.promotion.config import dag_id_for, get_model_config, load_model_configs, parse_model_config
+from include.promotion.errors import ModelConfigError, UnknownModel
+
+DEMO = Path(__file__).resolve().parents[2] / "include" / "models" / "fraud-detector.yaml"
+
+
+def write(tmp_path: Path, name: str, data: dict) -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def demo() -> dict:
+    return yaml.safe_load(DEMO.read_text())
+
+
+def test_the_demo_config_is_valid() -> None:
+    cfg = parse_model_config(DEMO)
+    assert cfg.name == "fraud-detector"
+    assert cfg.dag_id == "model_promotion__fraud_detector"
+    assert cfg.data.source == "postgres" and cfg.data.conn_id == "promotion_db"
+    assert set(cfg.gates) <= {"roc_auc", "f1", "average_precision", "precision", "recall"}
+
+
+@pytest.mark.parametrize(
+    ("name", "dag_id"), [("fraud-detector", "model_promotion__fraud_detector"), ("a.b_c", "model_promotion__a_b_c")]
+)
+def test_dag_ids_replace_non_alphanumerics(name: str, dag_id: str) -> None:
+    assert dag_id_for(name) == dag_id
+
+
+def test_a_typo_in_a_field_name_names_the_file_the_field_and_the_fix(tmp_path: Path, demo: dict) -> None:
+    demo["estimator"]["parms"] = demo["estimator"].pop("params")
+    path = write(tmp_path, "typo.yaml", demo)
+    with pytest.raises(ModelConfigError) as err:
+        parse_model_config(path)
+    assert "typo.yaml" in str(err.value)
+    assert "estimator.parms" in str(err.value)
+    assert "did you mean 'params'" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda d: d.pop("target"), "field 'target': required field is missing"),
+        (lambda d: d["gates"].update(roc_auc=1.5), "between 0 and 1"),
+        (lambda d: d["gates"].update(accuracy=0.5), "gates.accuracy"),
+        (lambda d: d.update(name="bad name!"), "field 'name'"),
+        (lambda d: d["approval"].update(reviewers=[]), "approval.reviewers"),
+        (lambda d: d["data"].update(source="s3"), "field 'data'"),
+        (lambda d: d.update(features=[*d["features"], "is_fraud"]), "also listed in features"),
+    ],
+)
+def test_malformed_configs_are_refused_with_the_field(tmp_path: Path, demo: dict, change, expected: str) -> None:
+    change(demo)
+    with pytest.raises(ModelConfigError, match="bad.yaml") as err:
+        parse_model_config(write(tmp_path, "bad.yaml", demo))
+    assert expected in str(err.value)
+
+
+def test_one_broken_file_does_not_hide_the_others(tmp_path: Path, demo: dict) -> None:
+    write(tmp_path, "good.yaml", demo)
+    (tmp_path / "broken.yaml").write_text("name: [unclosed\n")
+    loaded = load_model_configs(tmp_path)
+    assert list(loaded.models) == ["fraud-detector"]
+    assert list(loaded.errors) == ["broken.yaml"]
+    assert "not valid YAML" in loaded.errors["broken.yaml"]
+
+
+def test_two_files_cannot_claim_the_same_dag_id(tmp_path: Path, demo: dict) -> None:
+    write(tmp_path, "a.yaml", demo)
+    write(tmp_path, "b.yaml", {**demo, "name": "fraud_detector"})
+    loaded = load_model_configs(tmp_path)
+    assert list(loaded.models) == ["fraud-detector"]
+    assert "already used by a.yaml" in loaded.errors["b.yaml"]
+
+
+def test_an_unknown_model_lists_the_configured_ones(tmp_path: Path, demo: dict) -> None:
+    write(tmp_path, "good.yaml", demo)
+    with pytest.raises(UnknownModel, match=r"unknown model 'nope'.*Configured models: fraud-detector"):
+        get_model_config("nope", tmp_path)
