@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,18 @@ def build_pipeline(cfg: ModelConfig) -> Pipeline:
         raise EstimatorError(f"{where}: not a classifier with fit() and predict_proba().")
     steps: list[tuple[str, Any]] = [("scale", StandardScaler())] if cfg.estimator.scale else []
     return Pipeline([*steps, ("model", estimator)])
+
+
+def trusted_sklearn_types(pipeline: Pipeline) -> list[str]:
+    """The scikit-learn internals skops would refuse to load back (e.g. tree node storage).
+
+    We trust them because this process just built them from the reviewed model config; anything
+    outside scikit-learn stays untrusted, so such a model fails at logging, loudly.
+    """
+    import skops.io
+
+    untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(pipeline))
+    return [t for t in untrusted if t.startswith("sklearn.")]
 
 
 def lineage_tags(cfg: ModelConfig, data_version: str, dag_id: str, run_id: str) -> dict[str, str]:
@@ -117,7 +130,9 @@ def train_and_log(cfg: ModelConfig, frame: pd.DataFrame, data_version: str, dag_
         mlflow.log_params(
             {"train_rows": len(split.x_train), "holdout_rows": len(split.x_test), "test_size": cfg.holdout.test_size}
         )
+        started = time.perf_counter()
         pipeline.fit(split.x_train, split.y_train)
+        mlflow.log_metric("fit_seconds", time.perf_counter() - started)
         example = split.x_train.head(5)
         info = mlflow.sklearn.log_model(
             pipeline,
@@ -125,6 +140,7 @@ def train_and_log(cfg: ModelConfig, frame: pd.DataFrame, data_version: str, dag_
             signature=infer_signature(example, pipeline.predict_proba(example)[:, 1]),
             input_example=example,
             pip_requirements=PIP_REQUIREMENTS,
+            skops_trusted_types=trusted_sklearn_types(pipeline),
         )
         # Written last: a run carrying model_uri is complete and may be reused by a retry.
         mlflow.set_tag("model_uri", info.model_uri)

@@ -1,0 +1,76 @@
+"""How long from trigger to "awaiting approval" for the demo model, and each task's share.
+
+Starts its own stack (embedded PostgreSQL, MLflow, Airflow with a scheduler) in a temp dir, triggers
+the demo model's DAG through the REST API as a user would, and prints the figures.
+Usage: ``.venv/bin/python -m benchmarks.pipeline [--runs N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+from include.promotion import demo_data, tracking
+from include.promotion.config import dag_id_for
+from scripts.airflow_api import AirflowAPI
+from scripts.localstack import LocalStack, StackConfig
+
+TASKS = ["load_data", "train", "evaluate", "register", "promote_to_staging", "approve"]
+
+
+def _seconds(start: str | None, end: str | None) -> float:
+    if not start or not end:
+        return float("nan")
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    dag_id = dag_id_for("fraud-detector")
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        stack = LocalStack(StackConfig(state_dir=Path(tmp), airflow_port=0, mlflow_port=0))
+        with stack:
+            stack.start()
+            os.environ.update(stack.package_env())
+            demo_data.seed_transactions(stack.postgres_uri("promotion"))
+            print(f"stack up in {time.perf_counter() - started:.1f} s")
+            api = AirflowAPI(stack.airflow_url, "admin", stack.passwords()["admin"])
+            reviewer = AirflowAPI(stack.airflow_url, "bob", stack.passwords()["bob"])
+            api.wait_for_dag(dag_id)
+            totals, fits, overheads = [], [], []
+            for i in range(args.runs):
+                t0 = time.perf_counter()
+                run_id = api.trigger(dag_id)
+                api.wait_for_task(dag_id, run_id, "approve", {"awaiting_input"}, timeout=600)
+                total = time.perf_counter() - t0
+                tis = {ti["task_id"]: ti for ti in api.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]}
+                trained = tracking.client().get_model_version_by_alias("fraud-detector", "challenger")
+                fit = tracking.client().get_run(trained.run_id).data.metrics.get("fit_seconds", float("nan"))
+                totals.append(total)
+                fits.append(fit)
+                overheads.append(total - fit)
+                print(f"\nrun {i + 1}: trigger -> awaiting approval {total:.1f} s (fit {fit:.2f} s, overhead {total - fit:.1f} s)")
+                for task_id in TASKS[:-1]:
+                    ti = tis[task_id]
+                    secs = _seconds(ti.get("start_date"), ti.get("end_date"))
+                    print(f"  {task_id:<20} {secs:6.2f} s  {100 * secs / total:5.1f} %")
+                queued = total - sum(_seconds(tis[t].get("start_date"), tis[t].get("end_date")) for t in TASKS[:-1])
+                print(f"  {'(scheduling/queue)':<20} {queued:6.2f} s  {100 * queued / total:5.1f} %")
+                reviewer.answer(dag_id, run_id, "Approve", "benchmark")
+                api.wait_for_run(dag_id, run_id, timeout=300)
+            print(
+                f"\nmedian over {args.runs} runs: trigger -> awaiting approval {statistics.median(totals):.1f} s, "
+                f"fit {statistics.median(fits):.2f} s, pipeline overhead outside fit {statistics.median(overheads):.1f} s"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Rollback cost: registry time with 10 and with 1,000 versions of one model, and trigger-to-restored.
+
+Part 1 runs ``registry.plan_rollback`` + ``registry.rollback`` in-process against a real MLflow server
+and PostgreSQL, on one model with 10 and one with 1,000 versions; the ratio shows the calls do not scan
+versions. Part 2 triggers the ``model_rollback`` DAG through the REST API under a running scheduler
+and times until ``models:/<name>@champion`` resolves to the previous version.
+Usage: ``.venv/bin/python -m benchmarks.rollback [--versions 10 1000] [--repeats 5]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+from include.promotion import registry, tracking
+from include.promotion.registry import Change
+from scripts.airflow_api import AirflowAPI
+from scripts.localstack import LocalStack, StackConfig
+from tests.support import new_run, promote, tiny_model_uri
+
+DEMO = Path(__file__).resolve().parents[1] / "include" / "models" / "fraud-detector.yaml"
+
+
+def fill(name: str, count: int) -> None:
+    """``count`` registered versions (only the newest ones will be promoted)."""
+    client = tracking.client()
+    client.create_registered_model(name)
+    uri, run_id = tiny_model_uri(), new_run(name)
+    for _ in range(count):
+        client.create_model_version(name, source=uri, run_id=run_id, tags={"promotion_status": "registered"})
+
+
+def time_rollbacks(name: str, repeats: int) -> list[float]:
+    timings = []
+    for _ in range(repeats):
+        promote(name)
+        promote(name)
+        started = time.perf_counter()
+        plan = registry.plan_rollback(name, None)
+        registry.rollback(plan, "benchmark", Change("bench", "bench", uuid.uuid4().hex))
+        timings.append(time.perf_counter() - started)
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--versions", type=int, nargs=2, default=[10, 1000])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        models = Path(tmp, "models")
+        models.mkdir()
+        stack = LocalStack(StackConfig(state_dir=Path(tmp, "stack"), airflow_port=0, mlflow_port=0, models_dir=models))
+        with stack:
+            stack.start_postgres()
+            stack.start_mlflow()
+            os.environ.update(stack.package_env())
+            medians = {}
+            for count in args.versions:
+                name = f"bench-{count}-{uuid.uuid4().hex[:4]}"
+                t0 = time.perf_counter()
+                fill(name, count)
+                print(f"{name}: {count} versions created in {time.perf_counter() - t0:.1f} s")
+                timings = time_rollbacks(name, args.repeats)
+                medians[count] = statistics.median(timings)
+                print(f"  rollback registry time: median {medians[count] * 1000:.0f} ms over {args.repeats} (min {min(timings) * 1000:.0f}, max {max(timings) * 1000:.0f})")
+            small, large = args.versions
+            print(f"ratio {large} / {small} versions: {medians[large] / medians[small]:.2f}")
+
+            # Part 2: trigger -> champion restored, with the scheduler running.
+            cfg = yaml.safe_load(DEMO.read_text())
+            cfg.update(name="bench-rollback", schedule=None)
+            (models / "bench-rollback.yaml").write_text(yaml.safe_dump(cfg))
+            stack.start_airflow()
+            api = AirflowAPI(stack.airflow_url, "carol", stack.passwords()["carol"])
+            api.wait_for_dag("model_rollback", timeout=180)
+            results = []
+            for _ in range(args.repeats):
+                promote("bench-rollback")
+                expected = promote("bench-rollback")
+                expected = str(int(expected) - 1)
+                t0 = time.perf_counter()
+                run_id = api.trigger("model_rollback", {"model_name": "bench-rollback", "reason": "benchmark"})
+                while str(tracking.client().get_model_version_by_alias("bench-rollback", "champion").version) != expected:
+                    if time.perf_counter() - t0 > 120:
+                        raise TimeoutError(f"rollback {run_id} did not restore v{expected}: {api.task_states('model_rollback', run_id)}")
+                    time.sleep(0.2)
+                restored = time.perf_counter() - t0
+                api.wait_for_run("model_rollback", run_id)
+                results.append(restored)
+                print(f"  trigger -> champion restored: {restored:.1f} s (run ends {time.perf_counter() - t0:.1f} s)")
+            print(f"median trigger -> champion restored under a running scheduler: {statistics.median(results):.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""``make run``: the package on embedded defaults, with the demo model ready for review.
+
+Starts PostgreSQL, MLflow and Airflow (``scripts.localstack``), seeds the demo transactions table
+once, and triggers the demo model's first retraining run, then tells you where to click.
+State lives in ``.state/`` and survives restarts; Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import psycopg2
+
+from include.promotion import demo_data
+from include.promotion.config import dag_id_for
+from scripts.airflow_api import AirflowAPI
+from scripts.localstack import LocalStack, main
+
+DEMO_MODEL = "fraud-detector"
+
+
+def demo_table_exists(dsn: str) -> bool:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s)", (demo_data.DEMO_TABLE,))
+        exists = cur.fetchone()[0] is not None
+    conn.close()
+    return exists
+
+
+def prepare_demo(stack: LocalStack) -> None:
+    """Seed the demo data on first start; trigger the first retraining run; print the next steps."""
+    dsn = stack.postgres_uri("promotion")
+    if not demo_table_exists(dsn):
+        rows = demo_data.seed_transactions(dsn)
+        print(f"Seeded {demo_data.DEMO_TABLE} with {rows} synthetic transactions.")
+    passwords = stack.passwords()
+    admin = AirflowAPI(stack.airflow_url, "admin", passwords["admin"])
+    dag_id = dag_id_for(DEMO_MODEL)
+    admin.wait_for_dag(dag_id, timeout=180)
+    admin.wait_for_dag("model_rollback", timeout=180)
+    runs = admin.request("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 1})
+    if runs["total_entries"] == 0:
+        run_id = admin.trigger(dag_id)
+        print(f"Triggered the first retraining run of {DEMO_MODEL}: {run_id}")
+    print(
+        f"""
+Next steps
+  1. Open {stack.airflow_url} and sign in as alice (password: {passwords.get("alice")}).
+     Reviewers of {DEMO_MODEL}: alice, bob. The run triggered above was started by admin, so either may answer.
+  2. When the run reaches 'approve' (about a minute), open Browse -> Required Actions
+     (or the run's 'approve' task), read the evidence, type a reason, and click Approve or Reject.
+  3. See the result in MLflow: {stack.mlflow_url}/#/models/{DEMO_MODEL}
+     (alias 'champion' = production, 'challenger' = awaiting approval).
+  4. To undo a promotion: trigger the DAG 'model_rollback' from its form (model, optional version, reason).
+Press Ctrl-C to stop everything; `make run` again resumes with all the state in .state/.
+"""
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main(after_start=prepare_demo))

@@ -1,0 +1,51 @@
+"""End-to-end helpers: users of the real Airflow API, and models added to the running stack."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from include.promotion.config import dag_id_for
+from scripts.airflow_api import AirflowAPI
+
+DEMO = Path(__file__).resolve().parents[2] / "include" / "models" / "fraud-detector.yaml"
+
+
+@pytest.fixture(scope="session")
+def as_user(airflow) -> Callable[[str], AirflowAPI]:
+    """``as_user("bob")``: the REST API as that simple-auth-manager user."""
+    cache: dict[str, AirflowAPI] = {}
+    passwords = airflow.passwords()
+
+    def get(user: str) -> AirflowAPI:
+        if user not in cache:
+            cache[user] = AirflowAPI(airflow.airflow_url, user, passwords[user])
+        return cache[user]
+
+    return get
+
+
+@pytest.fixture
+def add_model(models_dir: Path, as_user) -> Callable[..., dict[str, Any]]:
+    """Write a new model config (a fast built-in dataset by default) and wait for its DAG."""
+
+    def add(prefix: str = "e2e", **overrides: Any) -> dict[str, Any]:
+        cfg = yaml.safe_load(DEMO.read_text())
+        cfg.update(
+            name=f"{prefix}-{uuid.uuid4().hex[:6]}",
+            schedule=None,
+            data={"source": "builtin", "dataset": "synthetic_transactions", "rows": 3000, "seed": 11},
+            estimator={"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500}},
+        )
+        for key, value in overrides.items():
+            cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
+        (models_dir / f"{cfg['name']}.yaml").write_text(yaml.safe_dump(cfg))
+        as_user("admin").wait_for_dag(dag_id_for(cfg["name"]))
+        return cfg
+
+    return add

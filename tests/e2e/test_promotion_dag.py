@@ -1,0 +1,127 @@
+"""Real DAG runs: a real scheduler, the API server, reviewers answering through the REST API."""
+
+from __future__ import annotations
+
+import pytest
+
+from include.promotion import audit, registry, steps, tracking
+from include.promotion.config import dag_id_for
+from include.promotion.registry import Change
+from scripts.airflow_api import AirflowAPIError
+from tests.support import snapshot
+
+pytestmark = pytest.mark.e2e
+
+
+def seed_champion(name: str) -> str:
+    """Put a real trained version of ``name`` in production in-process (the library the tasks use)."""
+    import uuid
+
+    run_id = f"seed-{uuid.uuid4().hex[:6]}"
+    loaded = steps.load_data(name)
+    trained = steps.train(name, loaded, "seed", run_id)
+    version = steps.register(name, trained, steps.evaluate(name, trained), "seed", run_id)
+    steps.promote_to_staging(name, version, "seed", run_id)
+    registry.promote_to_production(name, version, "bob", "seed", Change("bob", "seed", run_id))
+    return version
+
+
+def wait_for_gate(api, dag_id: str, run_id: str) -> dict:
+    api.wait_for_task(dag_id, run_id, "approve", {"awaiting_input"}, timeout=240)
+    return api.hitl_detail(dag_id, run_id)
+
+
+def test_the_demo_model_reaches_the_gate_and_a_reviewer_promotes_it(as_user) -> None:
+    name, dag_id = "fraud-detector", dag_id_for("fraud-detector")
+    alice, bob, carol = as_user("alice"), as_user("bob"), as_user("carol")
+    alice.wait_for_dag(dag_id)
+    run_id = alice.trigger(dag_id)
+    detail = wait_for_gate(alice, dag_id, run_id)
+
+    client = tracking.client()
+    (mv,) = client.search_model_versions(f"name = '{name}'")
+    assert mv.current_stage == "Staging"
+    assert client.get_model_version_by_alias(name, "challenger").version == mv.version
+    for tag in ("data_version", "git_commit", "metric_roc_auc", "metric_recall"):
+        assert mv.tags[tag], tag
+    assert (mv.tags["airflow_dag_id"], mv.tags["airflow_run_id"]) == (dag_id, run_id)
+    assert mv.tags["promotion_status"] == "staging" and mv.tags["data_version"].startswith("sha256:")
+    assert [r["action"] for r in audit.rows(name)] == ["register", "stage"]
+    assert "champion" not in client.get_registered_model(name).aliases
+
+    # the evidence and who may answer
+    assert f"v{mv.version}" in detail["subject"]
+    assert "| roc_auc |" in detail["body"] and mv.tags["data_version"] in detail["body"]
+    assert [u["id"] for u in detail["assigned_users"]] == ["bob"]  # alice triggered the run
+    before = snapshot(name)
+    for refused in (alice, carol):
+        with pytest.raises(AirflowAPIError) as err:
+            refused.answer(dag_id, run_id, "Approve", "lgtm")
+        assert err.value.status_code == 403
+    assert snapshot(name) == before
+
+    bob.answer(dag_id, run_id, "Approve", "metrics beat the gates")
+    assert bob.wait_for_run(dag_id, run_id, timeout=180) == "success"
+    mv = client.get_model_version(name, mv.version)
+    assert mv.current_stage == "Production"
+    assert mv.tags["production_approver"] == "bob" and mv.tags["promotion_status"] == "production"
+    assert client.get_model_version_by_alias(name, "champion").version == mv.version
+    assert "challenger" not in client.get_registered_model(name).aliases
+    rows = audit.rows(name)
+    assert [(r["action"], r["actor"], r["reason"]) for r in rows][-1] == ("promote", "bob", "metrics beat the gates")
+    assert registry.verify_invariant(name) == mv.version
+
+
+def test_a_candidate_that_fails_its_gates_registers_nothing(as_user, add_model) -> None:
+    cfg = add_model("gatefail", gates={"roc_auc": 0.999})
+    name, dag_id = cfg["name"], dag_id_for(cfg["name"])
+    api = as_user("alice")
+    before = snapshot(name)
+    run_id = api.trigger(dag_id)
+    assert api.wait_for_run(dag_id, run_id, timeout=240) == "success"
+    states = api.task_states(dag_id, run_id)
+    assert states["evaluate"] == "success"
+    assert {states[t] for t in ("register", "promote_to_staging", "approve", "promote_to_production")} == {"skipped"}
+    assert snapshot(name) == before
+    assert "not promoted: roc_auc" in api.task_log(dag_id, run_id, "register")
+    client = tracking.client()
+    experiment = client.get_experiment_by_name(tracking.experiment_name(name))
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.tags["promotion_decision"] == "not_promoted"
+    assert "below the minimum 0.999" in run.data.tags["promotion_reason"]
+
+
+def test_a_rejection_promotes_nothing_and_keeps_the_champion(as_user, add_model) -> None:
+    cfg = add_model("reject")
+    name, dag_id = cfg["name"], dag_id_for(cfg["name"])
+    champion = seed_champion(name)
+    alice, bob = as_user("alice"), as_user("bob")
+    run_id = alice.trigger(dag_id)
+    wait_for_gate(alice, dag_id, run_id)
+    candidate = tracking.client().get_model_version_by_alias(name, "challenger").version
+    bob.answer(dag_id, run_id, "Reject", "precision drops on weekend traffic")
+    bob.wait_for_run(dag_id, run_id, timeout=180)
+    assert bob.task_states(dag_id, run_id)["promote_to_production"] == "skipped"
+    mv = tracking.client().get_model_version(name, candidate)
+    assert mv.tags["promotion_status"] == "rejected" and mv.current_stage == "None"
+    assert mv.tags["rejection_reason"] == "precision drops on weekend traffic" and mv.tags["rejected_by"] == "bob"
+    assert "challenger" not in tracking.client().get_registered_model(name).aliases
+    assert registry.verify_invariant(name) == champion
+    last = audit.rows(name)[-1]
+    assert (last["version"], last["action"], last["actor"]) == (candidate, "reject", "bob")
+
+
+def test_no_answer_in_time_is_a_rejection(as_user, add_model) -> None:
+    cfg = add_model("timeout", approval={"reviewers": ["alice", "bob"], "timeout_hours": 0.003})  # about 11 s
+    name, dag_id = cfg["name"], dag_id_for(cfg["name"])
+    champion = seed_champion(name)
+    api = as_user("alice")
+    run_id = api.trigger(dag_id)
+    wait_for_gate(api, dag_id, run_id)
+    candidate = tracking.client().get_model_version_by_alias(name, "challenger").version
+    api.wait_for_run(dag_id, run_id, timeout=180)
+    assert api.task_states(dag_id, run_id)["promote_to_production"] == "skipped"
+    mv = tracking.client().get_model_version(name, candidate)
+    assert mv.tags["promotion_status"] == "rejected"
+    assert mv.tags["rejection_reason"].startswith("timed out")
+    assert registry.verify_invariant(name) == champion

@@ -1,0 +1,65 @@
+"""On-call rolls back through the real ``model_rollback`` DAG, triggered from the API like the UI form."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from include.promotion import audit, registry, tracking
+from scripts.airflow_api import AirflowAPIError
+from tests.e2e.test_promotion_dag import seed_champion
+from tests.support import snapshot
+
+pytestmark = pytest.mark.e2e
+
+
+def trigger_rollback(api, conf: dict) -> str:
+    """Trigger ``model_rollback``; wait for the form's model list to include a newly added model."""
+    api.wait_for_dag("model_rollback")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return api.trigger("model_rollback", conf)
+        except AirflowAPIError as exc:
+            if exc.status_code != 400 or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
+def test_on_call_rolls_back_step_by_step_and_to_a_named_version(as_user, add_model) -> None:
+    name = add_model("rollback")["name"]
+    v1, v2, v3 = seed_champion(name), seed_champion(name), seed_champion(name)
+    carol = as_user("carol")
+
+    run_id = trigger_rollback(carol, {"model_name": name, "reason": "v3 flags every card"})
+    assert carol.wait_for_run("model_rollback", run_id, timeout=120) == "success"
+    assert registry.verify_invariant(name) == v2
+    bad = tracking.client().get_model_version(name, v3)
+    assert bad.tags["promotion_status"] == "rolled_back" and bad.tags["rollback_reason"] == "v3 flags every card"
+    assert bad.tags["rolled_back_by"] == "carol"
+    rows = [(r["version"], r["action"], r["actor"], r["reason"]) for r in audit.rows(name)][-2:]
+    assert rows == [(v2, "rollback_restore", "carol", "v3 flags every card"), (v3, "rollback_demote", "carol", "v3 flags every card")]
+
+    run_id = trigger_rollback(carol, {"model_name": name, "reason": "v2 too"})
+    assert carol.wait_for_run("model_rollback", run_id, timeout=120) == "success"
+    assert registry.verify_invariant(name) == v1
+
+    run_id = trigger_rollback(carol, {"model_name": name, "target_version": int(v3) - 1, "reason": "back to v2"})
+    assert carol.wait_for_run("model_rollback", run_id, timeout=120) == "success"
+    assert registry.verify_invariant(name) == v2
+    assert tracking.client().get_model_version_by_alias(name, "champion").version == v2
+
+
+def test_a_refused_rollback_fails_at_validate_and_changes_nothing(as_user, add_model) -> None:
+    name = add_model("norollback")["name"]
+    seed_champion(name)
+    seed_champion(name)
+    api = as_user("carol")
+    before = snapshot(name)
+    run_id = trigger_rollback(api, {"model_name": name, "target_version": 99, "reason": "try"})
+    assert api.wait_for_run("model_rollback", run_id, timeout=120) == "failed"
+    states = api.task_states("model_rollback", run_id)
+    assert states["validate"] == "failed" and states["restore_previous_champion"] == "upstream_failed"
+    assert "has no version 99" in api.task_log("model_rollback", run_id, "validate")
+    assert snapshot(name) == before
