@@ -58,4 +58,4 @@ Press Ctrl-C to stop everything; `make run` again resumes with all the state in 
 
 
 if __name__ == "__main__":
-    sys.exit(main(after_start=prepare_demo))
+    sys.exit(main(["run", *sys.argv[1:]], after_start=prepare_demo))

@@ -144,11 +144,14 @@ def build_approval_task(cfg: ModelConfig, **kwargs: Any) -> Any:
         defaults=[ApprovalOperator.REJECT],  # no answer in time is a rejection
         response_timeout=timedelta(hours=cfg.approval.timeout_hours),
         params={
+            # A default is needed: Airflow validates task params when the task starts, before anyone answers.
             "reason": Param(
-                type="string",
+                None,
+                type=["null", "string"],
                 minLength=1,
                 title="Reason",
-                description="Why you approve or reject this version. Required; recorded in the audit log.",
+                description="Why you approve or reject this version. Please always fill it in: it goes into "
+                "the audit log.",
             )
         },
         notifiers=approval_notifiers(cfg),
