@@ -64,6 +64,7 @@ def main() -> None:
                     print(f"  {task_id:<20} {secs:6.2f} s  {100 * secs / total:5.1f} %")
                 queued = total - sum(_seconds(tis[t].get("start_date"), tis[t].get("end_date")) for t in TASKS[:-1])
                 print(f"  {'(scheduling/queue)':<20} {queued:6.2f} s  {100 * queued / total:5.1f} %")
+                api.wait_for_gate(dag_id, run_id)
                 reviewer.answer(dag_id, run_id, "Approve", "benchmark")
                 api.wait_for_run(dag_id, run_id, timeout=300)
             print(

@@ -11,6 +11,7 @@ from typing import Any
 import requests
 
 TERMINAL_RUN_STATES = {"success", "failed"}
+GATE_SETTLE_SECONDS = 3.0
 
 
 class AirflowAPIError(RuntimeError):
@@ -75,6 +76,18 @@ class AirflowAPI:
             time.sleep(1)
         return state
 
+    def wait_for_gate(self, dag_id: str, run_id: str, task_id: str = "approve", timeout: float = 300) -> dict[str, Any]:
+        """Wait until the approval task awaits input, and has settled there; return its HITL detail.
+
+        Airflow 3.3 races when an answer lands within about a second of the task parking itself: the
+        executor's late "success" event for the parked process then marks the resumed task for retry,
+        which asks again and drops the answer. A person never answers that fast; a test must not either.
+        """
+        self.wait_for_task(dag_id, run_id, task_id, {"awaiting_input"}, timeout=timeout)
+        time.sleep(GATE_SETTLE_SECONDS)
+        self.wait_for_task(dag_id, run_id, task_id, {"awaiting_input"}, timeout=timeout)
+        return self.hitl_detail(dag_id, run_id, task_id)
+
     def wait_for_task(self, dag_id: str, run_id: str, task_id: str, states: set[str], timeout: float = 300) -> str:
         """Wait until ``task_id`` is in one of ``states`` (fails fast if the run ends first)."""
         deadline = time.monotonic() + timeout
@@ -88,12 +101,19 @@ class AirflowAPI:
             time.sleep(1)
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
-        response = self._session.get(
-            f"{self.base_url}/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
-            headers={"Accept": "text/plain"},
-            timeout=30,
-        )
-        return response.text
+        """The task's log as text (the API serves structured events; their messages, one per line)."""
+        body = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}")
+        content = body.get("content", [])
+        if isinstance(content, str):
+            return content
+        lines = []
+        for event in content:
+            if not isinstance(event, dict):
+                lines.append(str(event))
+                continue
+            lines.append(str(event.get("event", "")))
+            lines += [f"{d.get('exc_type')}: {d.get('exc_value')}" for d in event.get("error_detail") or []]
+        return "\n".join(lines)
 
     # -- Human-in-the-loop ---------------------------------------------------------------------------
     def hitl_detail(self, dag_id: str, run_id: str, task_id: str = "approve") -> dict[str, Any]:

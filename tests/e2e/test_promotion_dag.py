@@ -26,17 +26,12 @@ def seed_champion(name: str) -> str:
     return version
 
 
-def wait_for_gate(api, dag_id: str, run_id: str) -> dict:
-    api.wait_for_task(dag_id, run_id, "approve", {"awaiting_input"}, timeout=240)
-    return api.hitl_detail(dag_id, run_id)
-
-
 def test_the_demo_model_reaches_the_gate_and_a_reviewer_promotes_it(as_user) -> None:
     name, dag_id = "fraud-detector", dag_id_for("fraud-detector")
     alice, bob, carol = as_user("alice"), as_user("bob"), as_user("carol")
     alice.wait_for_dag(dag_id)
     run_id = alice.trigger(dag_id)
-    detail = wait_for_gate(alice, dag_id, run_id)
+    detail = alice.wait_for_gate(dag_id, run_id)
 
     client = tracking.client()
     (mv,) = client.search_model_versions(f"name = '{name}'")
@@ -83,7 +78,7 @@ def test_a_candidate_that_fails_its_gates_registers_nothing(as_user, add_model) 
     assert states["evaluate"] == "success"
     assert {states[t] for t in ("register", "promote_to_staging", "approve", "promote_to_production")} == {"skipped"}
     assert snapshot(name) == before
-    assert "not promoted: roc_auc" in api.task_log(dag_id, run_id, "register")
+    assert "not promoted: roc_auc" in api.task_log(dag_id, run_id, "register").lower()
     client = tracking.client()
     experiment = client.get_experiment_by_name(tracking.experiment_name(name))
     (run,) = client.search_runs([experiment.experiment_id])
@@ -97,7 +92,7 @@ def test_a_rejection_promotes_nothing_and_keeps_the_champion(as_user, add_model)
     champion = seed_champion(name)
     alice, bob = as_user("alice"), as_user("bob")
     run_id = alice.trigger(dag_id)
-    wait_for_gate(alice, dag_id, run_id)
+    alice.wait_for_gate(dag_id, run_id)
     candidate = tracking.client().get_model_version_by_alias(name, "challenger").version
     bob.answer(dag_id, run_id, "Reject", "precision drops on weekend traffic")
     bob.wait_for_run(dag_id, run_id, timeout=180)
@@ -117,7 +112,7 @@ def test_no_answer_in_time_is_a_rejection(as_user, add_model) -> None:
     champion = seed_champion(name)
     api = as_user("alice")
     run_id = api.trigger(dag_id)
-    wait_for_gate(api, dag_id, run_id)
+    api.wait_for_gate(dag_id, run_id)
     candidate = tracking.client().get_model_version_by_alias(name, "challenger").version
     api.wait_for_run(dag_id, run_id, timeout=180)
     assert api.task_states(dag_id, run_id)["promote_to_production"] == "skipped"
