@@ -8,6 +8,7 @@ State lives in ``.state/`` and survives restarts; Ctrl-C stops everything.
 from __future__ import annotations
 
 import sys
+import time
 
 import psycopg2
 
@@ -17,6 +18,7 @@ from scripts.airflow_api import AirflowAPI
 from scripts.localstack import LocalStack, main
 
 DEMO_MODEL = "fraud-detector"
+FIRST_RUN_WAIT = 20.0
 
 
 def demo_table_exists(dsn: str) -> bool:
@@ -25,6 +27,17 @@ def demo_table_exists(dsn: str) -> bool:
         exists = cur.fetchone()[0] is not None
     conn.close()
     return exists
+
+
+def wait_for_first_run(api: AirflowAPI, dag_id: str, seconds: float = FIRST_RUN_WAIT) -> str | None:
+    """The demo DAG's existing run, if any: on a fresh state the scheduler starts the latest
+    scheduled interval as soon as the DAG is unpaused, so give it a moment before triggering one."""
+    deadline = time.monotonic() + seconds
+    while True:
+        runs = api.request("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 1})["dag_runs"]
+        if runs or time.monotonic() > deadline:
+            return runs[0]["dag_run_id"] if runs else None
+        time.sleep(1)
 
 
 def prepare_demo(stack: LocalStack) -> None:
@@ -38,15 +51,15 @@ def prepare_demo(stack: LocalStack) -> None:
     dag_id = dag_id_for(DEMO_MODEL)
     admin.wait_for_dag(dag_id, timeout=180)
     admin.wait_for_dag("model_rollback", timeout=180)
-    runs = admin.request("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 1})
-    if runs["total_entries"] == 0:
-        run_id = admin.trigger(dag_id)
-        print(f"Triggered the first retraining run of {DEMO_MODEL}: {run_id}")
+    if first_run := wait_for_first_run(admin, dag_id):
+        print(f"Retraining run of {DEMO_MODEL}: {first_run}")
+    else:
+        print(f"Triggered the first retraining run of {DEMO_MODEL}: {admin.trigger(dag_id)}")
     print(
         f"""
 Next steps
   1. Open {stack.airflow_url} and sign in as alice (password: {passwords.get("alice")}).
-     Reviewers of {DEMO_MODEL}: alice, bob. The run triggered above was started by admin, so either may answer.
+     Reviewers of {DEMO_MODEL}: alice, bob (whoever did not trigger the run).
   2. When the run reaches 'approve' (about a minute), open Browse -> Required Actions
      (or the run's 'approve' task), read the evidence, type a reason, and click Approve or Reject.
   3. See the result in MLflow: {stack.mlflow_url}/#/models/{DEMO_MODEL}

@@ -1,0 +1,122 @@
+"""`make run` as a user starts it: the whole story through the REST API, a restart, and a clean stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import psycopg2
+import pytest
+import requests
+from mlflow import MlflowClient
+
+from scripts.airflow_api import AirflowAPI
+from scripts.localstack import free_port
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+DAG_ID = "model_promotion__fraud_detector"
+
+
+class MakeRun:
+    """``make run`` in its own process group; ``stop()`` is Ctrl-C (SIGINT to the group)."""
+
+    def __init__(self, state_dir: Path, ports: dict[str, int], log: Path):
+        self.state_dir, self.ports, self.log = state_dir, ports, log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        args = (
+            f"--state-dir {self.state_dir} --airflow-port {self.ports['airflow']} "
+            f"--mlflow-port {self.ports['mlflow']} --postgres-port {self.ports['postgres']}"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW", "PROMOTION"))}
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                ["make", "--no-print-directory", "run", f"RUN_ARGS={args}"],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 300
+        while "Press Ctrl-C to stop" not in self.log.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"make run did not come up:\n{self.log.read_text()[-4000:]}")
+            time.sleep(1)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        descendants = psutil.Process(self.proc.pid).children(recursive=True)
+        os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            raise
+        _, alive = psutil.wait_procs(descendants, timeout=10)
+        assert alive == [], f"left behind: {[p.pid for p in alive]}"
+
+    def api(self, user: str) -> AirflowAPI:
+        passwords = json.loads((self.state_dir / "airflow_passwords.json").read_text())
+        return AirflowAPI(f"http://127.0.0.1:{self.ports['airflow']}", user, passwords[user])
+
+
+def audit_rows(state_dir: Path, port: int) -> list[tuple]:
+    secrets = json.loads((state_dir / "secrets.json").read_text())
+    conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", password=secrets["postgres_password"], dbname="promotion")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT version, action, actor FROM model_promotion_audit WHERE model_name = 'fraud-detector' ORDER BY id")
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def approve_next_run(stack: MakeRun, run_id: str) -> None:
+    bob = stack.api("bob")
+    bob.wait_for_gate(DAG_ID, run_id, timeout=300)
+    bob.answer(DAG_ID, run_id, "Approve", "demo approval")
+    assert bob.wait_for_run(DAG_ID, run_id, timeout=180) == "success"
+
+
+def test_make_run_tells_the_whole_story_and_keeps_its_state(tmp_path: Path) -> None:
+    ports = {"airflow": free_port(), "mlflow": free_port(), "postgres": free_port()}
+    stack = MakeRun(tmp_path / "state", ports, tmp_path / "make-run.log")
+    mlflow = MlflowClient(tracking_uri=f"http://127.0.0.1:{ports['mlflow']}")
+    try:
+        stack.start()
+        output = stack.log.read_text()
+        assert f"http://127.0.0.1:{ports['airflow']}" in output and "Required Actions" in output
+        admin = stack.api("admin")
+        (first,) = admin.request("GET", f"/dags/{DAG_ID}/dagRuns")["dag_runs"]  # the run make run started
+        approve_next_run(stack, first["dag_run_id"])
+        approve_next_run(stack, stack.api("alice").trigger(DAG_ID))
+        assert mlflow.get_model_version_by_alias("fraud-detector", "champion").version == "2"
+
+        carol = stack.api("carol")
+        rollback = carol.trigger("model_rollback", {"model_name": "fraud-detector", "reason": "demo rollback"})
+        assert carol.wait_for_run("model_rollback", rollback, timeout=120) == "success"
+        assert mlflow.get_model_version_by_alias("fraud-detector", "champion").version == "1"
+        rows = audit_rows(stack.state_dir, ports["postgres"])
+        assert rows[-2:] == [("1", "rollback_restore", "carol"), ("2", "rollback_demote", "carol")]
+        stack.stop()
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{ports['mlflow']}/health", timeout=5)
+
+        stack.start()  # comes back with everything
+        assert mlflow.get_model_version_by_alias("fraud-detector", "champion").version == "1"
+        assert audit_rows(stack.state_dir, ports["postgres"]) == rows
+        runs = stack.api("admin").request("GET", f"/dags/{DAG_ID}/dagRuns")["dag_runs"]
+        assert len(runs) == 2, "make run must not trigger again when the demo model already has runs"
+        assert stack.log.read_text().count("Seeded demo.transactions") == 1, "the restart must keep the data"
+    finally:
+        stack.stop()
