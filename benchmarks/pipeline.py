@@ -51,13 +51,19 @@ def main() -> None:
                 run_id = api.trigger(dag_id)
                 api.wait_for_task(dag_id, run_id, "approve", {"awaiting_input"}, timeout=600)
                 total = time.perf_counter() - t0
-                tis = {ti["task_id"]: ti for ti in api.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]}
+                tis = {
+                    ti["task_id"]: ti
+                    for ti in api.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+                }
                 trained = tracking.client().get_model_version_by_alias("fraud-detector", "challenger")
                 fit = tracking.client().get_run(trained.run_id).data.metrics.get("fit_seconds", float("nan"))
                 totals.append(total)
                 fits.append(fit)
                 overheads.append(total - fit)
-                print(f"\nrun {i + 1}: trigger -> awaiting approval {total:.1f} s (fit {fit:.2f} s, overhead {total - fit:.1f} s)")
+                print(
+                    f"\nrun {i + 1}: trigger -> awaiting approval {total:.1f} s "
+                    f"(fit {fit:.2f} s, overhead {total - fit:.1f} s)"
+                )
                 for task_id in TASKS[:-1]:
                     ti = tis[task_id]
                     secs = _seconds(ti.get("start_date"), ti.get("end_date"))
@@ -69,7 +75,8 @@ def main() -> None:
                 api.wait_for_run(dag_id, run_id, timeout=300)
             print(
                 f"\nmedian over {args.runs} runs: trigger -> awaiting approval {statistics.median(totals):.1f} s, "
-                f"fit {statistics.median(fits):.2f} s, pipeline overhead outside fit {statistics.median(overheads):.1f} s"
+                f"fit {statistics.median(fits):.2f} s, "
+                f"pipeline overhead outside fit {statistics.median(overheads):.1f} s"
             )
 
 

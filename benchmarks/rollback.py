@@ -70,7 +70,10 @@ def main() -> None:
                 print(f"{name}: {count} versions created in {time.perf_counter() - t0:.1f} s")
                 timings = time_rollbacks(name, args.repeats)
                 medians[count] = statistics.median(timings)
-                print(f"  rollback registry time: median {medians[count] * 1000:.0f} ms over {args.repeats} (min {min(timings) * 1000:.0f}, max {max(timings) * 1000:.0f})")
+                print(
+                    f"  rollback registry time: median {medians[count] * 1000:.0f} ms over {args.repeats} "
+                    f"(min {min(timings) * 1000:.0f}, max {max(timings) * 1000:.0f})"
+                )
             small, large = args.versions
             print(f"ratio {large} / {small} versions: {medians[large] / medians[small]:.2f}")
 
@@ -88,9 +91,14 @@ def main() -> None:
                 expected = str(int(expected) - 1)
                 t0 = time.perf_counter()
                 run_id = api.trigger("model_rollback", {"model_name": "bench-rollback", "reason": "benchmark"})
-                while str(tracking.client().get_model_version_by_alias("bench-rollback", "champion").version) != expected:
+                while (
+                    str(tracking.client().get_model_version_by_alias("bench-rollback", "champion").version) != expected
+                ):
                     if time.perf_counter() - t0 > 120:
-                        raise TimeoutError(f"rollback {run_id} did not restore v{expected}: {api.task_states('model_rollback', run_id)}")
+                        raise TimeoutError(
+                            f"rollback {run_id} did not restore v{expected}: "
+                            f"{api.task_states('model_rollback', run_id)}"
+                        )
                     time.sleep(0.2)
                 restored = time.perf_counter() - t0
                 api.wait_for_run("model_rollback", run_id)

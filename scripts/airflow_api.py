@@ -72,7 +72,9 @@ class AirflowAPI:
         deadline = time.monotonic() + timeout
         while (state := self.run(dag_id, run_id)["state"]) not in TERMINAL_RUN_STATES:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{dag_id}/{run_id} still {state} after {timeout}s: {self.task_states(dag_id, run_id)}")
+                raise TimeoutError(
+                    f"{dag_id}/{run_id} still {state} after {timeout}s: {self.task_states(dag_id, run_id)}"
+                )
             time.sleep(1)
         return state
 
@@ -97,7 +99,9 @@ class AirflowAPI:
                 return task_states[task_id]
             run_state = self.run(dag_id, run_id)["state"]
             if run_state in TERMINAL_RUN_STATES or time.monotonic() > deadline:
-                raise TimeoutError(f"{dag_id}/{run_id}: {task_id} never reached {states} (run {run_state}): {task_states}")
+                raise TimeoutError(
+                    f"{dag_id}/{run_id}: {task_id} never reached {states} (run {run_state}): {task_states}"
+                )
             time.sleep(1)
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
@@ -124,4 +128,6 @@ class AirflowAPI:
         body: dict[str, Any] = {"chosen_options": [option]}
         if reason is not None:
             body["params_input"] = {"reason": reason}
-        return self.request("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails", json=body)
+        return self.request(
+            "PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails", json=body
+        )

@@ -38,7 +38,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psutil
 import requests
@@ -79,6 +79,7 @@ class StackConfig:
     airflow_port: int = 8080
     mlflow_port: int = 5000
     postgres_port: int = 0
+    postgres_url: str | None = None  # use this existing server (an admin URL) instead of starting one
     users: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_USERS))
     extra_env: dict[str, str] = field(default_factory=dict)
     mlflow_extra_env: dict[str, str] = field(default_factory=dict)
@@ -304,6 +305,9 @@ class LocalStack:
         return current
 
     def postgres_uri(self, db: str = "postgres", driver: str = "postgresql") -> str:
+        if self.config.postgres_url:
+            url = urlsplit(self.config.postgres_url)
+            return urlunsplit((driver, url.netloc, f"/{db}", url.query, ""))
         password = quote(self._secrets["postgres_password"], safe="")
         return f"{driver}://{PG_USER}:{password}@{LOOPBACK}:{self.postgres_port}/{db}"
 
@@ -489,6 +493,10 @@ class LocalStack:
 
     def start_postgres(self) -> None:
         t0 = time.monotonic()
+        if self.config.postgres_url:  # an existing server: only make sure the databases exist
+            self._create_databases()
+            log.info("using the PostgreSQL server at %s", urlsplit(self.config.postgres_url).hostname)
+            return
         self.pgdata.mkdir(exist_ok=True)
         self._prepare_pg_user()
         if not (self.pgdata / "PG_VERSION").exists():

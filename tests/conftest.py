@@ -42,6 +42,7 @@ def services(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iter
             mlflow_port=0,
             models_dir=models_dir,
             users=REVIEWERS,
+            postgres_url=os.environ.get("PROMOTION_TEST_POSTGRES_URL") or None,
         )
     )
     saved = dict(os.environ)

@@ -44,7 +44,9 @@ def check_responder(responder: str | None, reviewers: list[str], triggered_by: s
         )
 
 
-def evidence_markdown(cfg: ModelConfig, staged: dict[str, Any], evaluation: dict[str, Any], trained: dict[str, Any]) -> str:
+def evidence_markdown(
+    cfg: ModelConfig, staged: dict[str, Any], evaluation: dict[str, Any], trained: dict[str, Any]
+) -> str:
     """What a reviewer needs to decide, in Markdown: metrics side by side, gates, data, links."""
     version = staged["version"]
     champion = evaluation.get("champion_metrics")
@@ -56,7 +58,10 @@ def evidence_markdown(cfg: ModelConfig, staged: dict[str, Any], evaluation: dict
             rows.append(f"| {metric} | {cand:.4f} | {champion[metric]:.4f} | {cand - champion[metric]:+.4f} |")
         else:
             rows.append(f"| {metric} | {cand:.4f} | none | n/a |")
-    gates = [f"- {'PASS' if g['passed'] else 'FAIL'} `{g['gate']}` (value {g['value']:.4f})" for g in evaluation["gate_results"]]
+    gates = [
+        f"- {'PASS' if g['passed'] else 'FAIL'} `{g['gate']}` (value {g['value']:.4f})"
+        for g in evaluation["gate_results"]
+    ]
     champion_line = (
         f"the current champion is **v{champion_version}** ([open]({tracking.version_url(cfg.name, champion_version)}))"
         if champion_version
@@ -108,7 +113,9 @@ def build_approval_task(cfg: ModelConfig, **kwargs: Any) -> Any:
             staged = ti.xcom_pull(task_ids="promote_to_staging")
             self.assigned_users = [HITLUser(id=r, name=r) for r in eligible]
             self.subject = f"Promote {cfg.name} v{staged['version']} to production?"
-            self.body = evidence_markdown(cfg, staged, ti.xcom_pull(task_ids="evaluate"), ti.xcom_pull(task_ids="train"))
+            self.body = evidence_markdown(
+                cfg, staged, ti.xcom_pull(task_ids="evaluate"), ti.xcom_pull(task_ids="train")
+            )
             self.log.info(
                 "Waiting for one of %s to approve %s v%s (Required Actions in the Airflow UI); timeout %s.",
                 eligible,

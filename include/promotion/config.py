@@ -106,9 +106,7 @@ class ModelConfig(_Strict):
     @classmethod
     def _registry_name(cls, name: str) -> str:
         if not _MODEL_NAME.match(name):
-            raise ValueError(
-                "use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
-            )
+            raise ValueError("use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit")
         return name
 
     @field_validator("gates")

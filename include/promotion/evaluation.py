@@ -48,7 +48,9 @@ def score(y_true: Any, proba: Any, threshold: float = 0.5) -> dict[str, float]:
     }
 
 
-def apply_gates(cfg: ModelConfig, metrics: dict[str, float], champion: dict[str, float] | None) -> tuple[list[dict[str, Any]], list[str]]:
+def apply_gates(
+    cfg: ModelConfig, metrics: dict[str, float], champion: dict[str, float] | None
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Absolute minimums from the config, then the minimum improvement over the champion (if any)."""
     results: list[dict[str, Any]] = []
     reasons: list[str] = []
@@ -81,7 +83,11 @@ def apply_gates(cfg: ModelConfig, metrics: dict[str, float], champion: dict[str,
 def comparison_markdown(cfg: ModelConfig, evaluation: Evaluation) -> str:
     """Candidate vs champion, metric by metric with deltas, as a Markdown table."""
     champion = evaluation.champion_metrics
-    head = f"| metric | candidate | champion (v{evaluation.champion_version}) | delta |" if champion else "| metric | candidate | champion | delta |"
+    head = (
+        f"| metric | candidate | champion (v{evaluation.champion_version}) | delta |"
+        if champion
+        else "| metric | candidate | champion | delta |"
+    )
     lines = [head, "|---|---:|---:|---:|"]
     for metric in METRICS:
         cand = evaluation.metrics[metric]

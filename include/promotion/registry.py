@@ -145,7 +145,9 @@ def register_version(
         mv = find_version_for_run(client, name, trained["run_id"])
         if mv is None:
             _ensure_registered_model(client, name, model_description)
-            model_id = trained["model_uri"].removeprefix("models:/") if trained["model_uri"].startswith("models:/m-") else None
+            model_id = (
+                trained["model_uri"].removeprefix("models:/") if trained["model_uri"].startswith("models:/m-") else None
+            )
             mv = client.create_model_version(
                 name,
                 source=trained["model_uri"],
@@ -208,7 +210,8 @@ def promote_to_production(name: str, version: str, approver: str, reason: str, c
                 holder = f"v{challenger.version}" if challenger is not None else "no version"
                 raise RegistryStateError(
                     f"{name} v{version} is no longer the challenger in Staging (status '{status_of(mv)}', "
-                    f"challenger: {holder}); nothing was promoted. Trigger a new retraining run to get a fresh candidate."
+                    f"challenger: {holder}); nothing was promoted. "
+                    "Trigger a new retraining run to get a fresh candidate."
                 )
             previous = str(champion.version) if champion is not None else None
             _set_tags(client, name, version, {"promoted_over": previous or ""})
@@ -230,7 +233,11 @@ def promote_to_production(name: str, version: str, approver: str, reason: str, c
             _set_tags(client, name, previous, {"promotion_status": "archived", "archived_timestamp": now_iso()})
         log.record(_entry(name, version, "promote", STAGING, PRODUCTION, change, reason, actor=approver))
         if previous:
-            log.record(_entry(name, previous, "archive", PRODUCTION, ARCHIVED, change, f"replaced by v{version}", actor=approver))
+            log.record(
+                _entry(
+                    name, previous, "archive", PRODUCTION, ARCHIVED, change, f"replaced by v{version}", actor=approver
+                )
+            )
         verify_invariant(name, client)
         return previous
 
@@ -323,11 +330,16 @@ def rollback(plan: RollbackPlan, reason: str, change: Change) -> None:
     with audit.model_lock(name, change.change_id) as log:
         champion = get_alias(client, name, settings.CHAMPION_ALIAS)
         current_mv = _require_version(client, name, current)
-        resumed = champion is not None and str(champion.version) == target and current_mv.tags.get("rollback_change") == change.change_id
+        resumed = (
+            champion is not None
+            and str(champion.version) == target
+            and current_mv.tags.get("rollback_change") == change.change_id
+        )
         if not resumed and (champion is None or str(champion.version) != current):
             raise RollbackTargetInvalid(
                 f"the champion of '{name}' changed since the rollback was checked (was v{current}, now "
-                f"{'v' + str(champion.version) if champion else 'none'}); nothing was changed. Trigger the rollback again."
+                f"{'v' + str(champion.version) if champion else 'none'}); nothing was changed. "
+                "Trigger the rollback again."
             )
         stamp = current_mv.tags.get("rollback_timestamp") or now_iso()
         _set_tags(
@@ -345,7 +357,12 @@ def rollback(plan: RollbackPlan, reason: str, change: Change) -> None:
         )
         _set_stage(client, name, target, PRODUCTION, archive_existing=True)
         client.set_registered_model_alias(name, settings.CHAMPION_ALIAS, target)
-        _set_tags(client, name, target, {"promotion_status": "production", "restored_by": change.actor, "restored_timestamp": stamp})
+        _set_tags(
+            client,
+            name,
+            target,
+            {"promotion_status": "production", "restored_by": change.actor, "restored_timestamp": stamp},
+        )
         log.record(_entry(name, target, "rollback_restore", ARCHIVED, PRODUCTION, change, reason))
         log.record(_entry(name, current, "rollback_demote", PRODUCTION, ARCHIVED, change, reason))
         verify_invariant(name, client)
@@ -374,7 +391,8 @@ def verify_invariant(name: str, client: MlflowClient | None = None) -> str | Non
             latest = client.get_latest_versions(name, stages=[PRODUCTION])
         if [str(mv.version) for mv in latest] != [str(champion.version)]:
             raise InvariantViolation(
-                f"'{name}': the Production stage holds {[mv.version for mv in latest]}, the champion is v{champion.version}."
+                f"'{name}': the Production stage holds {[mv.version for mv in latest]}, "
+                f"the champion is v{champion.version}."
             )
     return str(champion.version)
 
@@ -387,7 +405,14 @@ def _require_version(client: MlflowClient, name: str, version: str) -> ModelVers
 
 
 def _entry(
-    name: str, version: str | int, action: str, from_stage: str | None, to_stage: str | None, change: Change, reason: str | None, actor: str | None = None
+    name: str,
+    version: str | int,
+    action: str,
+    from_stage: str | None,
+    to_stage: str | None,
+    change: Change,
+    reason: str | None,
+    actor: str | None = None,
 ) -> AuditEntry:
     return AuditEntry(
         model_name=name,

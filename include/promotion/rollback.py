@@ -51,5 +51,7 @@ def verify(plan: dict[str, Any]) -> str:
     champion = registry.verify_invariant(name, client)
     resolved = client.get_model_version_by_alias(name, settings.CHAMPION_ALIAS)
     if champion != target or str(resolved.version) != target:
-        raise InvariantViolation(f"'{name}': expected the champion to be v{target} after the rollback, found v{champion}.")
+        raise InvariantViolation(
+            f"'{name}': expected the champion to be v{target} after the rollback, found v{champion}."
+        )
     return champion

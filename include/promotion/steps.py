@@ -26,7 +26,9 @@ def load_data(model_name: str) -> dict[str, Any]:
     """Fetch, check and fingerprint the training data; fail here, before MLflow, if it is unusable."""
     cfg = get_model_config(model_name)
     _, summary = data.load(cfg)
-    log.info("%s: %d rows, %d positive, data version %s", model_name, summary.rows, summary.positives, summary.data_version)
+    log.info(
+        "%s: %d rows, %d positive, data version %s", model_name, summary.rows, summary.positives, summary.data_version
+    )
     return summary.as_dict()
 
 
@@ -82,19 +84,28 @@ def record_rejection(model_name: str, context: Any, reviewer: str | None, reason
     ti = context["ti"]
     staged = ti.xcom_pull(task_ids="promote_to_staging")
     dag_id, run_id = ti.dag_id, ti.run_id
-    registry.reject(model_name, staged["version"], reviewer or dag_id, reason, Change(actor=reviewer or dag_id, dag_id=dag_id, run_id=run_id))
+    registry.reject(
+        model_name,
+        staged["version"],
+        reviewer or dag_id,
+        reason,
+        Change(actor=reviewer or dag_id, dag_id=dag_id, run_id=run_id),
+    )
     log.warning("%s v%s rejected by %s: %s", model_name, staged["version"], reviewer or "timeout", reason)
 
 
-def promote_to_production(model_name: str, staged: dict[str, str], decision: dict[str, Any], dag_id: str, run_id: str) -> dict[str, Any]:
+def promote_to_production(
+    model_name: str, staged: dict[str, str], decision: dict[str, Any], dag_id: str, run_id: str
+) -> dict[str, Any]:
     """Make the approved version the champion, archive the previous one, check the invariant."""
     approver = (decision.get("responded_by_user") or {}).get("id")
     if decision.get("chosen_options") != ["Approve"] or not approver:
-        raise registry.RegistryStateError(f"{model_name} v{staged['version']} was not approved by a reviewer; nothing promoted.")
+        raise registry.RegistryStateError(
+            f"{model_name} v{staged['version']} was not approved by a reviewer; nothing promoted."
+        )
     reason = ((decision.get("params_input") or {}).get("reason") or "").strip() or "approved"
     previous = registry.promote_to_production(
         model_name, staged["version"], approver, reason, Change(actor=approver, dag_id=dag_id, run_id=run_id)
     )
     log.info("%s v%s is the champion (approved by %s); archived: %s", model_name, staged["version"], approver, previous)
     return {"model_name": model_name, "version": staged["version"], "archived": previous, "approver": approver}
-

@@ -122,7 +122,9 @@ def train_and_log(cfg: ModelConfig, frame: pd.DataFrame, data_version: str, dag_
     split = holdout_split(cfg, frame)
     mlflow_client = tracking.client()
     experiment = mlflow_client.get_experiment_by_name(tracking.experiment_name(cfg.name))
-    experiment_id = experiment.experiment_id if experiment else mlflow.create_experiment(tracking.experiment_name(cfg.name))
+    experiment_id = (
+        experiment.experiment_id if experiment else mlflow.create_experiment(tracking.experiment_name(cfg.name))
+    )
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{dag_id}:{run_id}") as active:
         mlflow.set_tags(lineage_tags(cfg, data_version, dag_id, run_id))
         mlflow.log_params({"estimator": cfg.estimator.class_path, "scale": cfg.estimator.scale})

@@ -40,7 +40,10 @@ def add_model(models_dir: Path, as_user) -> Callable[..., dict[str, Any]]:
             name=f"{prefix}-{uuid.uuid4().hex[:6]}",
             schedule=None,
             data={"source": "builtin", "dataset": "synthetic_transactions", "rows": 3000, "seed": 11},
-            estimator={"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500, "class_weight": "balanced"}},
+            estimator={
+                "class": "sklearn.linear_model.LogisticRegression",
+                "params": {"max_iter": 500, "class_weight": "balanced"},
+            },
         )
         for key, value in overrides.items():
             cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value

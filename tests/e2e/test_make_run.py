@@ -72,10 +72,15 @@ class MakeRun:
 
 def audit_rows(state_dir: Path, port: int) -> list[tuple]:
     secrets = json.loads((state_dir / "secrets.json").read_text())
-    conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", password=secrets["postgres_password"], dbname="promotion")
+    conn = psycopg2.connect(
+        host="127.0.0.1", port=port, user="postgres", password=secrets["postgres_password"], dbname="promotion"
+    )
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT version, action, actor FROM model_promotion_audit WHERE model_name = 'fraud-detector' ORDER BY id")
+            cur.execute(
+                "SELECT version, action, actor FROM model_promotion_audit "
+                "WHERE model_name = 'fraud-detector' ORDER BY id"
+            )
             return cur.fetchall()
     finally:
         conn.close()

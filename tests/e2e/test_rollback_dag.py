@@ -39,7 +39,10 @@ def test_on_call_rolls_back_step_by_step_and_to_a_named_version(as_user, add_mod
     assert bad.tags["promotion_status"] == "rolled_back" and bad.tags["rollback_reason"] == "v3 flags every card"
     assert bad.tags["rolled_back_by"] == "carol"
     rows = [(r["version"], r["action"], r["actor"], r["reason"]) for r in audit.rows(name)][-2:]
-    assert rows == [(v2, "rollback_restore", "carol", "v3 flags every card"), (v3, "rollback_demote", "carol", "v3 flags every card")]
+    assert rows == [
+        (v2, "rollback_restore", "carol", "v3 flags every card"),
+        (v3, "rollback_demote", "carol", "v3 flags every card"),
+    ]
 
     run_id = trigger_rollback(carol, {"model_name": name, "reason": "v2 too"})
     assert carol.wait_for_run("model_rollback", run_id, timeout=120) == "success"

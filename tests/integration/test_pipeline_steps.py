@@ -40,16 +40,27 @@ def table_with(services, rows_sql: str) -> str:
     ("rows_sql", "message"),
     [
         ("SELECT 1", "is empty"),
-        ("INSERT INTO {table} SELECT * FROM demo.transactions; UPDATE {table} SET is_fraud = NULL WHERE id % 9 = 0", "no value in target"),
+        (
+            "INSERT INTO {table} SELECT * FROM demo.transactions; UPDATE {table} SET is_fraud = NULL WHERE id % 9 = 0",
+            "no value in target",
+        ),
         ("INSERT INTO {table} SELECT * FROM demo.transactions; UPDATE {table} SET is_fraud = 0", "exactly two classes"),
-        ("INSERT INTO {table} SELECT * FROM demo.transactions; ALTER TABLE {table} DROP COLUMN hour", "lacks column(s) ['hour']"),
-        ("INSERT INTO {table} SELECT * FROM demo.transactions; UPDATE {table} SET amount = 'NaN' WHERE id % 4 = 0", "missing values"),
+        (
+            "INSERT INTO {table} SELECT * FROM demo.transactions; ALTER TABLE {table} DROP COLUMN hour",
+            "lacks column(s) ['hour']",
+        ),
+        (
+            "INSERT INTO {table} SELECT * FROM demo.transactions; UPDATE {table} SET amount = 'NaN' WHERE id % 4 = 0",
+            "missing values",
+        ),
     ],
 )
 def test_bad_tables_fail_load_data_and_touch_nothing(services, models_dir: Path, rows_sql: str, message: str) -> None:
     table = table_with(services, rows_sql)
     query = f"SELECT * FROM {table}"
-    name = model_file(models_dir, unique("baddata"), data={"source": "postgres", "conn_id": "promotion_db", "query": query})
+    name = model_file(
+        models_dir, unique("baddata"), data={"source": "postgres", "conn_id": "promotion_db", "query": query}
+    )
     before = snapshot(name)
     with pytest.raises(DataValidationError, match=re.escape(message)):
         steps.load_data(name)
@@ -73,7 +84,9 @@ def test_the_demo_table_trains_evaluates_registers_and_stages(models_dir: Path) 
     steps.promote_to_staging(name, version, "dag", "run-1")
     assert [r["action"] for r in audit.rows(name)] == ["register", "stage"]
     mv = client.get_model_version(name, version)
-    assert mv.tags["airflow_run_id"] == "run-1" and float(mv.tags["metric_roc_auc"]) == pytest.approx(verdict["metrics"]["roc_auc"])
+    assert mv.tags["airflow_run_id"] == "run-1" and float(mv.tags["metric_roc_auc"]) == pytest.approx(
+        verdict["metrics"]["roc_auc"]
+    )
 
 
 def test_an_unknown_estimator_fails_before_mlflow(models_dir: Path) -> None:
@@ -86,7 +99,11 @@ def test_an_unknown_estimator_fails_before_mlflow(models_dir: Path) -> None:
 
 def test_data_that_changed_after_load_data_is_refused(services, models_dir: Path) -> None:
     table = table_with(services, "INSERT INTO {table} SELECT * FROM demo.transactions")
-    name = model_file(models_dir, unique("drift"), data={"source": "postgres", "conn_id": "promotion_db", "query": f"SELECT * FROM {table} ORDER BY id"})
+    name = model_file(
+        models_dir,
+        unique("drift"),
+        data={"source": "postgres", "conn_id": "promotion_db", "query": f"SELECT * FROM {table} ORDER BY id"},
+    )
     loaded = steps.load_data(name)
     with psycopg2.connect(services.postgres_uri("promotion")) as conn, conn.cursor() as cur:
         cur.execute(f"UPDATE {table} SET amount = amount + 1 WHERE id = 1")

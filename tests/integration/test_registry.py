@@ -89,7 +89,12 @@ def test_rejection_clears_the_challenger_and_keeps_the_champion() -> None:
 class FailingClient:
     """A real MlflowClient whose n-th registry write raises, as a crash between two writes would."""
 
-    WRITES = {"transition_model_version_stage", "set_registered_model_alias", "delete_registered_model_alias", "set_model_version_tag"}
+    WRITES = {
+        "transition_model_version_stage",
+        "set_registered_model_alias",
+        "delete_registered_model_alias",
+        "set_model_version_tag",
+    }
 
     def __init__(self, real, fail_at: int):
         self._real, self._left = real, fail_at
@@ -213,7 +218,9 @@ def test_a_promotion_and_a_rollback_racing_end_with_one_champion() -> None:
             errors.append(exc)
 
     threads = [
-        threading.Thread(target=run, args=(lambda: registry.promote_to_production(name, v3, "bob", "ok", change("bob")),)),
+        threading.Thread(
+            target=run, args=(lambda: registry.promote_to_production(name, v3, "bob", "ok", change("bob")),)
+        ),
         threading.Thread(target=run, args=(lambda: registry.rollback(plan, "race", change("oncall")),)),
     ]
     for t in threads:
@@ -223,7 +230,11 @@ def test_a_promotion_and_a_rollback_racing_end_with_one_champion() -> None:
     assert all(isinstance(e, RollbackTargetInvalid) for e in errors), errors
     winner = registry.verify_invariant(name)
     assert winner in {"1", v3}
-    in_production = [mv.version for mv in tracking.client().search_model_versions(f"name = '{name}'") if mv.current_stage == "Production"]
+    in_production = [
+        mv.version
+        for mv in tracking.client().search_model_versions(f"name = '{name}'")
+        if mv.current_stage == "Production"
+    ]
     assert in_production == [winner]
 
 

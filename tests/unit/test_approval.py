@@ -20,7 +20,9 @@ def test_no_eligible_reviewer_is_refused_before_waiting() -> None:
         eligible_reviewers(["alice"], "alice")
 
 
-@pytest.mark.parametrize(("responder", "message"), [("alice", "triggered this run"), ("mallory", "not a configured reviewer")])
+@pytest.mark.parametrize(
+    ("responder", "message"), [("alice", "triggered this run"), ("mallory", "not a configured reviewer")]
+)
 def test_answers_from_the_triggerer_or_a_stranger_are_refused(responder: str, message: str) -> None:
     with pytest.raises(ApprovalRefused, match=message):
         check_responder(responder, ["alice", "bob"], "alice")

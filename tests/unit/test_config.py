@@ -61,7 +61,7 @@ def test_a_typo_in_a_field_name_names_the_file_the_field_and_the_fix(tmp_path: P
 )
 def test_malformed_configs_are_refused_with_the_field(tmp_path: Path, demo: dict, change, expected: str) -> None:
     change(demo)
-    with pytest.raises(ModelConfigError, match="bad.yaml") as err:
+    with pytest.raises(ModelConfigError, match=r"bad\.yaml") as err:
         parse_model_config(write(tmp_path, "bad.yaml", demo))
     assert expected in str(err.value)
 

@@ -36,7 +36,10 @@ def test_the_demo_data_is_imbalanced_but_learnable(frame) -> None:
         (lambda f: f.iloc[0:0], "is empty"),
         (lambda f: f.head(100), "fewer than min_rows"),
         (lambda f: f.drop(columns=["merchant_risk"]), "lacks column(s) ['merchant_risk']"),
-        (lambda f: f.assign(is_fraud=np.where(np.arange(len(f)) % 7 == 0, np.nan, f["is_fraud"])), "no value in target"),
+        (
+            lambda f: f.assign(is_fraud=np.where(np.arange(len(f)) % 7 == 0, np.nan, f["is_fraud"])),
+            "no value in target",
+        ),
         (lambda f: f.assign(is_fraud=0), "exactly two classes"),
         (lambda f: f.assign(amount=np.where(np.arange(len(f)) % 5 == 0, np.nan, f["amount"])), "'amount': 200"),
         (lambda f: f.assign(hour="noon"), "non-numeric"),

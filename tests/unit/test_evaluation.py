@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from include.promotion.config import parse_model_config
+from include.promotion.errors import EstimatorError
 from include.promotion.evaluation import apply_gates, score
 from include.promotion.tracking import quote
 from include.promotion.training import build_pipeline
-from include.promotion.errors import EstimatorError
 from tests.unit.test_config import DEMO
 
 CFG = parse_model_config(DEMO)
@@ -53,7 +53,9 @@ def test_nan_metrics_never_pass() -> None:
     ],
 )
 def test_a_bad_estimator_is_refused(class_path: str, params: dict, message: str) -> None:
-    cfg = CFG.model_copy(update={"estimator": CFG.estimator.model_copy(update={"class_path": class_path, "params": params})})
+    cfg = CFG.model_copy(
+        update={"estimator": CFG.estimator.model_copy(update={"class_path": class_path, "params": params})}
+    )
     with pytest.raises(EstimatorError, match=message):
         build_pipeline(cfg)
 
