@@ -277,8 +277,6 @@ class LocalStack:
         self.airflow_port = config.airflow_port or free_port()
         self.mlflow_port = config.mlflow_port or free_port()
         self.postgres_port = config.postgres_port or free_port()
-        self.airflow_url = f"http://{LOOPBACK}:{self.airflow_port}"
-        self.mlflow_url = f"http://{LOOPBACK}:{self.mlflow_port}"
         self.timings: dict[str, float] = {}
         self._secrets = self._load_secrets()
         self._procs: dict[str, subprocess.Popen] = {}
@@ -518,7 +516,7 @@ class LocalStack:
                 raise StackError(f"initdb failed in {self.pgdata}:\n{result.stdout}\n{result.stderr}")
         else:
             self._stop_leftover_postgres()
-        _check_port("postgres", self.postgres_port)
+        self._claim_port("postgres")
         options = (
             f"-c listen_addresses={LOOPBACK} -c port={self.postgres_port} -c unix_socket_directories='' "
             "-c max_connections=200"
@@ -573,7 +571,7 @@ class LocalStack:
     # -- MLflow --------------------------------------------------------------------------------------------
     def start_mlflow(self) -> None:
         t0 = time.monotonic()
-        _check_port("mlflow", self.mlflow_port)
+        self._claim_port("mlflow")
         self.mlflow_dir.mkdir(exist_ok=True)
         (self.mlflow_dir / "artifacts").mkdir(exist_ok=True)
         args = [sys.executable, "-m", "mlflow", "server", "--host", LOOPBACK, "--port", str(self.mlflow_port)]
@@ -646,7 +644,7 @@ class LocalStack:
         self.passwords()  # the users' passwords exist before the api-server reads the file
         env = self.airflow_env()
         if "api-server" in components:
-            _check_port("airflow", self.airflow_port)
+            self._claim_port("airflow")
 
         def spawn(component: str) -> None:
             args = [sys.executable, "-m", "airflow", component]
@@ -688,16 +686,35 @@ class LocalStack:
         self.timings["airflow healthy"] = time.monotonic() - t0
         log.info("Airflow %s healthy (%.1fs)", ", ".join(components), self.timings["airflow healthy"])
 
+    @property
+    def airflow_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.airflow_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.mlflow_port}"
+
+    def _claim_port(self, service: str) -> None:
+        """Check that ``service``'s port is free. A port picked automatically (configured as 0) may have been
+        taken since it was picked (e.g. as another connection's ephemeral port): pick another then."""
+        attr = f"{service}_port"
+        if port_is_free(getattr(self, attr)):
+            return
+        if getattr(self.config, attr) == 0:
+            setattr(self, attr, free_port())
+            return
+        _check_port(service, getattr(self, attr))
+
     # -- whole stack ---------------------------------------------------------------------------------------
     def start(self, components: Sequence[str] = AIRFLOW_COMPONENTS) -> None:
         self._stopped = False
         self._reap_stale()
         self._stop_leftover_postgres()
         # fail before starting anything when a port is taken
-        _check_port("postgres", self.postgres_port)
-        _check_port("mlflow", self.mlflow_port)
+        self._claim_port("postgres")
+        self._claim_port("mlflow")
         if "api-server" in components:
-            _check_port("airflow", self.airflow_port)
+            self._claim_port("airflow")
         try:
             self.start_postgres()
             self.start_mlflow()

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from include.promotion import audit, registry, tracking
-from include.promotion.errors import RegistryStateError, RollbackTargetInvalid
+from include.promotion.errors import RegistryStateError, RollbackTargetInvalid, UnknownModel
 from tests.support import champion, change, promote, register, snapshot, state, unique
 
 pytestmark = pytest.mark.usefixtures("services")
@@ -249,3 +249,19 @@ def test_the_audit_log_refuses_updates_and_deletes() -> None:
     finally:
         conn.close()
     assert len(audit.rows(name)) == 1
+
+
+@pytest.mark.parametrize(
+    ("params", "error", "message"),
+    [
+        ({"model_name": "no-such-model", "reason": "x"}, UnknownModel, "unknown model 'no-such-model'"),
+        ({"model_name": "fraud-detector", "reason": "  "}, RollbackTargetInvalid, "reason is required"),
+    ],
+)
+def test_the_rollback_form_refuses_an_unknown_model_or_an_empty_reason(params, error, message: str) -> None:
+    from include.promotion import rollback
+
+    before = snapshot(params["model_name"])
+    with pytest.raises(error, match=message):
+        rollback.validate({"target_version": None, **params})
+    assert snapshot(params["model_name"]) == before

@@ -34,7 +34,7 @@ def test_a_reviewer_and_a_timeout_are_accepted() -> None:
 
 
 def test_the_evidence_shows_candidate_and_champion_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    monkeypatch.setenv("PROMOTION_MLFLOW_UI_URL", "http://mlflow.example:5000")
     metrics = {"roc_auc": 0.91, "f1": 0.5, "average_precision": 0.6, "precision": 0.55, "recall": 0.45}
     champion = {**metrics, "roc_auc": 0.88}
     evaluation = {
