@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
+import sys
 import tempfile
 import time
 from datetime import datetime
@@ -20,6 +22,7 @@ from include.promotion.config import dag_id_for
 from scripts.airflow_api import AirflowAPI
 from scripts.localstack import LocalStack, StackConfig
 
+DEMO = Path(__file__).resolve().parents[1] / "include" / "models" / "fraud-detector.yaml"
 TASKS = ["load_data", "train", "evaluate", "register", "promote_to_staging", "approve"]
 
 
@@ -33,12 +36,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop the stack
     dag_id = dag_id_for("fraud-detector")
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        stack = LocalStack(StackConfig(state_dir=Path(tmp), airflow_port=0, mlflow_port=0))
-        with stack:
-            stack.start()
+        models = Path(tmp, "models")
+        models.mkdir()
+        # manual runs only: a scheduled run started at unpause would hold the model's single active run
+        (models / DEMO.name).write_text(DEMO.read_text().replace('schedule: "@weekly"', "schedule: null"))
+        stack = LocalStack(StackConfig(state_dir=Path(tmp, "stack"), airflow_port=0, mlflow_port=0, models_dir=models))
+        with stack:  # starts PostgreSQL, MLflow and Airflow; stops them on exit
             os.environ.update(stack.package_env())
             demo_data.seed_transactions(stack.postgres_uri("promotion"))
             print(f"stack up in {time.perf_counter() - started:.1f} s")

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
+import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -34,19 +37,71 @@ def fill(name: str, count: int) -> None:
     client.create_registered_model(name)
     uri, run_id = tiny_model_uri(), new_run(name)
     for _ in range(count):
-        client.create_model_version(name, source=uri, run_id=run_id, tags={"promotion_status": "registered"})
+        client.create_model_version(
+            name,
+            source=uri,
+            run_id=run_id,
+            tags={"promotion_status": "registered"},
+            model_id=uri.removeprefix("models:/"),
+        )
 
 
-def time_rollbacks(name: str, repeats: int) -> list[float]:
-    timings = []
+class CountingClient:
+    """The real MlflowClient, counting the registry calls the package makes through it."""
+
+    def __init__(self, real, counts: Counter):
+        self._real, self._counts = real, counts
+
+    def __getattr__(self, attr):
+        target = getattr(self._real, attr)
+        if not callable(target):
+            return target
+
+        def call(*args, **kwargs):
+            self._counts[attr] += 1
+            return target(*args, **kwargs)
+
+        return call
+
+
+def time_rollbacks(name: str, repeats: int) -> tuple[list[float], Counter]:
+    timings, counts = [], Counter()
+    real_client = tracking.client
     for _ in range(repeats):
         promote(name)
         promote(name)
+        counts.clear()
+        registry.tracking.client = lambda: CountingClient(real_client(), counts)
+        try:
+            started = time.perf_counter()
+            plan = registry.plan_rollback(name, None)
+            registry.rollback(plan, "benchmark", Change("bench", "bench", uuid.uuid4().hex))
+            timings.append(time.perf_counter() - started)
+        finally:
+            registry.tracking.client = real_client
+    return timings, counts
+
+
+def time_calls(name: str, reps: int = 5) -> dict[str, float]:
+    """Milliseconds per call of the MLflow calls a rollback makes, on this model (server-side cost)."""
+    client = tracking.client()
+    champion = client.get_model_version_by_alias(name, "champion").version
+    calls = {
+        "get_model_version_by_alias": lambda: client.get_model_version_by_alias(name, "champion"),
+        "get_model_version": lambda: client.get_model_version(name, champion),
+        "search_model_versions(tag filter)": lambda: client.search_model_versions(
+            f"name = '{name}' and tags.promotion_status = 'production'"
+        ),
+        "set_model_version_tag": lambda: client.set_model_version_tag(name, champion, "bench", "x"),
+        "set_registered_model_alias": lambda: client.set_registered_model_alias(name, "champion", champion),
+    }
+    out = {}
+    for label, call in calls.items():
         started = time.perf_counter()
-        plan = registry.plan_rollback(name, None)
-        registry.rollback(plan, "benchmark", Change("bench", "bench", uuid.uuid4().hex))
-        timings.append(time.perf_counter() - started)
-    return timings
+        for _ in range(reps):
+            call()
+        out[label] = (time.perf_counter() - started) / reps * 1000
+    return out
 
 
 def main() -> None:
@@ -54,33 +109,44 @@ def main() -> None:
     parser.add_argument("--versions", type=int, nargs=2, default=[10, 1000])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop the stack
     with tempfile.TemporaryDirectory() as tmp:
         models = Path(tmp, "models")
         models.mkdir()
         stack = LocalStack(StackConfig(state_dir=Path(tmp, "stack"), airflow_port=0, mlflow_port=0, models_dir=models))
-        with stack:
+        try:
             stack.start_postgres()
             stack.start_mlflow()
             os.environ.update(stack.package_env())
-            medians = {}
+            medians, calls, per_call = {}, {}, {}
             for count in args.versions:
                 name = f"bench-{count}-{uuid.uuid4().hex[:4]}"
                 t0 = time.perf_counter()
                 fill(name, count)
                 print(f"{name}: {count} versions created in {time.perf_counter() - t0:.1f} s")
-                timings = time_rollbacks(name, args.repeats)
+                timings, counts = time_rollbacks(name, args.repeats)
                 medians[count] = statistics.median(timings)
+                calls[count] = sum(counts.values())
+                per_call[count] = time_calls(name)
+                print(f"  registry calls per rollback: {calls[count]} ({dict(sorted(counts.items()))})")
                 print(
                     f"  rollback registry time: median {medians[count] * 1000:.0f} ms over {args.repeats} "
                     f"(min {min(timings) * 1000:.0f}, max {max(timings) * 1000:.0f})"
                 )
             small, large = args.versions
-            print(f"ratio {large} / {small} versions: {medians[large] / medians[small]:.2f}")
+            print(
+                f"ratio {large} / {small} versions: {medians[large] / medians[small]:.2f} (wall time), "
+                f"{calls[large] / calls[small]:.2f} (registry calls made by the package)"
+            )
+            print("MLflow server time per call (ms), by model size:")
+            for label in per_call[small]:
+                print(f"  {label:<36} {per_call[small][label]:7.1f} {per_call[large][label]:7.1f}")
 
             # Part 2: trigger -> champion restored, with the scheduler running.
             cfg = yaml.safe_load(DEMO.read_text())
             cfg.update(name="bench-rollback", schedule=None)
             (models / "bench-rollback.yaml").write_text(yaml.safe_dump(cfg))
+            stack.migrate_airflow_db()
             stack.start_airflow()
             api = AirflowAPI(stack.airflow_url, "carol", stack.passwords()["carol"])
             api.wait_for_dag("model_rollback", timeout=180)
@@ -105,6 +171,9 @@ def main() -> None:
                 results.append(restored)
                 print(f"  trigger -> champion restored: {restored:.1f} s (run ends {time.perf_counter() - t0:.1f} s)")
             print(f"median trigger -> champion restored under a running scheduler: {statistics.median(results):.1f} s")
+
+        finally:
+            stack.stop()
 
 
 if __name__ == "__main__":
