@@ -105,18 +105,17 @@ def build_promotion_dag(cfg: ModelConfig) -> None:
             return steps.promote_to_staging(model, version, *_run_ids())
 
         @task
-        def promote_to_production(staged: dict, decision: dict) -> dict:
+        def promote_to_production(staged: dict) -> dict:
             """Make the approved version the champion and archive the previous one."""
             from include.promotion import steps
 
-            return steps.promote_to_production(model, staged, decision, *_run_ids())
+            triggered_by = steps.triggering_user(get_current_context())
+            return steps.promote_to_production(model, staged, triggered_by, *_run_ids())
 
         trained = train(load_data())
         verdict = evaluate(trained)
         staged = promote_to_staging(register(trained, verdict))
-        approve = build_approval_task(cfg)
-        staged >> approve
-        promote_to_production(staged, approve.output)
+        staged >> build_approval_task(cfg) >> promote_to_production(staged)
 
     promotion()
 

@@ -28,10 +28,11 @@ def tiny_model_uri() -> str:
 
     from include.promotion.training import PIP_REQUIREMENTS
 
-    tracking.client()
+    client = tracking.client()
     x, y = make_classification(n_samples=60, n_features=4, random_state=0)
-    mlflow.set_experiment("tests/tiny-model")
-    with mlflow.start_run():
+    experiment = client.get_experiment_by_name("tests/tiny-model")
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment("tests/tiny-model")
+    with mlflow.start_run(experiment_id=experiment_id):
         info = mlflow.sklearn.log_model(LogisticRegression().fit(x, y), name="model", pip_requirements=PIP_REQUIREMENTS)
     return info.model_uri
 
@@ -53,7 +54,9 @@ def promote(name: str, approver: str = "bob") -> str:
     """Register, stage and approve a new version; return it."""
     version = register(name)
     registry.promote_to_staging(name, version, change())
-    registry.promote_to_production(name, version, approver, "looks good", change(approver))
+    approval = change(approver)
+    registry.record_approval(name, version, approver, "looks good", approval)
+    registry.promote_to_production(name, version, approval)
     return version
 
 
@@ -76,7 +79,7 @@ def state(name: str) -> dict[str, Any]:
     client = tracking.client()
     out: dict[str, Any] = {}
     for mv in client.search_model_versions(f"name = {tracking.quote(name)}"):
-        tags = {k: v for k, v in mv.tags.items() if not k.endswith("_timestamp")}
+        tags = {k: v for k, v in mv.tags.items() if not k.endswith(("_timestamp", "_change"))}  # run-specific
         out[mv.version] = {"stage": mv.current_stage, "tags": tags}
     aliases = dict(client.get_registered_model(name).aliases)
     rows = [(r["version"], r["action"], r["from_stage"], r["to_stage"], r["actor"]) for r in audit.rows(name)]

@@ -136,11 +136,12 @@ def build_approval_task(cfg: ModelConfig, **kwargs: Any) -> Any:
                 check_responder(responder, cfg.approval.reviewers, triggered_by)
             except ApprovalRefused as exc:
                 raise AirflowFailException(str(exc)) from None
-            if "error" not in event and event.get("chosen_options") != [self.APPROVE]:
-                reason = ((event.get("params_input") or {}).get("reason") or "").strip()
+            if "error" not in event:
+                approved = event.get("chosen_options") == [self.APPROVE] and responder is not None
+                reason = ((event.get("params_input") or {}).get("reason") or "").strip() or NO_REASON
                 if responder is None:
                     reason = TIMEOUT_REASON.format(hours=cfg.approval.timeout_hours)
-                steps.record_rejection(cfg.name, context, responder, reason or NO_REASON)
+                steps.record_answer(cfg.name, context, responder, approved, reason)
             return super().execute_complete(context, event)
 
     return GovernedApprovalOperator(
@@ -163,5 +164,8 @@ def build_approval_task(cfg: ModelConfig, **kwargs: Any) -> Any:
         },
         notifiers=approval_notifiers(cfg),
         doc_md="A configured reviewer (not the run's triggerer) approves or rejects the candidate.",
+        # A retry would ask again (a new request, the recorded answer lost); transient errors while recording
+        # the answer are retried inside the task instead.
+        retries=0,
         **kwargs,
     )

@@ -8,13 +8,17 @@ that records the same change again adds nothing.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from include.promotion.errors import RegistryStateError
+
 AUDIT_TABLE = "model_promotion_audit"
 DEFAULT_CONN_ID = "promotion_db"
+LOCK_TIMEOUT = 120.0  # seconds a registry change waits for another change of the same model
 _SCHEMA_LOCK = 0x70726F6D  # any fixed key: serializes the CREATE TABLE IF NOT EXISTS of concurrent first runs
 
 _DDL = f"""
@@ -41,6 +45,9 @@ $$ LANGUAGE plpgsql;
 DROP TRIGGER IF EXISTS {AUDIT_TABLE}_no_change ON {AUDIT_TABLE};
 CREATE TRIGGER {AUDIT_TABLE}_no_change BEFORE UPDATE OR DELETE ON {AUDIT_TABLE}
     FOR EACH ROW EXECUTE FUNCTION {AUDIT_TABLE}_append_only();
+DROP TRIGGER IF EXISTS {AUDIT_TABLE}_no_truncate ON {AUDIT_TABLE};
+CREATE TRIGGER {AUDIT_TABLE}_no_truncate BEFORE TRUNCATE ON {AUDIT_TABLE}
+    FOR EACH STATEMENT EXECUTE FUNCTION {AUDIT_TABLE}_append_only();
 """
 
 COLUMNS = ("model_name", "version", "action", "from_stage", "to_stage", "actor", "reason", "dag_id", "run_id")
@@ -107,8 +114,26 @@ class AuditLog:
             return cur.rowcount == 1
 
 
+def _acquire(conn: Any, model_name: str, timeout: float) -> None:
+    """Take the model's lock, or refuse after ``timeout`` s instead of queueing forever behind a stuck holder."""
+    deadline = time.monotonic() + timeout
+    with conn.cursor() as cur:
+        while True:
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(model_name),))
+            if cur.fetchone()[0]:
+                return
+            if time.monotonic() > deadline:
+                raise RegistryStateError(
+                    f"another registry change of '{model_name}' has held its lock for over {timeout:.0f} s; nothing "
+                    "was changed. Check for a stuck promotion or rollback task of this model, then retry."
+                )
+            time.sleep(0.2)
+
+
 @contextmanager
-def model_lock(model_name: str, change_id: str, conn_id: str = DEFAULT_CONN_ID) -> Iterator[AuditLog]:
+def model_lock(
+    model_name: str, change_id: str, conn_id: str = DEFAULT_CONN_ID, timeout: float = LOCK_TIMEOUT
+) -> Iterator[AuditLog]:
     """Hold the model's advisory lock for the duration of a registry change; yield its audit log.
 
     A session-level lock: it is released on exit, and by PostgreSQL itself if the worker dies.
@@ -116,8 +141,7 @@ def model_lock(model_name: str, change_id: str, conn_id: str = DEFAULT_CONN_ID) 
     conn = connect(conn_id)
     try:
         ensure_table(conn)
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_lock(%s)", (lock_key(model_name),))
+        _acquire(conn, model_name, timeout)
         try:
             yield AuditLog(conn, model_name, change_id)
         finally:

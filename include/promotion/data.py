@@ -86,7 +86,9 @@ def validate(cfg: ModelConfig, frame: pd.DataFrame) -> pd.DataFrame:
         raise DataValidationError(
             f"{where} has only {minority} example(s) of its rarer class; at least 10 are needed to hold some out."
         )
-    return frame.reset_index(drop=True)
+    # One canonical row order, so the fingerprint and the holdout split do not depend on how the source
+    # happened to return the rows.
+    return frame.sort_values(by=list(frame.columns), kind="mergesort").reset_index(drop=True)
 
 
 def fingerprint(frame: pd.DataFrame) -> str:

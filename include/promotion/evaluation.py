@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from include.promotion import settings, tracking
+from include.promotion import registry, settings, tracking
 from include.promotion.config import METRICS, ModelConfig
 from include.promotion.training import holdout_split
 
@@ -98,12 +99,11 @@ def comparison_markdown(cfg: ModelConfig, evaluation: Evaluation) -> str:
     return "\n".join(lines)
 
 
-def _log_plots(y_true: Any, curves: dict[str, Any]) -> None:
+def _log_plots(mlflow_client: Any, run_id: str, y_true: Any, curves: dict[str, Any]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import mlflow
     from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
 
     for title, display in (("roc_curve", RocCurveDisplay), ("pr_curve", PrecisionRecallDisplay)):
@@ -111,14 +111,14 @@ def _log_plots(y_true: Any, curves: dict[str, Any]) -> None:
         for label, proba in curves.items():
             display.from_predictions(y_true, proba, name=label, ax=ax)
         ax.set_title(title.replace("_", " ").upper())
-        mlflow.log_figure(fig, f"evaluation/{title}.png")
+        mlflow_client.log_figure(run_id, fig, f"evaluation/{title}.png")
         plt.close(fig)
 
 
 def evaluate_candidate(cfg: ModelConfig, frame: pd.DataFrame, trained: dict[str, str]) -> Evaluation:
     """Score candidate and champion on the same holdout, log the evidence, return the verdict."""
     import mlflow
-    from mlflow.exceptions import MlflowException
+    from mlflow.entities import Metric
 
     mlflow_client = tracking.client()
     split = holdout_split(cfg, frame)
@@ -128,10 +128,8 @@ def evaluate_candidate(cfg: ModelConfig, frame: pd.DataFrame, trained: dict[str,
 
     champion_version = champion_metrics = None
     curves = {"candidate": candidate_proba}
-    try:
-        champion = mlflow_client.get_model_version_by_alias(cfg.name, settings.CHAMPION_ALIAS)
-    except MlflowException:
-        champion = None  # no registered model or no champion yet: only the absolute gates apply
+    # no registered model or no champion yet: only the absolute gates apply (any other error fails the task)
+    champion = registry.get_alias(mlflow_client, cfg.name, settings.CHAMPION_ALIAS)
     if champion is not None:
         champion_model = mlflow.sklearn.load_model(f"models:/{cfg.name}/{champion.version}")
         champion_proba = champion_model.predict_proba(split.x_test)[:, 1]
@@ -147,17 +145,15 @@ def evaluate_candidate(cfg: ModelConfig, frame: pd.DataFrame, trained: dict[str,
         champion_version=champion_version,
         champion_metrics=champion_metrics,
     )
-    with mlflow.start_run(run_id=trained["run_id"]):
-        mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
-        if champion_metrics:
-            mlflow.log_metrics({f"champion_holdout_{k}": v for k, v in champion_metrics.items()})
-        mlflow.log_text(comparison_markdown(cfg, evaluation), "evaluation/comparison.md")
-        mlflow.log_text(json.dumps(evaluation.as_dict(), indent=2), "evaluation/evaluation.json")
-        _log_plots(split.y_test, curves)
-        mlflow.set_tags(
-            {
-                "promotion_decision": "passed" if evaluation.passed else "not_promoted",
-                "promotion_reason": "; ".join(reasons) if reasons else "all gates passed",
-            }
-        )
+    # The client API, not the fluent one: it writes to this run whatever experiment the process has active.
+    run_id = trained["run_id"]
+    logged = {f"holdout_{k}": v for k, v in metrics.items()}
+    if champion_metrics:
+        logged |= {f"champion_holdout_{k}": v for k, v in champion_metrics.items()}
+    mlflow_client.log_batch(run_id, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in logged.items()])
+    mlflow_client.log_text(run_id, comparison_markdown(cfg, evaluation), "evaluation/comparison.md")
+    mlflow_client.log_text(run_id, json.dumps(evaluation.as_dict(), indent=2), "evaluation/evaluation.json")
+    _log_plots(mlflow_client, run_id, split.y_test, curves)
+    mlflow_client.set_tag(run_id, "promotion_decision", "passed" if evaluation.passed else "not_promoted")
+    mlflow_client.set_tag(run_id, "promotion_reason", "; ".join(reasons) if reasons else "all gates passed")
     return evaluation

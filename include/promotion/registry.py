@@ -73,7 +73,12 @@ def get_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | Non
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        if _is_missing(exc) or "alias" in str(exc).lower():
+        # Only "no such model" and "no such alias" mean absent; a network or server error must not read as
+        # "no champion" (that would skip archiving it, or skip the champion comparison).
+        not_found = getattr(exc, "error_code", "") == "INVALID_PARAMETER_VALUE" and f"alias {alias} not found" in str(
+            exc
+        )
+        if _is_missing(exc) or not_found:
             return None
         raise
 
@@ -191,29 +196,54 @@ def promote_to_staging(name: str, version: str, change: Change) -> None:
         log.record(_entry(name, version, "stage", NONE, STAGING, change, "passed evaluation gates"))
 
 
-def promote_to_production(name: str, version: str, approver: str, reason: str, change: Change) -> str | None:
-    """Make the approved challenger the champion and archive the previous one; return its version.
+def record_approval(name: str, version: str, reviewer: str, reason: str, change: Change) -> None:
+    """Record a reviewer's Approve on the challenger (tags + audit row), where the answer arrives.
 
-    Refuses if the version stopped being the challenger while it waited. A retry after a crash at
-    any point completes the promotion: ``promoted_over`` is written first, so the retry still knows
-    which version it archives, and the audit rows are keyed by the change id.
+    ``promote_to_production`` acts only on an approval recorded here for the same run, never on what
+    an XCom claims.
     """
     client = tracking.client()
     with audit.model_lock(name, change.change_id) as log:
         mv = _require_version(client, name, version)
+        if mv.tags.get("approval_change") == change.change_id:
+            log.record(_entry(name, version, "approve", STAGING, STAGING, change, reason, actor=reviewer))
+            return
+        _require_challenger(client, name, mv)
+        _set_tags(client, name, version, {"approved_by": reviewer, "approval_reason": reason})
+        _set_tags(client, name, version, {"approval_change": change.change_id})  # last: marks the record complete
+        log.record(_entry(name, version, "approve", STAGING, STAGING, change, reason, actor=reviewer))
+
+
+def promote_to_production(name: str, version: str, change: Change) -> str | None:
+    """Make the approved challenger the champion and archive the previous one; return its version.
+
+    Refuses unless this run recorded an approval for the version (``record_approval``), the version is
+    still the challenger in Staging, and the champion is still the one it was evaluated against. A retry
+    after a crash at any point completes the promotion: ``promoted_over`` is written first, so the retry
+    still knows which version it archives, and the audit rows are keyed by the change id.
+    """
+    client = tracking.client()
+    with audit.model_lock(name, change.change_id) as log:
+        mv = _require_version(client, name, version)
+        if mv.tags.get("approval_change") != change.change_id or not mv.tags.get("approved_by"):
+            raise RegistryStateError(
+                f"{name} v{version} has no approval recorded by this run; nothing was promoted. "
+                "A reviewer approves it under Required Actions in the Airflow UI."
+            )
+        approver, reason = mv.tags["approved_by"], mv.tags.get("approval_reason") or "approved"
         champion = get_alias(client, name, settings.CHAMPION_ALIAS)
         if champion is not None and str(champion.version) == str(version):
             previous = mv.tags.get("promoted_over") or None  # resumed after the alias already moved
         else:
-            challenger = get_alias(client, name, settings.CHALLENGER_ALIAS)
-            if challenger is None or str(challenger.version) != str(version) or status_of(mv) != "staging":
-                holder = f"v{challenger.version}" if challenger is not None else "no version"
-                raise RegistryStateError(
-                    f"{name} v{version} is no longer the challenger in Staging (status '{status_of(mv)}', "
-                    f"challenger: {holder}); nothing was promoted. "
-                    "Trigger a new retraining run to get a fresh candidate."
-                )
+            _require_challenger(client, name, mv)
             previous = str(champion.version) if champion is not None else None
+            evaluated_against = mv.tags.get("champion_at_evaluation")
+            if evaluated_against is not None and evaluated_against != (previous or ""):
+                raise RegistryStateError(
+                    f"{name} v{version} was evaluated against champion {evaluated_against or '(none)'}, but the "
+                    f"champion is now {previous or '(none)'}; nothing was promoted. Trigger a new retraining run "
+                    "so the candidate is compared with the current champion."
+                )
             _set_tags(client, name, version, {"promoted_over": previous or ""})
 
         _set_stage(client, name, version, PRODUCTION, archive_existing=True)
@@ -240,6 +270,16 @@ def promote_to_production(name: str, version: str, approver: str, reason: str, c
             )
         verify_invariant(name, client)
         return previous
+
+
+def _require_challenger(client: MlflowClient, name: str, mv: ModelVersion) -> None:
+    challenger = get_alias(client, name, settings.CHALLENGER_ALIAS)
+    if challenger is None or str(challenger.version) != str(mv.version) or status_of(mv) != "staging":
+        holder = f"v{challenger.version}" if challenger is not None else "no version"
+        raise RegistryStateError(
+            f"{name} v{mv.version} is no longer the challenger in Staging (status '{status_of(mv)}', "
+            f"challenger: {holder}); nothing was promoted. Trigger a new retraining run to get a fresh candidate."
+        )
 
 
 def reject(name: str, version: str, reviewer: str, reason: str, change: Change) -> None:
@@ -341,6 +381,8 @@ def rollback(plan: RollbackPlan, reason: str, change: Change) -> None:
                 f"{'v' + str(champion.version) if champion else 'none'}); nothing was changed. "
                 "Trigger the rollback again."
             )
+        if not resumed:
+            plan_rollback(name, target, client)  # the target's checks again, now under the lock
         stamp = current_mv.tags.get("rollback_timestamp") or now_iso()
         _set_tags(
             client,

@@ -7,10 +7,13 @@ and out (they travel as XComs), never data frames or models.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
-from include.promotion import data, evaluation, registry, training
+from include.promotion import data, evaluation, registry, tracking, training
 from include.promotion.config import METRICS, get_model_config
+from include.promotion.errors import PromotionError
 from include.promotion.registry import Change
 
 log = logging.getLogger(__name__)
@@ -79,33 +82,52 @@ def promote_to_staging(model_name: str, version: str, dag_id: str, run_id: str) 
     return {"model_name": model_name, "version": version}
 
 
-def record_rejection(model_name: str, context: Any, reviewer: str | None, reason: str) -> None:
-    """Called where the approval answer arrives: tag, clear ``challenger``, audit; promote nothing."""
+def _with_retries(action: Callable[[], None], attempts: int = 4) -> None:
+    """Run a registry change where a human answer arrives: retrying the task would ask again, so retry here."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except PromotionError:
+            raise
+        except Exception as exc:  # transient: network, MLflow or PostgreSQL restarting
+            if attempt == attempts:
+                raise PromotionError(
+                    f"could not record the reviewer's answer after {attempts} attempts: {exc}"
+                ) from exc
+            log.warning("recording the answer failed (%s); retrying", exc)
+            time.sleep(2**attempt)
+
+
+def record_answer(model_name: str, context: Any, reviewer: str | None, approved: bool, reason: str) -> None:
+    """Called where the approval answer arrives: record it on the version, with an audit row.
+
+    Approve: the approval is tagged on the version (``promote_to_production`` acts only on that).
+    Reject or timeout: status ``rejected``, reason, ``challenger`` removed; nothing is promoted.
+    """
     ti = context["ti"]
-    staged = ti.xcom_pull(task_ids="promote_to_staging")
-    dag_id, run_id = ti.dag_id, ti.run_id
-    registry.reject(
-        model_name,
-        staged["version"],
-        reviewer or dag_id,
-        reason,
-        Change(actor=reviewer or dag_id, dag_id=dag_id, run_id=run_id),
-    )
-    log.warning("%s v%s rejected by %s: %s", model_name, staged["version"], reviewer or "timeout", reason)
+    version = ti.xcom_pull(task_ids="promote_to_staging")["version"]
+    actor = reviewer or ti.dag_id
+    change = Change(actor=actor, dag_id=ti.dag_id, run_id=ti.run_id)
+    if approved:
+        _with_retries(lambda: registry.record_approval(model_name, version, actor, reason, change))
+        log.info("%s v%s approved by %s: %s", model_name, version, actor, reason)
+    else:
+        _with_retries(lambda: registry.reject(model_name, version, actor, reason, change))
+        log.warning("%s v%s rejected by %s: %s", model_name, version, reviewer or "timeout", reason)
 
 
 def promote_to_production(
-    model_name: str, staged: dict[str, str], decision: dict[str, Any], dag_id: str, run_id: str
+    model_name: str, staged: dict[str, str], triggered_by: str | None, dag_id: str, run_id: str
 ) -> dict[str, Any]:
     """Make the approved version the champion, archive the previous one, check the invariant."""
-    approver = (decision.get("responded_by_user") or {}).get("id")
-    if decision.get("chosen_options") != ["Approve"] or not approver:
-        raise registry.RegistryStateError(
-            f"{model_name} v{staged['version']} was not approved by a reviewer; nothing promoted."
-        )
-    reason = ((decision.get("params_input") or {}).get("reason") or "").strip() or "approved"
+    from include.promotion.approval import check_responder
+
+    cfg = get_model_config(model_name)
+    version = staged["version"]
+    approved_by = registry.get_version(tracking.client(), model_name, version).tags.get("approved_by")
+    check_responder(approved_by, cfg.approval.reviewers, triggered_by)  # four eyes, once more
     previous = registry.promote_to_production(
-        model_name, staged["version"], approver, reason, Change(actor=approver, dag_id=dag_id, run_id=run_id)
+        model_name, version, Change(actor=approved_by or dag_id, dag_id=dag_id, run_id=run_id)
     )
-    log.info("%s v%s is the champion (approved by %s); archived: %s", model_name, staged["version"], approver, previous)
-    return {"model_name": model_name, "version": staged["version"], "archived": previous, "approver": approver}
+    log.info("%s v%s is the champion (approved by %s); archived: %s", model_name, version, approved_by, previous)
+    return {"model_name": model_name, "version": version, "archived": previous, "approver": approved_by}

@@ -30,7 +30,7 @@ def main(dags_folder: str) -> None:
             "doc_md": bool(dag.doc_md and dag.doc_md.strip()),
             "tags": sorted(dag.tags or []),
             "owners": sorted({t.owner for t in dag.tasks}),
-            "retries": sorted({t.retries for t in dag.tasks}),
+            "retries_by_task": {t.task_id: t.retries for t in dag.tasks},
             "task_ids": [t.task_id for t in dag.tasks],
             "task_docs": {t.task_id: bool(t.doc_md or getattr(t, "doc", None)) for t in dag.tasks},
             "schedule": str(dag.schedule),

@@ -57,7 +57,9 @@ def test_dags_document_themselves(parsed: dict, dag_id: str) -> None:
     assert dag["doc_md"], f"{dag_id} has no doc_md"
     assert dag["tags"], f"{dag_id} has no tags"
     assert "airflow" not in dag["owners"], f"{dag_id} keeps the default owner"
-    assert min(dag["retries"]) >= 1, f"{dag_id} has a task without retries"
+    # approve alone has none: a retry would ask the reviewers again and drop a recorded answer
+    retried = {t: r for t, r in dag["retries_by_task"].items() if t != "approve"}
+    assert min(retried.values()) >= 1, f"{dag_id} has a task without retries: {retried}"
     assert all(dag["task_docs"].values()), f"{dag_id} has undocumented tasks: {dag['task_docs']}"
 
 

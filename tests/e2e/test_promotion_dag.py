@@ -22,7 +22,8 @@ def seed_champion(name: str) -> str:
     trained = steps.train(name, loaded, "seed", run_id)
     version = steps.register(name, trained, steps.evaluate(name, trained), "seed", run_id)
     steps.promote_to_staging(name, version, "seed", run_id)
-    registry.promote_to_production(name, version, "bob", "seed", Change("bob", "seed", run_id))
+    registry.record_approval(name, version, "bob", "seed", Change("bob", "seed", run_id))
+    registry.promote_to_production(name, version, Change("bob", "seed", run_id))
     return version
 
 

@@ -13,6 +13,12 @@ from tests.support import champion, change, promote, register, snapshot, state, 
 pytestmark = pytest.mark.usefixtures("services")
 
 
+def approve_and_promote(name: str, v: str, reviewer: str = "bob") -> None:
+    approval = change(reviewer)
+    registry.record_approval(name, v, reviewer, "ok", approval)
+    registry.promote_to_production(name, v, approval)
+
+
 def version(name: str, v: str):
     return tracking.client().get_model_version(name, v)
 
@@ -67,7 +73,37 @@ def test_a_version_that_stopped_being_the_challenger_is_not_promoted() -> None:
     assert version(name, v2).tags["rejection_reason"] == f"superseded by version {v3}"
     before = snapshot(name)
     with pytest.raises(RegistryStateError, match="no longer the challenger"):
-        registry.promote_to_production(name, v2, "bob", "ok", change("bob"))
+        approve_and_promote(name, v2)
+    assert snapshot(name) == before
+
+
+def test_no_promotion_without_an_approval_recorded_by_the_same_run() -> None:
+    name = unique("noapproval")
+    promote(name)
+    v2 = register(name)
+    registry.promote_to_staging(name, v2, change())
+    registry.record_approval(name, v2, "bob", "ok", change("bob"))
+    before = snapshot(name)
+    with pytest.raises(RegistryStateError, match="no approval recorded by this run"):
+        registry.promote_to_production(name, v2, change("bob"))  # another run's change id
+    assert snapshot(name) == before
+
+
+def test_a_candidate_is_not_promoted_over_a_champion_it_was_not_compared_with() -> None:
+    from tests.support import new_run, tiny_model_uri
+
+    name = unique("stale")
+    promote(name)
+    promote(name)
+    trained = {"run_id": new_run(name), "model_uri": tiny_model_uri()}
+    v3 = registry.register_version(name, trained, {"champion_at_evaluation": "2"}, "d", change())
+    registry.promote_to_staging(name, v3, change())
+    registry.rollback(registry.plan_rollback(name, None), "on-call rolled back meanwhile", change("oncall"))
+    approval = change("bob")
+    registry.record_approval(name, v3, "bob", "ok", approval)
+    before = snapshot(name)
+    with pytest.raises(RegistryStateError, match="evaluated against champion 2, but the champion is now 1"):
+        registry.promote_to_production(name, v3, approval)
     assert snapshot(name) == before
 
 
@@ -125,18 +161,19 @@ def test_a_promotion_retried_after_a_crash_ends_like_a_clean_one(monkeypatch: py
     clean, crashed = unique("clean"), unique("crash")
     for name in (clean, crashed):
         _promote_two(name)
-    registry.promote_to_production(clean, "2", "bob", "ok", change("bob"))
+    approve_and_promote(clean, "2")
 
     attempt = change("bob")
+    registry.record_approval(crashed, "2", "bob", "ok", attempt)
     real_client = tracking.client
     monkeypatch.setattr(registry.tracking, "client", lambda: FailingClient(real_client(), fail_at))
     try:
-        registry.promote_to_production(crashed, "2", "bob", "ok", attempt)
+        registry.promote_to_production(crashed, "2", attempt)
         crashed_midway = False
     except ConnectionError:
         crashed_midway = True
     monkeypatch.setattr(registry.tracking, "client", real_client)
-    registry.promote_to_production(crashed, "2", "bob", "ok", attempt)  # the task's retry: same change id
+    registry.promote_to_production(crashed, "2", attempt)  # the task's retry: same change id
 
     assert crashed_midway or fail_at > 8
     assert state(crashed) == state(clean)
@@ -208,6 +245,8 @@ def test_a_promotion_and_a_rollback_racing_end_with_one_champion() -> None:
     promote(name)
     v3 = register(name)
     registry.promote_to_staging(name, v3, change())
+    approval = change("bob")
+    registry.record_approval(name, v3, "bob", "ok", approval)
     plan = registry.plan_rollback(name, None)
     errors: list[Exception] = []
 
@@ -218,9 +257,7 @@ def test_a_promotion_and_a_rollback_racing_end_with_one_champion() -> None:
             errors.append(exc)
 
     threads = [
-        threading.Thread(
-            target=run, args=(lambda: registry.promote_to_production(name, v3, "bob", "ok", change("bob")),)
-        ),
+        threading.Thread(target=run, args=(lambda: registry.promote_to_production(name, v3, approval),)),
         threading.Thread(target=run, args=(lambda: registry.rollback(plan, "race", change("oncall")),)),
     ]
     for t in threads:
@@ -238,14 +275,36 @@ def test_a_promotion_and_a_rollback_racing_end_with_one_champion() -> None:
     assert in_production == [winner]
 
 
+def test_a_stuck_lock_holder_makes_a_change_refuse_instead_of_hang() -> None:
+    name = unique("locked")
+    v = register(name)
+    holder = audit.connect()
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (audit.lock_key(name),))
+        before = snapshot(name)
+        with pytest.raises(RegistryStateError, match="has held its lock"), audit.model_lock(name, "x", timeout=1):
+            pass
+        assert snapshot(name) == before
+    finally:
+        holder.close()
+    with audit.model_lock(name, "y", timeout=1):  # released when the holder's session ended
+        pass
+    assert v == "1"
+
+
 def test_the_audit_log_refuses_updates_and_deletes() -> None:
     name = unique("append")
     register(name)
     conn = audit.connect()
     try:
-        for statement in (f"UPDATE {audit.AUDIT_TABLE} SET reason = 'x'", f"DELETE FROM {audit.AUDIT_TABLE}"):
+        for statement in (
+            f"UPDATE {audit.AUDIT_TABLE} SET reason = 'x' WHERE model_name = %s",
+            f"DELETE FROM {audit.AUDIT_TABLE} WHERE model_name = %s",
+            f"TRUNCATE {audit.AUDIT_TABLE}",
+        ):
             with pytest.raises(Exception, match="append-only"), conn.cursor() as cur:
-                cur.execute(statement + " WHERE model_name = %s", (name,))
+                cur.execute(statement, (name,) if "%s" in statement else None)
     finally:
         conn.close()
     assert len(audit.rows(name)) == 1

@@ -25,6 +25,11 @@ def test_good_data_passes_and_is_fingerprinted(frame) -> None:
     assert data.fingerprint(changed) != data.fingerprint(checked)
 
 
+def test_the_fingerprint_does_not_depend_on_row_order(frame) -> None:
+    shuffled = frame.sample(frac=1.0, random_state=1)
+    assert data.fingerprint(data.validate(CFG, shuffled)) == data.fingerprint(data.validate(CFG, frame))
+
+
 def test_the_demo_data_is_imbalanced_but_learnable(frame) -> None:
     rate = frame["is_fraud"].mean()
     assert 0.03 < rate < 0.15
