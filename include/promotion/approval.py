@@ -11,8 +11,9 @@ from datetime import timedelta
 from typing import Any
 
 from include.promotion import tracking
-from include.promotion.config import METRICS, ModelConfig
+from include.promotion.config import ModelConfig
 from include.promotion.errors import ApprovalRefused
+from include.promotion.evaluation import Evaluation, comparison_markdown
 
 APPROVE_TASK_ID = "approve"
 TIMEOUT_REASON = "timed out: no reviewer answered within {hours:g} h"
@@ -49,15 +50,8 @@ def evidence_markdown(
 ) -> str:
     """What a reviewer needs to decide, in Markdown: metrics side by side, gates, data, links."""
     version = staged["version"]
-    champion = evaluation.get("champion_metrics")
     champion_version = evaluation.get("champion_version")
-    rows = ["| metric | candidate | champion | delta |", "|---|---:|---:|---:|"]
-    for metric in METRICS:
-        cand = evaluation["metrics"][metric]
-        if champion:
-            rows.append(f"| {metric} | {cand:.4f} | {champion[metric]:.4f} | {cand - champion[metric]:+.4f} |")
-        else:
-            rows.append(f"| {metric} | {cand:.4f} | none | n/a |")
+    table = comparison_markdown(Evaluation(**evaluation)).splitlines()
     gates = [
         f"- {'PASS' if g['passed'] else 'FAIL'} `{g['gate']}` (value {g['value']:.4f})"
         for g in evaluation["gate_results"]
@@ -74,7 +68,7 @@ def evidence_markdown(
             f"Candidate **v{version}** passed its automatic gates; {champion_line}. Both were scored on the "
             "same holdout.",
             "",
-            *rows,
+            *table,
             "",
             "**Gates**",
             *gates,

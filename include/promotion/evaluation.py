@@ -81,7 +81,7 @@ def apply_gates(
     return results, reasons
 
 
-def comparison_markdown(cfg: ModelConfig, evaluation: Evaluation) -> str:
+def comparison_markdown(evaluation: Evaluation) -> str:
     """Candidate vs champion, metric by metric with deltas, as a Markdown table."""
     champion = evaluation.champion_metrics
     head = (
@@ -151,7 +151,7 @@ def evaluate_candidate(cfg: ModelConfig, frame: pd.DataFrame, trained: dict[str,
     if champion_metrics:
         logged |= {f"champion_holdout_{k}": v for k, v in champion_metrics.items()}
     mlflow_client.log_batch(run_id, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in logged.items()])
-    mlflow_client.log_text(run_id, comparison_markdown(cfg, evaluation), "evaluation/comparison.md")
+    mlflow_client.log_text(run_id, comparison_markdown(evaluation), "evaluation/comparison.md")
     mlflow_client.log_text(run_id, json.dumps(evaluation.as_dict(), indent=2), "evaluation/evaluation.json")
     _log_plots(mlflow_client, run_id, split.y_test, curves)
     mlflow_client.set_tag(run_id, "promotion_decision", "passed" if evaluation.passed else "not_promoted")

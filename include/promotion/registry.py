@@ -466,6 +466,7 @@ __all__ = [
     "plan_rollback",
     "promote_to_production",
     "promote_to_staging",
+    "record_approval",
     "register_version",
     "reject",
     "rollback",

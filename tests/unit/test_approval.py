@@ -38,6 +38,8 @@ def test_the_evidence_shows_candidate_and_champion_side_by_side(monkeypatch: pyt
     metrics = {"roc_auc": 0.91, "f1": 0.5, "average_precision": 0.6, "precision": 0.55, "recall": 0.45}
     champion = {**metrics, "roc_auc": 0.88}
     evaluation = {
+        "passed": True,
+        "reasons": [],
         "metrics": metrics,
         "champion_metrics": champion,
         "champion_version": "3",
