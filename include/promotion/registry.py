@@ -26,15 +26,6 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
 NONE, STAGING, PRODUCTION, ARCHIVED = "None", "Staging", "Production", "Archived"
-# promotion_status -> the stage it corresponds to (the vocabulary of the audit log's from/to columns)
-STATUS_STAGE = {
-    "registered": NONE,
-    "staging": STAGING,
-    "production": PRODUCTION,
-    "archived": ARCHIVED,
-    "rolled_back": ARCHIVED,
-    "rejected": NONE,
-}
 
 
 @dataclass(frozen=True)
@@ -56,10 +47,6 @@ def now_iso() -> str:
 
 def status_of(mv: ModelVersion) -> str:
     return (mv.tags or {}).get("promotion_status", "registered")
-
-
-def stage_of(mv: ModelVersion) -> str:
-    return STATUS_STAGE.get(status_of(mv), NONE)
 
 
 def _is_missing(exc: Exception) -> bool:
