@@ -49,7 +49,7 @@ def main() -> None:
             os.environ.update(stack.package_env())
             demo_data.seed_transactions(stack.postgres_uri("promotion"))
             print(f"stack up in {time.perf_counter() - started:.1f} s")
-            api = AirflowAPI(stack.airflow_url, "admin", stack.passwords()["admin"])
+            api = AirflowAPI(stack.airflow_url, "admin", stack.passwords()["admin"], stack.scheduler_log)
             reviewer = AirflowAPI(stack.airflow_url, "bob", stack.passwords()["bob"])
             api.wait_for_dag(dag_id)
             totals, fits, overheads = [], [], []

@@ -6,6 +6,7 @@ Used by ``make run`` (to trigger the first run), the end-to-end tests and the be
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -21,12 +22,42 @@ class AirflowAPIError(RuntimeError):
         super().__init__(f"{response.request.method} {response.url} -> {response.status_code}: {response.text[:500]}")
 
 
-class AirflowAPI:
-    """Calls the API as one user (simple auth manager: POST /auth/token)."""
+class ExecutorEvents:
+    """The executor events a scheduler logged, read incrementally from its log file."""
 
-    def __init__(self, base_url: str, username: str, password: str):
+    MARK = "Received executor event with state success for task instance "
+
+    def __init__(self, scheduler_log: Path):
+        self.path = scheduler_log
+        self._offset = 0
+        self._seen: list[str] = []
+
+    def seen(self, dag_id: str, run_id: str, task_id: str) -> bool:
+        try:
+            with self.path.open("rb") as log:
+                if log.seek(0, 2) < self._offset:  # the log was replaced: read it from the start
+                    self._offset = 0
+                log.seek(self._offset)
+                chunk = log.read()
+        except FileNotFoundError:
+            return False
+        complete = chunk.rfind(b"\n") + 1  # a half-written last line is read next time
+        self._offset += complete
+        self._seen += [line for line in chunk[:complete].decode(errors="replace").splitlines() if self.MARK in line]
+        key = f"TaskInstanceKey(dag_id='{dag_id}', task_id='{task_id}', run_id='{run_id}'"
+        return any(key in line for line in self._seen)
+
+
+class AirflowAPI:
+    """Calls the API as one user (simple auth manager: POST /auth/token).
+
+    ``scheduler_log``: the scheduler's log file, when the caller runs the stack; see ``wait_for_gate``.
+    """
+
+    def __init__(self, base_url: str, username: str, password: str, scheduler_log: Path | None = None):
         self.base_url = base_url.rstrip("/")
         self.username = username
+        self._executor_events = ExecutorEvents(scheduler_log) if scheduler_log else None
         self._session = requests.Session()
         token = self._session.post(
             f"{self.base_url}/auth/token", json={"username": username, "password": password}, timeout=30
@@ -81,12 +112,22 @@ class AirflowAPI:
     def wait_for_gate(self, dag_id: str, run_id: str, task_id: str = "approve", timeout: float = 300) -> dict[str, Any]:
         """Wait until the approval task awaits input, and has settled there; return its HITL detail.
 
-        Airflow 3.3 races when an answer lands within about a second of the task parking itself: the
-        executor's late "success" event for the parked process then marks the resumed task for retry,
-        which asks again and drops the answer. A person never answers that fast; a test must not either.
+        Airflow 3.3 races when an answer lands before the scheduler has drained the executor's "success"
+        event for the process that parked the task: if the resumed attempt is already running, that
+        stale event fails it (apache/airflow#72716, fix open in #72767). A person never answers that
+        fast; a test must not either. With the scheduler's log at hand this waits for that very event;
+        without it, for a fixed few seconds.
         """
         self.wait_for_task(dag_id, run_id, task_id, {"awaiting_input"}, timeout=timeout)
-        time.sleep(GATE_SETTLE_SECONDS)
+        if self._executor_events is None:
+            time.sleep(GATE_SETTLE_SECONDS)
+        else:
+            deadline = time.monotonic() + timeout
+            while not self._executor_events.seen(dag_id, run_id, task_id):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the scheduler never logged the executor event of {dag_id}/{run_id}/{task_id}")
+                time.sleep(0.5)
+            time.sleep(0.5)  # the event is logged just before it is processed, in the same scheduler loop
         self.wait_for_task(dag_id, run_id, task_id, {"awaiting_input"}, timeout=timeout)
         return self.hitl_detail(dag_id, run_id, task_id)
 

@@ -269,6 +269,7 @@ class LocalStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir = self.state_dir / "logs"
         self.logs_dir.mkdir(exist_ok=True)
+        self.scheduler_log = self.logs_dir / "scheduler.log"
         self.pgdata = self.state_dir / "postgres"
         self.mlflow_dir = self.state_dir / "mlflow"
         self.airflow_home = self.state_dir / "airflow"
@@ -284,6 +285,26 @@ class LocalStack:
         self._pg_running = False
         self._stopped = False
         atexit.register(self.stop)
+
+    def problems_digest(self, since: float, lines: int = 40) -> str:
+        """Warnings and errors the services and tasks logged since ``since`` (epoch seconds).
+
+        For a failed test's report: an end-to-end failure on a CI machine is otherwise a bare "failed".
+        """
+        keys = ("error", "warning", "exception", "traceback", "state mismatch", "failed")
+        parts = []
+        files = sorted(self.logs_dir.glob("*.log")) + sorted(
+            p for p in (self.logs_dir / "airflow").rglob("*.log") if p.stat().st_mtime >= since
+        )
+        for path in files:
+            hits = [
+                line[:400]
+                for line in path.read_text(errors="replace").splitlines()
+                if any(k in line.lower() for k in keys) and "deprecat" not in line.lower()
+            ]
+            if hits:
+                parts.append(f"== {path.relative_to(self.logs_dir)}\n" + "\n".join(hits[-lines:]))
+        return "\n".join(parts) or "(nothing logged at warning level or above)"
 
     # -- configuration -------------------------------------------------------------------------------------
     def _load_secrets(self) -> dict[str, str]:

@@ -9,12 +9,15 @@ is ``scripts.localstack``, the same code ``make run`` uses. Everything it starts
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+STACK = pytest.StashKey[object]()
+STARTED = pytest.StashKey[float]()
 REVIEWERS = {"admin": "admin", "alice": "user", "bob": "user", "carol": "user", "mallory": "user"}
 
 
@@ -30,7 +33,9 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def services(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[object]:
+def services(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, models_dir: Path
+) -> Iterator[object]:
     """PostgreSQL and MLflow, started once; the package's environment points at them."""
     from include.promotion import demo_data
     from scripts.localstack import LocalStack, StackConfig
@@ -51,6 +56,7 @@ def services(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iter
         stack.start_mlflow()
         os.environ.update(stack.package_env())
         demo_data.seed_transactions(stack.postgres_uri("promotion"))
+        request.config.stash[STACK] = stack
         yield stack
     finally:
         stack.stop()
@@ -64,3 +70,19 @@ def airflow(services):
     services.migrate_airflow_db()
     services.start_airflow()
     return services
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    item.stash[STARTED] = time.time()
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[pytest.TestReport]:
+    """A failed test that used the services gets their warnings and errors in its report."""
+    report = yield
+    stack = item.config.stash.get(STACK, None)
+    if report.when == "call" and report.failed and stack is not None and "services" in item.fixturenames:
+        report.sections.append(("services: warnings and errors", stack.problems_digest(item.stash[STARTED])))
+    return report

@@ -24,7 +24,7 @@ def as_user(airflow) -> Callable[[str], AirflowAPI]:
 
     def get(user: str) -> AirflowAPI:
         if user not in cache:
-            cache[user] = AirflowAPI(airflow.airflow_url, user, passwords[user])
+            cache[user] = AirflowAPI(airflow.airflow_url, user, passwords[user], airflow.scheduler_log)
         return cache[user]
 
     return get

@@ -67,7 +67,8 @@ class MakeRun:
 
     def api(self, user: str) -> AirflowAPI:
         passwords = json.loads((self.state_dir / "airflow_passwords.json").read_text())
-        return AirflowAPI(f"http://127.0.0.1:{self.ports['airflow']}", user, passwords[user])
+        scheduler_log = self.state_dir / "logs" / "scheduler.log"
+        return AirflowAPI(f"http://127.0.0.1:{self.ports['airflow']}", user, passwords[user], scheduler_log)
 
 
 def audit_rows(state_dir: Path, port: int) -> list[tuple]:
