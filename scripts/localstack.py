@@ -727,10 +727,14 @@ class LocalStack:
         _check_port(service, getattr(self, attr))
 
     # -- whole stack ---------------------------------------------------------------------------------------
-    def start(self, components: Sequence[str] = AIRFLOW_COMPONENTS) -> None:
-        self._stopped = False
+    def stop_leftovers(self) -> None:
+        """Stop what an earlier run on this state_dir left running (e.g. after a SIGKILL of `make run`)."""
         self._reap_stale()
         self._stop_leftover_postgres()
+
+    def start(self, components: Sequence[str] = AIRFLOW_COMPONENTS) -> None:
+        self._stopped = False
+        self.stop_leftovers()
         # fail before starting anything when a port is taken
         self._claim_port("postgres")
         self._claim_port("mlflow")
@@ -833,6 +837,9 @@ def main(argv: Sequence[str] | None = None, after_start: Callable[[LocalStack], 
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    # Ctrl-C must stop the stack even when started from a shell that ignores SIGINT for background jobs
+    # (Python then installs no KeyboardInterrupt handler of its own).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     stack = LocalStack(config)
     try:
         try:

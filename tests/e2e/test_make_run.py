@@ -16,7 +16,7 @@ import requests
 from mlflow import MlflowClient
 
 from scripts.airflow_api import AirflowAPI
-from scripts.localstack import free_port
+from scripts.localstack import LocalStack, StackConfig, free_port
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -61,7 +61,8 @@ class MakeRun:
             self.proc.wait(120)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
-            raise
+            LocalStack(StackConfig(state_dir=self.state_dir)).stop_leftovers()  # its services have own sessions
+            raise AssertionError(f"make run did not stop within 120 s of Ctrl-C:\n{self.log.read_text()[-3000:]}")
         _, alive = psutil.wait_procs(descendants, timeout=10)
         assert alive == [], f"left behind: {[p.pid for p in alive]}"
 
