@@ -62,7 +62,9 @@ class MakeRun:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             LocalStack(StackConfig(state_dir=self.state_dir)).stop_leftovers()  # its services have own sessions
-            raise AssertionError(f"make run did not stop within 120 s of Ctrl-C:\n{self.log.read_text()[-3000:]}")
+            raise AssertionError(
+                f"make run did not stop within 120 s of Ctrl-C:\n{self.log.read_text()[-3000:]}"
+            ) from None
         _, alive = psutil.wait_procs(descendants, timeout=10)
         assert alive == [], f"left behind: {[p.pid for p in alive]}"
 
