@@ -55,6 +55,13 @@ DataSource = Annotated[PostgresSource | BuiltinSource, Field(discriminator="sour
 class Holdout(_Strict):
     test_size: float = Field(default=0.25, gt=0.05, lt=0.9)
     random_state: int = 42
+    key: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A unique, stable row id column. Rows are then held out by a hash of it, so a row stays in "
+        "(or out of) the holdout as the table grows, and the champion is never scored on rows it trained on. "
+        "Without it: a seeded stratified split of the current rows.",
+    )
 
 
 class Estimator(_Strict):
@@ -123,6 +130,11 @@ class ModelConfig(_Strict):
             raise ValueError(f"target column '{self.target}' is also listed in features; remove it there")
         if len(set(self.features)) != len(self.features):
             raise ValueError("features must be distinct column names")
+        if self.holdout.key in (*self.features, self.target):
+            raise ValueError(
+                f"holdout.key '{self.holdout.key}' is also a feature or the target; use a row id column that is "
+                "neither (the key only decides which rows are held out)"
+            )
         return self
 
     @property

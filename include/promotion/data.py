@@ -14,7 +14,10 @@ from include.promotion.config import BuiltinSource, ModelConfig, PostgresSource
 from include.promotion.errors import DataValidationError
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
+
+HASH_BUCKETS = 10_000
 
 
 @dataclass(frozen=True)
@@ -50,13 +53,15 @@ def validate(cfg: ModelConfig, frame: pd.DataFrame) -> pd.DataFrame:
     where = f"training data of '{cfg.name}'"
     if frame is None or len(frame) == 0:
         raise DataValidationError(f"{where} is empty: the source returned no rows. Check the query or seed the table.")
-    missing = [c for c in [*cfg.features, cfg.target] if c not in frame.columns]
+    key = cfg.holdout.key
+    columns = [*cfg.features, cfg.target, *([key] if key else [])]
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataValidationError(
             f"{where} lacks column(s) {missing}; the source returned {list(frame.columns)}. "
-            "Fix the query or the 'features'/'target' fields of the model config."
+            "Fix the query or the 'features'/'target'/'holdout.key' fields of the model config."
         )
-    frame = frame[[*cfg.features, cfg.target]]
+    frame = frame[columns]
     if len(frame) < cfg.min_rows:
         raise DataValidationError(
             f"{where} has {len(frame)} rows, fewer than min_rows={cfg.min_rows}. Load more data or lower min_rows."
@@ -86,9 +91,39 @@ def validate(cfg: ModelConfig, frame: pd.DataFrame) -> pd.DataFrame:
         raise DataValidationError(
             f"{where} has only {minority} example(s) of its rarer class; at least 10 are needed to hold some out."
         )
+    if key:
+        _check_key(cfg, frame, where)
     # One canonical row order, so the fingerprint and the holdout split do not depend on how the source
     # happened to return the rows.
     return frame.sort_values(by=list(frame.columns), kind="mergesort").reset_index(drop=True)
+
+
+def holdout_mask(cfg: ModelConfig, frame: pd.DataFrame) -> np.ndarray:
+    """With ``holdout.key``: True for the held-out rows. A row's side depends on its key alone (and
+    ``random_state``), never on the other rows, so it keeps its side as the table grows."""
+    import pandas as pd
+
+    salted = str(cfg.holdout.random_state) + ":" + frame[cfg.holdout.key].astype(str)
+    buckets = pd.util.hash_pandas_object(salted, index=False).to_numpy() % HASH_BUCKETS
+    return buckets < round(cfg.holdout.test_size * HASH_BUCKETS)
+
+
+def _check_key(cfg: ModelConfig, frame: pd.DataFrame, where: str) -> None:
+    key = cfg.holdout.key
+    if nulls := int(frame[key].isna().sum()):
+        raise DataValidationError(f"{where} has {nulls} row(s) with no value in holdout.key column '{key}'.")
+    if duplicated := int(frame[key].duplicated().sum()):
+        raise DataValidationError(
+            f"{where} has {duplicated} duplicated value(s) in holdout.key column '{key}'; the key must identify "
+            "each row (use the table's primary key)."
+        )
+    held_out = holdout_mask(cfg, frame)
+    for part, rows in (("holdout", frame[cfg.target][held_out]), ("training part", frame[cfg.target][~held_out])):
+        if rows.nunique() < 2:
+            raise DataValidationError(
+                f"{where}: the {part} of the split on holdout.key '{key}' holds only one class; load more rows "
+                "or change holdout.test_size."
+            )
 
 
 def fingerprint(frame: pd.DataFrame) -> str:

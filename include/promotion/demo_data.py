@@ -36,6 +36,7 @@ def synthetic_transactions(rows: int = 4000, seed: int = 7, fraud_rate: float = 
     threshold = np.quantile(score, 1 - fraud_rate)
     return pd.DataFrame(
         {
+            "id": np.arange(1, rows + 1),  # a stable row id, as a real table has (the holdout key)
             "amount": amount,
             "hour": hour,
             "merchant_risk": merchant_risk,
@@ -56,6 +57,7 @@ def builtin_frame(dataset: str, rows: int, seed: int) -> pd.DataFrame:
 
         frame = load_breast_cancer(as_frame=True).frame
         frame.columns = [c.replace(" ", "_") for c in frame.columns]
+        frame.insert(0, "id", range(1, len(frame) + 1))
         return frame
     raise ValueError(f"unknown built-in dataset '{dataset}'")
 
@@ -78,12 +80,12 @@ def seed_transactions(dsn: str, rows: int = 4000, seed: int = 7, table: str = DE
                 "account_age_days INTEGER, is_fraud INTEGER)"
             ).format(ident)
         )
-        columns = list(frame.columns)
+        columns = [c for c in frame.columns if c != "id"]  # SERIAL numbers them in the same order
         insert = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
             ident,
             sql.SQL(", ").join(map(sql.Identifier, columns)),
             sql.SQL(", ").join(sql.Placeholder() * len(columns)),
         )
-        cur.executemany(insert, [tuple(r) for r in frame.astype(object).itertuples(index=False)])
+        cur.executemany(insert, [tuple(r) for r in frame[columns].astype(object).itertuples(index=False)])
     conn.close()
     return len(frame)

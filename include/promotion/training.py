@@ -28,10 +28,16 @@ class Split:
 
 
 def holdout_split(cfg: ModelConfig, frame: pd.DataFrame) -> Split:
-    """The deterministic, stratified split every task and every model version is scored on."""
+    """The deterministic split every task and every model version is scored on: by a hash of
+    ``holdout.key`` when configured (stable as the table grows), else seeded and stratified."""
     from sklearn.model_selection import train_test_split
 
+    from include.promotion.data import holdout_mask
+
     x, y = frame[cfg.features], frame[cfg.target]
+    if cfg.holdout.key:
+        held_out = holdout_mask(cfg, frame)
+        return Split(x[~held_out], x[held_out], y[~held_out], y[held_out])
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=cfg.holdout.test_size, random_state=cfg.holdout.random_state, stratify=y
     )

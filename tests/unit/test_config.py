@@ -57,6 +57,7 @@ def test_a_typo_in_a_field_name_names_the_file_the_field_and_the_fix(tmp_path: P
         (lambda d: d["approval"].update(reviewers=[]), "approval.reviewers"),
         (lambda d: d["data"].update(source="s3"), "field 'data'"),
         (lambda d: d.update(features=[*d["features"], "is_fraud"]), "also listed in features"),
+        (lambda d: d["holdout"].update(key="amount"), "holdout.key 'amount' is also a feature"),
     ],
 )
 def test_malformed_configs_are_refused_with_the_field(tmp_path: Path, demo: dict, change, expected: str) -> None:
