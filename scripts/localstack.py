@@ -287,7 +287,7 @@ class LocalStack:
         atexit.register(self.stop)
 
     def problems_digest(self, since: float, lines: int = 40) -> str:
-        """Warnings and errors the services and tasks logged since ``since`` (epoch seconds).
+        """The services' latest warnings and errors, and those of task logs written since ``since`` (epoch s).
 
         For a failed test's report: an end-to-end failure on a CI machine is otherwise a bare "failed".
         """
