@@ -36,6 +36,7 @@ class MakeRun:
             f"--mlflow-port {self.ports['mlflow']} --postgres-port {self.ports['postgres']}"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW", "PROMOTION"))}
+        already = self.log.stat().st_size if self.log.exists() else 0  # the log is appended to on a restart
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 ["make", "--no-print-directory", "run", f"RUN_ARGS={args}"],
@@ -47,7 +48,7 @@ class MakeRun:
                 start_new_session=True,
             )
         deadline = time.monotonic() + 300
-        while "Press Ctrl-C to stop" not in self.log.read_text():
+        while b"Press Ctrl-C to stop" not in self.log.read_bytes()[already:]:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"make run did not come up:\n{self.log.read_text()[-4000:]}")
             time.sleep(1)
