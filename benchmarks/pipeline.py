@@ -58,10 +58,7 @@ def main() -> None:
                 run_id = api.trigger(dag_id)
                 api.wait_for_task(dag_id, run_id, "approve", {"awaiting_input"}, timeout=600)
                 total = time.perf_counter() - t0
-                tis = {
-                    ti["task_id"]: ti
-                    for ti in api.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
-                }
+                tis = api.task_instances(dag_id, run_id)
                 trained = tracking.client().get_model_version_by_alias("fraud-detector", "challenger")
                 fit = tracking.client().get_run(trained.run_id).data.metrics.get("fit_seconds", float("nan"))
                 totals.append(total)

@@ -94,9 +94,12 @@ class AirflowAPI:
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
 
-    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+    def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
         tis = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
-        return {ti["task_id"]: ti["state"] for ti in tis}
+        return {ti["task_id"]: ti for ti in tis}
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        return {task_id: ti["state"] for task_id, ti in self.task_instances(dag_id, run_id).items()}
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 300) -> str:
         """Wait until the run ends; return its state."""

@@ -183,13 +183,6 @@ def _names(procs: Iterable[psutil.Process]) -> str:
     return "; ".join(_describe(p) for p in procs) or "-"
 
 
-def _children(proc: psutil.Process) -> list[psutil.Process]:
-    try:
-        return proc.children(recursive=True)
-    except psutil.Error:
-        return []
-
-
 def _signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
     for proc in procs:
         with contextlib.suppress(psutil.Error, OSError):
@@ -452,10 +445,8 @@ class LocalStack:
         found: set[psutil.Process] = set()
         for proc in self._procs.values():
             found |= _process_tree(proc.pid)
-        if self._pg_running:
-            with contextlib.suppress(psutil.Error, OSError, ValueError):
-                pid = int((self.pgdata / "postmaster.pid").read_text().split()[0])
-                found |= _process_tree(pid)
+        if self._pg_running and (pid := self._postmaster_pid()):
+            found |= _process_tree(pid)
         return sorted(found, key=lambda p: p.pid)
 
     # -- PostgreSQL ----------------------------------------------------------------------------------------
@@ -583,10 +574,9 @@ class LocalStack:
         result = self._pg("pg_ctl", args, timeout=60)
         if result.returncode != 0 and pid:
             log.warning("pg_ctl stop failed (%s); killing the server", result.stderr.strip())
-            with contextlib.suppress(psutil.Error):
-                procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-                _signal_all(procs, signal.SIGKILL)
-                psutil.wait_procs(procs, timeout=5)
+            procs = list(_process_tree(pid))
+            _signal_all(procs, signal.SIGKILL)
+            psutil.wait_procs(procs, timeout=5)
         self._pg_running = False
 
     # -- MLflow --------------------------------------------------------------------------------------------

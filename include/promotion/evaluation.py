@@ -118,7 +118,7 @@ def _log_plots(mlflow_client: Any, run_id: str, y_true: Any, curves: dict[str, A
 def evaluate_candidate(cfg: ModelConfig, frame: pd.DataFrame, trained: dict[str, str]) -> Evaluation:
     """Score candidate and champion on the same holdout, log the evidence, return the verdict."""
     import mlflow
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric, RunTag
 
     mlflow_client = tracking.client()
     split = holdout_split(cfg, frame)
@@ -150,10 +150,16 @@ def evaluate_candidate(cfg: ModelConfig, frame: pd.DataFrame, trained: dict[str,
     logged = {f"holdout_{k}": v for k, v in metrics.items()}
     if champion_metrics:
         logged |= {f"champion_holdout_{k}": v for k, v in champion_metrics.items()}
-    mlflow_client.log_batch(run_id, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in logged.items()])
+    decision = {
+        "promotion_decision": "passed" if evaluation.passed else "not_promoted",
+        "promotion_reason": "; ".join(reasons) if reasons else "all gates passed",
+    }
+    mlflow_client.log_batch(
+        run_id,
+        metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in logged.items()],
+        tags=[RunTag(k, v) for k, v in decision.items()],
+    )
     mlflow_client.log_text(run_id, comparison_markdown(evaluation), "evaluation/comparison.md")
     mlflow_client.log_text(run_id, json.dumps(evaluation.as_dict(), indent=2), "evaluation/evaluation.json")
     _log_plots(mlflow_client, run_id, split.y_test, curves)
-    mlflow_client.set_tag(run_id, "promotion_decision", "passed" if evaluation.passed else "not_promoted")
-    mlflow_client.set_tag(run_id, "promotion_reason", "; ".join(reasons) if reasons else "all gates passed")
     return evaluation

@@ -192,12 +192,10 @@ def record_approval(name: str, version: str, reviewer: str, reason: str, change:
     client = tracking.client()
     with audit.model_lock(name, change.change_id) as log:
         mv = _require_version(client, name, version)
-        if mv.tags.get("approval_change") == change.change_id:
-            log.record(_entry(name, version, "approve", STAGING, STAGING, change, reason, actor=reviewer))
-            return
-        _require_challenger(client, name, mv)
-        _set_tags(client, name, version, {"approved_by": reviewer, "approval_reason": reason})
-        _set_tags(client, name, version, {"approval_change": change.change_id})  # last: marks the record complete
+        if mv.tags.get("approval_change") != change.change_id:  # else resumed: only the audit row may be missing
+            _require_challenger(client, name, mv)
+            _set_tags(client, name, version, {"approved_by": reviewer, "approval_reason": reason})
+            _set_tags(client, name, version, {"approval_change": change.change_id})  # last: marks it complete
         log.record(_entry(name, version, "approve", STAGING, STAGING, change, reason, actor=reviewer))
 
 

@@ -124,7 +124,8 @@ def promote_to_production(
 
     cfg = get_model_config(model_name)
     version = staged["version"]
-    approved_by = registry.get_version(tracking.client(), model_name, version).tags.get("approved_by")
+    mv = registry.get_version(tracking.client(), model_name, version)  # missing: the registry refuses below
+    approved_by = mv.tags.get("approved_by") if mv else None
     check_responder(approved_by, cfg.approval.reviewers, triggered_by)  # four eyes, once more
     previous = registry.promote_to_production(
         model_name, version, Change(actor=approved_by or dag_id, dag_id=dag_id, run_id=run_id)
