@@ -17,13 +17,15 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from include.promotion import demo_data, tracking
+from include.promotion import demo_data, mlflow_client
 from include.promotion.config import dag_id_for
-from scripts.airflow_api import AirflowAPI
-from scripts.localstack import LocalStack, StackConfig
+from scripts.airflow_api import APPROVE_TASK_ID, AirflowAPI
+from scripts.stack import ServiceStack, StackConfig
 
-DEMO = Path(__file__).resolve().parents[1] / "include" / "models" / "fraud-detector.yaml"
-TASKS = ["load_data", "train", "evaluate", "register", "promote_to_staging", "approve"]
+MODELS = Path(__file__).resolve().parents[1] / "include" / "models"  # the shipped configs, as they are
+TASKS = ["load_data", "train", "evaluate", "register", "promote_to_staging"]  # the steps before the gate
+# manual runs only: a scheduled run started at unpause would hold the model's single active run
+MANUAL_RUNS_ONLY = {"PROMOTION_SCHEDULE_OVERRIDE": "none"}
 
 
 def _seconds(start: str | None, end: str | None) -> float:
@@ -40,13 +42,12 @@ def main() -> None:
     dag_id = dag_id_for("fraud-detector")
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        models = Path(tmp, "models")
-        models.mkdir()
-        # manual runs only: a scheduled run started at unpause would hold the model's single active run
-        (models / DEMO.name).write_text(DEMO.read_text().replace('schedule: "@weekly"', "schedule: null"))
-        stack = LocalStack(StackConfig(state_dir=Path(tmp, "stack"), airflow_port=0, mlflow_port=0, models_dir=models))
-        with stack:  # starts PostgreSQL, MLflow and Airflow; stops them on exit
+        config = StackConfig(
+            state_dir=Path(tmp, "stack"), airflow_port=0, mlflow_port=0, models_dir=MODELS, extra_env=MANUAL_RUNS_ONLY
+        )
+        with ServiceStack(config) as stack:  # starts PostgreSQL, MLflow and Airflow; stops them on exit
             os.environ.update(stack.package_env())
+            os.environ.update(MANUAL_RUNS_ONLY)
             demo_data.seed_transactions(stack.postgres_uri("promotion"))
             print(f"stack up in {time.perf_counter() - started:.1f} s")
             api = AirflowAPI(stack.airflow_url, "admin", stack.passwords()["admin"], stack.scheduler_log)
@@ -56,11 +57,11 @@ def main() -> None:
             for i in range(args.runs):
                 t0 = time.perf_counter()
                 run_id = api.trigger(dag_id)
-                api.wait_for_task(dag_id, run_id, "approve", {"awaiting_input"}, timeout=600)
+                api.wait_for_task(dag_id, run_id, APPROVE_TASK_ID, {"awaiting_input"}, timeout=600)
                 total = time.perf_counter() - t0
                 tis = api.task_instances(dag_id, run_id)
-                trained = tracking.client().get_model_version_by_alias("fraud-detector", "challenger")
-                fit = tracking.client().get_run(trained.run_id).data.metrics.get("fit_seconds", float("nan"))
+                trained = mlflow_client.client().get_model_version_by_alias("fraud-detector", "challenger")
+                fit = mlflow_client.client().get_run(trained.run_id).data.metrics.get("fit_seconds", float("nan"))
                 totals.append(total)
                 fits.append(fit)
                 overheads.append(total - fit)
@@ -68,11 +69,11 @@ def main() -> None:
                     f"\nrun {i + 1}: trigger -> awaiting approval {total:.1f} s "
                     f"(fit {fit:.2f} s, overhead {total - fit:.1f} s)"
                 )
-                for task_id in TASKS[:-1]:
+                for task_id in TASKS:
                     ti = tis[task_id]
                     secs = _seconds(ti.get("start_date"), ti.get("end_date"))
                     print(f"  {task_id:<20} {secs:6.2f} s  {100 * secs / total:5.1f} %")
-                queued = total - sum(_seconds(tis[t].get("start_date"), tis[t].get("end_date")) for t in TASKS[:-1])
+                queued = total - sum(_seconds(tis[t].get("start_date"), tis[t].get("end_date")) for t in TASKS)
                 print(f"  {'(scheduling/queue)':<20} {queued:6.2f} s  {100 * queued / total:5.1f} %")
                 api.wait_for_gate(dag_id, run_id)
                 reviewer.answer(dag_id, run_id, "Approve", "benchmark")

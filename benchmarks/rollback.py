@@ -1,6 +1,6 @@
 """Rollback cost: registry time with 10 and with 1,000 versions of one model, and trigger-to-restored.
 
-Part 1 runs ``registry.plan_rollback`` + ``registry.rollback`` in-process against a real MLflow server
+Part 1 runs ``rollback.plan_rollback`` + ``rollback.rollback`` in-process against a real MLflow server
 and PostgreSQL, on one model with 10 and one with 1,000 versions; the ratio shows the calls do not scan
 versions. Part 2 triggers the ``model_rollback`` DAG through the REST API under a running scheduler
 and times until ``models:/<name>@champion`` resolves to the previous version.
@@ -22,18 +22,19 @@ from pathlib import Path
 
 import yaml
 
-from include.promotion import registry, tracking
-from include.promotion.registry import Change
+from benchmarks.registry_workload import change, new_run, promote, proxied_client, tiny_model_uri
+from include.promotion import mlflow_client, rollback
 from scripts.airflow_api import AirflowAPI
-from scripts.localstack import LocalStack, StackConfig
-from tests.support import new_run, promote, tiny_model_uri
+from scripts.stack import ServiceStack, StackConfig
 
 DEMO = Path(__file__).resolve().parents[1] / "include" / "models" / "fraud-detector.yaml"
+# manual runs only: a scheduled run started at unpause would race the benchmark's own promotions
+MANUAL_RUNS_ONLY = {"PROMOTION_SCHEDULE_OVERRIDE": "none"}
 
 
 def fill(name: str, count: int) -> None:
     """``count`` registered versions (only the newest ones will be promoted)."""
-    client = tracking.client()
+    client = mlflow_client.client()
     client.create_registered_model(name)
     uri, run_id = tiny_model_uri(), new_run(name)
     for _ in range(count):
@@ -46,45 +47,23 @@ def fill(name: str, count: int) -> None:
         )
 
 
-class CountingClient:
-    """The real MlflowClient, counting the registry calls the package makes through it."""
-
-    def __init__(self, real, counts: Counter):
-        self._real, self._counts = real, counts
-
-    def __getattr__(self, attr):
-        target = getattr(self._real, attr)
-        if not callable(target):
-            return target
-
-        def call(*args, **kwargs):
-            self._counts[attr] += 1
-            return target(*args, **kwargs)
-
-        return call
-
-
 def time_rollbacks(name: str, repeats: int) -> tuple[list[float], Counter]:
     timings, counts = [], Counter()
-    real_client = tracking.client
     for _ in range(repeats):
         promote(name)
         promote(name)
         counts.clear()
-        registry.tracking.client = lambda: CountingClient(real_client(), counts)
-        try:
+        with proxied_client(lambda method, args: counts.update([method])):
             started = time.perf_counter()
-            plan = registry.plan_rollback(name, None)
-            registry.rollback(plan, "benchmark", Change("bench", "bench", uuid.uuid4().hex))
+            plan = rollback.plan_rollback(name, None)
+            rollback.rollback(plan, "benchmark", change("bench"))
             timings.append(time.perf_counter() - started)
-        finally:
-            registry.tracking.client = real_client
     return timings, counts
 
 
 def time_calls(name: str, reps: int = 5) -> dict[str, float]:
     """Milliseconds per call of the MLflow calls a rollback makes, on this model (server-side cost)."""
-    client = tracking.client()
+    client = mlflow_client.client()
     champion = client.get_model_version_by_alias(name, "champion").version
     calls = {
         "get_model_version_by_alias": lambda: client.get_model_version_by_alias(name, "champion"),
@@ -113,11 +92,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         models = Path(tmp, "models")
         models.mkdir()
-        stack = LocalStack(StackConfig(state_dir=Path(tmp, "stack"), airflow_port=0, mlflow_port=0, models_dir=models))
+        config = StackConfig(
+            state_dir=Path(tmp, "stack"), airflow_port=0, mlflow_port=0, models_dir=models, extra_env=MANUAL_RUNS_ONLY
+        )
+        stack = ServiceStack(config)
         try:
             stack.start_postgres()
             stack.start_mlflow()
             os.environ.update(stack.package_env())
+            os.environ.update(MANUAL_RUNS_ONLY)
             medians, calls, per_call = {}, {}, {}
             for count in args.versions:
                 name = f"bench-{count}-{uuid.uuid4().hex[:4]}"
@@ -144,22 +127,20 @@ def main() -> None:
 
             # Part 2: trigger -> champion restored, with the scheduler running.
             cfg = yaml.safe_load(DEMO.read_text())
-            cfg.update(name="bench-rollback", schedule=None)
-            (models / "bench-rollback.yaml").write_text(yaml.safe_dump(cfg))
+            name = cfg["name"] = "bench-rollback"
+            (models / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
             stack.migrate_airflow_db()
             stack.start_airflow()
             api = AirflowAPI(stack.airflow_url, "carol", stack.passwords()["carol"])
             api.wait_for_dag("model_rollback", timeout=180)
             results = []
             for _ in range(args.repeats):
-                promote("bench-rollback")
-                expected = promote("bench-rollback")
+                promote(name)
+                expected = promote(name)
                 expected = str(int(expected) - 1)
                 t0 = time.perf_counter()
-                run_id = api.trigger("model_rollback", {"model_name": "bench-rollback", "reason": "benchmark"})
-                while (
-                    str(tracking.client().get_model_version_by_alias("bench-rollback", "champion").version) != expected
-                ):
+                run_id = api.trigger("model_rollback", {"model_name": name, "reason": "benchmark"})
+                while str(mlflow_client.client().get_model_version_by_alias(name, "champion").version) != expected:
                     if time.perf_counter() - t0 > 120:
                         raise TimeoutError(
                             f"rollback {run_id} did not restore v{expected}: "

@@ -10,7 +10,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, get_current_context, task
 
-from include.promotion.approval import build_approval_task
+from include.promotion.airflow_run import RunRef
+from include.promotion.approval_gate import build_approval_task
 from include.promotion.config import ModelConfig, load_model_configs
 
 DOC_MD = """
@@ -35,9 +36,8 @@ Undo a bad promotion with the `model_rollback` DAG.
 """
 
 
-def _run_ids() -> tuple[str, str]:
-    ti = get_current_context()["ti"]
-    return ti.dag_id, ti.run_id
+def _run() -> RunRef:
+    return RunRef.from_context(get_current_context())
 
 
 def build_promotion_dag(cfg: ModelConfig) -> None:
@@ -45,7 +45,7 @@ def build_promotion_dag(cfg: ModelConfig) -> None:
 
     @dag(
         dag_id=cfg.dag_id,
-        schedule=cfg.schedule,
+        schedule=cfg.effective_schedule,
         start_date=datetime(2026, 1, 1),
         catchup=False,
         max_active_runs=1,  # one candidate per model at a time
@@ -67,55 +67,49 @@ def build_promotion_dag(cfg: ModelConfig) -> None:
         @task
         def load_data() -> dict:
             """Fetch and check the training data; fingerprint it."""
-            from include.promotion import steps
+            from include.promotion import tasks
 
-            return steps.load_data(model)
+            return tasks.load_data(model, _run())
 
         @task
         def train(loaded: dict) -> dict:
             """Fit the candidate on the checked snapshot and log it to MLflow."""
-            from include.promotion import steps
+            from include.promotion import tasks
 
-            return steps.train(model, loaded, *_run_ids())
+            return tasks.train(model, loaded, _run())
 
         @task
         def evaluate(trained: dict) -> dict:
             """Score candidate and champion on the same holdout; apply the gates."""
-            from include.promotion import steps
+            from include.promotion import tasks
 
-            return steps.evaluate(model, trained)
+            return tasks.evaluate(model, trained, _run())
 
         @task
-        def register(trained: dict, verdict: dict) -> str:
+        def register(trained: dict, verdict: dict) -> dict:
             """Register the candidate once, only if it passed; otherwise end the run as not promoted."""
-            from airflow.sdk.exceptions import AirflowSkipException
+            from include.promotion import tasks
 
-            from include.promotion import steps
-
-            version = steps.register(model, trained, verdict, *_run_ids())
-            if version is None:
-                raise AirflowSkipException(f"not promoted: {'; '.join(verdict['reasons'])}")
-            return version
+            return tasks.register(model, trained, verdict, _run())
 
         @task
-        def promote_to_staging(version: str) -> dict:
+        def promote_to_staging(registered: dict) -> dict:
             """Make the new version the challenger in Staging, with an audit row."""
-            from include.promotion import steps
+            from include.promotion import tasks
 
-            return steps.promote_to_staging(model, version, *_run_ids())
+            return tasks.promote_to_staging(model, registered, _run())
 
         @task
         def promote_to_production(staged: dict) -> dict:
             """Make the approved version the champion and archive the previous one."""
-            from include.promotion import steps
+            from include.promotion import tasks
 
-            triggered_by = steps.triggering_user(get_current_context())
-            return steps.promote_to_production(model, staged, triggered_by, *_run_ids())
+            return tasks.promote_to_production(model, staged, _run())
 
         trained = train(load_data())
         verdict = evaluate(trained)
         staged = promote_to_staging(register(trained, verdict))
-        staged >> build_approval_task(cfg) >> promote_to_production(staged)
+        build_approval_task(cfg, staged, verdict, trained, task_id="approve") >> promote_to_production(staged)
 
     promotion()
 

@@ -1,6 +1,7 @@
 """On-call's undo button: put a model's previous production version back, at once and on record.
 
-Triggered by hand from the Airflow UI form (never scheduled): ``validate → rollback → verify``.
+Triggered by hand from the Airflow UI form (never scheduled):
+``validate → restore_previous_champion → verify``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag, get_current_context, task
 
+from include.promotion.airflow_run import RunRef
 from include.promotion.config import load_model_configs
+from include.promotion.inputs import MAX_REASON_CHARS, MAX_VERSION
 
 MODELS = sorted(load_model_configs().models)
 
@@ -25,10 +28,12 @@ MODELS = sorted(load_model_configs().models)
 
 Use this when the current champion misbehaves. Pick the model, optionally a version, and say why.
 
-* **validate** refuses, changing nothing, when the model has no champion, the target does not exist,
-  is already the champion, was never in production or was rejected, or when there is nothing to go
-  back to. Its message says what to pass instead.
-* **rollback** points `champion` at the target (default: the version the current champion replaced,
+* **validate** refuses, changing nothing, when you are not on call for the model (`rollback.on_call`
+  in its config, default: its reviewers), the reason is empty or over 2,000 characters, the model has
+  no champion, the target does not exist, is already the champion, was never in production, was
+  rejected, or was rolled back earlier (tick *Restore a rolled-back version* to allow that), or when
+  there is nothing to go back to. Its message says what to pass instead.
+* **restore_previous_champion** points `champion` at the target (default: the version the current champion replaced,
   its `promoted_over` tag), moves it to Production, marks the current one `rolled_back` with your
   reason and name, and writes one audit row per changed version.
 * **verify** checks that exactly one version is in production and that `models:/<name>@champion`
@@ -50,38 +55,47 @@ Triggering again rolls back one more step.
             None,
             type=["null", "integer"],
             minimum=1,
+            maximum=MAX_VERSION,
             title="Target version (optional)",
             description="Leave empty to restore the version the current champion replaced.",
         ),
         "reason": Param(
             type="string",
             minLength=1,
+            maxLength=MAX_REASON_CHARS,
             title="Reason",
             description="What is wrong with the current model. Required; recorded in the audit log.",
+        ),
+        "restore_rolled_back": Param(
+            False,
+            type="boolean",
+            title="Restore a rolled-back version",
+            description="Needed only when the target was itself rolled back earlier as bad; recorded as such.",
         ),
     },
 )
 def model_rollback() -> None:
     @task
     def validate() -> dict:
-        """Check the request against the registry; refuse with what to do instead, changing nothing."""
-        from include.promotion import rollback
+        """Check who asks and what; refuse with what to do instead, changing nothing."""
+        from include.promotion import tasks
 
-        return rollback.validate(get_current_context()["params"])
+        context = get_current_context()
+        return tasks.validate_rollback(context["params"], RunRef.from_context(context))
 
     @task(retries=2)
     def restore_previous_champion(plan: dict) -> dict:
         """Make the target the champion and mark the current one rolled back, with audit rows."""
-        from include.promotion import rollback
+        from include.promotion import tasks
 
-        return rollback.execute(plan, get_current_context())
+        return tasks.restore_previous_champion(plan, RunRef.from_context(get_current_context()))
 
     @task
     def verify(plan: dict) -> str:
         """Exactly one production version, and the champion alias resolves to the target."""
-        from include.promotion import rollback
+        from include.promotion import tasks
 
-        return rollback.verify(plan)
+        return tasks.verify_rollback(plan, RunRef.from_context(get_current_context()))
 
     plan = validate()
     restore_previous_champion(plan) >> verify(plan)

@@ -14,6 +14,9 @@ import requests
 TERMINAL_RUN_STATES = {"success", "failed"}
 GATE_SETTLE_SECONDS = 3.0
 
+# The promotion DAG's approval task (a contract named in README "Contracts"; dags/model_promotion.py).
+APPROVE_TASK_ID = "approve"
+
 
 class AirflowAPIError(RuntimeError):
     def __init__(self, response: requests.Response):
@@ -112,7 +115,9 @@ class AirflowAPI:
             time.sleep(1)
         return state
 
-    def wait_for_gate(self, dag_id: str, run_id: str, task_id: str = "approve", timeout: float = 300) -> dict[str, Any]:
+    def wait_for_gate(
+        self, dag_id: str, run_id: str, task_id: str = APPROVE_TASK_ID, timeout: float = 300
+    ) -> dict[str, Any]:
         """Wait until the approval task awaits input, and has settled there; return its HITL detail.
 
         Airflow 3.3 races when an answer lands before the scheduler has drained the executor's "success"
@@ -164,10 +169,12 @@ class AirflowAPI:
         return "\n".join(lines)
 
     # -- Human-in-the-loop ---------------------------------------------------------------------------
-    def hitl_detail(self, dag_id: str, run_id: str, task_id: str = "approve") -> dict[str, Any]:
+    def hitl_detail(self, dag_id: str, run_id: str, task_id: str = APPROVE_TASK_ID) -> dict[str, Any]:
         return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails")
 
-    def answer(self, dag_id: str, run_id: str, option: str, reason: str | None = None, task_id: str = "approve") -> Any:
+    def answer(
+        self, dag_id: str, run_id: str, option: str, reason: str | None = None, task_id: str = APPROVE_TASK_ID
+    ) -> Any:
         """Answer an approval gate as this user (Approve or Reject, with a reason)."""
         body: dict[str, Any] = {"chosen_options": [option]}
         if reason is not None:

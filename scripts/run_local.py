@@ -1,6 +1,6 @@
 """``make run``: the package on embedded defaults, with the demo model ready for review.
 
-Starts PostgreSQL, MLflow and Airflow (``scripts.localstack``), seeds the demo transactions table
+Starts PostgreSQL, MLflow and Airflow (``scripts.stack``), seeds the demo transactions table
 once, and triggers the demo model's first retraining run, then tells you where to click.
 State lives in ``.state/`` and survives restarts; Ctrl-C stops everything.
 """
@@ -15,7 +15,7 @@ import psycopg2
 from include.promotion import demo_data
 from include.promotion.config import dag_id_for
 from scripts.airflow_api import AirflowAPI
-from scripts.localstack import LocalStack, main
+from scripts.stack import ServiceStack, main
 
 DEMO_MODEL = "fraud-detector"
 FIRST_RUN_WAIT = 20.0
@@ -40,7 +40,7 @@ def wait_for_first_run(api: AirflowAPI, dag_id: str, seconds: float = FIRST_RUN_
         time.sleep(1)
 
 
-def prepare_demo(stack: LocalStack) -> None:
+def prepare_demo(stack: ServiceStack) -> None:
     """Seed the demo data on first start; trigger the first retraining run; print the next steps."""
     dsn = stack.postgres_uri("promotion")
     if not demo_table_exists(dsn):

@@ -3,12 +3,13 @@
 One embedded PostgreSQL (audit log, demo data, Airflow metadata) and one MLflow tracking server
 (SQLite backend, artifacts served), both on loopback and free ports under a temp dir; Airflow's
 api-server, scheduler, dag-processor and triggerer are added for the end-to-end tier. The harness
-is ``scripts.localstack``, the same code ``make run`` uses. Everything it starts is stopped at the end.
+is ``scripts.stack``, the same code ``make run`` uses. Everything it starts is stopped at the end.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,16 +20,16 @@ REPO = Path(__file__).resolve().parents[1]
 STACK = pytest.StashKey[object]()
 STARTED = pytest.StashKey[float]()
 REVIEWERS = {"admin": "admin", "alice": "user", "bob": "user", "carol": "user", "mallory": "user"}
+# manual runs only: a scheduled run starting at unpause would race the tests' own runs
+MANUAL_RUNS_ONLY = {"PROMOTION_SCHEDULE_OVERRIDE": "none"}
 
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The models folder the DAGs read: the shipped configs, plus what tests add."""
+    """The models folder the DAGs read: the shipped configs as they are, plus what tests add."""
     folder = tmp_path_factory.mktemp("models")
     for path in (REPO / "include" / "models").glob("*.yaml"):
-        # manual runs only: a scheduled run starting at unpause would race the tests' own runs
-        text = path.read_text().replace('schedule: "@weekly"', "schedule: null")
-        (folder / path.name).write_text(text)
+        shutil.copyfile(path, folder / path.name)
     return folder
 
 
@@ -38,9 +39,9 @@ def services(
 ) -> Iterator[object]:
     """PostgreSQL and MLflow, started once; the package's environment points at them."""
     from include.promotion import demo_data
-    from scripts.localstack import LocalStack, StackConfig
+    from scripts.stack import ServiceStack, StackConfig
 
-    stack = LocalStack(
+    stack = ServiceStack(
         StackConfig(
             state_dir=tmp_path_factory.mktemp("stack"),
             airflow_port=0,
@@ -48,6 +49,7 @@ def services(
             models_dir=models_dir,
             users=REVIEWERS,
             postgres_url=os.environ.get("PROMOTION_TEST_POSTGRES_URL") or None,
+            extra_env=MANUAL_RUNS_ONLY,
         )
     )
     saved = dict(os.environ)
@@ -55,6 +57,7 @@ def services(
         stack.start_postgres()
         stack.start_mlflow()
         os.environ.update(stack.package_env())
+        os.environ.update(MANUAL_RUNS_ONLY)
         demo_data.seed_transactions(stack.postgres_uri("promotion"))
         request.config.stash[STACK] = stack
         yield stack

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
-from include.promotion import audit, registry, settings, tracking
-from include.promotion.registry import Change
+from benchmarks.registry_workload import change, new_run, promote, register, tiny_model_uri
+from include.promotion import audit, lifecycle, mlflow_client, tasks
+from include.promotion.airflow_run import RunRef
+from include.promotion.lifecycle import Change
+from include.promotion.states import CHAMPION_ALIAS
+
+DEMO = Path(__file__).resolve().parents[1] / "include" / "models" / "fraud-detector.yaml"
 
 
 def unique(prefix: str) -> str:
@@ -15,57 +20,29 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def change(actor: str = "tests") -> Change:
-    return Change(actor=actor, dag_id="tests", run_id=uuid.uuid4().hex)
+def run_ref(triggered_by: str | None = None, dag_id: str = "tests") -> RunRef:
+    """A fresh Airflow run identity for calling task bodies in-process."""
+    return RunRef(dag_id=dag_id, run_id=f"run-{uuid.uuid4().hex[:8]}", triggered_by=triggered_by)
 
 
-@lru_cache(maxsize=1)
-def tiny_model_uri() -> str:
-    """One small logged sklearn model; every test version points at it (registration is what is tested)."""
-    import mlflow
-    from sklearn.datasets import make_classification
-    from sklearn.linear_model import LogisticRegression
-
-    from include.promotion.training import PIP_REQUIREMENTS
-
-    client = tracking.client()
-    x, y = make_classification(n_samples=60, n_features=4, random_state=0)
-    experiment = client.get_experiment_by_name("tests/tiny-model")
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment("tests/tiny-model")
-    with mlflow.start_run(experiment_id=experiment_id):
-        info = mlflow.sklearn.log_model(LogisticRegression().fit(x, y), name="model", pip_requirements=PIP_REQUIREMENTS)
-    return info.model_uri
-
-
-def new_run(name: str) -> str:
-    client = tracking.client()
-    experiment = client.get_experiment_by_name(tracking.experiment_name(name))
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(tracking.experiment_name(name))
-    return client.create_run(experiment_id).info.run_id
-
-
-def register(name: str) -> str:
-    """Register a new version of ``name`` from a fresh run."""
-    trained = {"run_id": new_run(name), "model_uri": tiny_model_uri(), "data_version": "sha256:test"}
-    return registry.register_version(name, trained, {"data_version": "sha256:test"}, "test version", change())
-
-
-def promote(name: str, approver: str = "bob") -> str:
-    """Register, stage and approve a new version; return it."""
-    version = register(name)
-    registry.promote_to_staging(name, version, change())
-    approval = change(approver)
-    registry.record_approval(name, version, approver, "looks good", approval)
-    registry.promote_to_production(name, version, approval)
+def seed_champion(name: str) -> str:
+    """Put a real trained version of a configured model in production in-process (the tasks' own code)."""
+    run = run_ref(dag_id="seed")
+    trained = tasks.train(name, tasks.load_data(name, run), run)
+    staged = tasks.promote_to_staging(name, tasks.register(name, trained, tasks.evaluate(name, trained, run), run), run)
+    version = staged["version"]
+    approval = Change("bob", run.dag_id, run.run_id)
+    lifecycle.record_approval(name, version, "bob", "seed", approval)
+    lifecycle.promote_to_production(name, version, approval)
     return version
 
 
 def snapshot(name: str) -> dict[str, Any]:
     """Everything a refused change must leave as it was: versions (stage, tags), aliases, audit rows."""
-    client = tracking.client()
+    client = mlflow_client.client()
     versions = {
         mv.version: {"stage": mv.current_stage, "tags": dict(mv.tags)}
-        for mv in client.search_model_versions(f"name = {tracking.quote(name)}")
+        for mv in client.search_model_versions(f"name = {mlflow_client.quote(name)}")
     }
     try:
         aliases = dict(client.get_registered_model(name).aliases)
@@ -76,9 +53,9 @@ def snapshot(name: str) -> dict[str, Any]:
 
 def state(name: str) -> dict[str, Any]:
     """The outcome of a change, without timestamps: what a retried change must reproduce exactly."""
-    client = tracking.client()
+    client = mlflow_client.client()
     out: dict[str, Any] = {}
-    for mv in client.search_model_versions(f"name = {tracking.quote(name)}"):
+    for mv in client.search_model_versions(f"name = {mlflow_client.quote(name)}"):
         tags = {k: v for k, v in mv.tags.items() if not k.endswith(("_timestamp", "_change"))}  # run-specific
         out[mv.version] = {"stage": mv.current_stage, "tags": tags}
     aliases = dict(client.get_registered_model(name).aliases)
@@ -87,5 +64,8 @@ def state(name: str) -> dict[str, Any]:
 
 
 def champion(name: str) -> str | None:
-    mv = registry.get_alias(tracking.client(), name, settings.CHAMPION_ALIAS)
+    mv = mlflow_client.get_alias(mlflow_client.client(), name, CHAMPION_ALIAS)
     return str(mv.version) if mv else None
+
+
+__all__ = ["change", "new_run", "promote", "register", "tiny_model_uri"]  # re-exported for the tests

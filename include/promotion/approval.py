@@ -1,21 +1,24 @@
-"""The four-eyes approval gate: Airflow's Human-in-the-loop ``ApprovalOperator``, governed.
+"""Everything about a reviewer's answer: who may give it (four eyes), what they see, how it is recorded.
 
-Reviewers answer under *Required Actions* in the Airflow UI. Only the model's configured reviewers,
-minus the user who triggered the run, are assigned; the answer is checked again when it arrives;
-a rejection or a timeout is recorded in the registry and the audit log, and nothing is promoted.
+The gate itself is ``approval_gate.GovernedApprovalOperator`` (Airflow's Human-in-the-loop
+``ApprovalOperator``); this module holds the decisions it applies, as plain functions.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+import logging
 from typing import Any
 
-from include.promotion import tracking
+from include.promotion import lifecycle, mlflow_client
+from include.promotion.airflow_run import RunRef
 from include.promotion.config import ModelConfig
 from include.promotion.errors import ApprovalRefused
 from include.promotion.evaluation import Evaluation, comparison_markdown
+from include.promotion.inputs import clean_reason
+from include.promotion.retries import retry_transient
 
-APPROVE_TASK_ID = "approve"
+log = logging.getLogger(__name__)
+
 TIMEOUT_REASON = "timed out: no reviewer answered within {hours:g} h"
 NO_REASON = "(no reason given)"
 
@@ -57,10 +60,12 @@ def evidence_markdown(
         for g in evaluation["gate_results"]
     ]
     champion_line = (
-        f"the current champion is **v{champion_version}** ([open]({tracking.version_url(cfg.name, champion_version)}))"
+        f"the current champion is **v{champion_version}** "
+        f"([open]({mlflow_client.version_url(cfg.name, champion_version)}))"
         if champion_version
         else "there is **no champion yet**: this would be the first production version"
     )
+    run_link = mlflow_client.run_url(trained["run_id"], trained["experiment_id"])
     return "\n".join(
         [
             f"### {cfg.name} v{version}: promote to production?",
@@ -74,9 +79,9 @@ def evidence_markdown(
             *gates,
             "",
             f"- data version: `{trained['data_version']}`",
-            f"- MLflow run: [{trained['run_id']}]({tracking.run_url(trained['run_id'], trained['experiment_id'])}) "
+            f"- MLflow run: [{trained['run_id']}]({run_link}) "
             "(comparison table, ROC and PR curves under *Artifacts → evaluation*)",
-            f"- model version: [{cfg.name} v{version}]({tracking.version_url(cfg.name, version)})",
+            f"- model version: [{cfg.name} v{version}]({mlflow_client.version_url(cfg.name, version)})",
             "",
             "**Approve** makes it the champion and archives the current one. **Reject** keeps the current "
             "champion serving. Either way, write your reason: it goes into the audit log.",
@@ -84,82 +89,38 @@ def evidence_markdown(
     )
 
 
-def build_approval_task(cfg: ModelConfig, **kwargs: Any) -> Any:
-    """The ``approve`` task of a model's promotion DAG."""
-    from airflow.providers.standard.operators.hitl import ApprovalOperator
-    from airflow.sdk import Param
-    from airflow.sdk.exceptions import AirflowFailException
-    from airflow.sdk.execution_time.hitl import HITLUser
+def answer_of(event: dict[str, Any], approve_option: str, timeout_hours: float) -> tuple[str | None, bool, str]:
+    """(responder, approved, reason) of a Human-in-the-loop answer; a timeout is (None, False, why).
 
-    from include.promotion import steps
-    from include.promotion.notifiers import approval_notifiers
+    Raises ``InputRejected`` for a reason outside its limits (the form enforces them; an API caller may not).
+    """
+    responder = (event.get("responded_by_user") or {}).get("id") or None
+    if responder is None:
+        return None, False, TIMEOUT_REASON.format(hours=timeout_hours)
+    reason = clean_reason((event.get("params_input") or {}).get("reason"), "the reviewer's reason", required=False)
+    approved = event.get("chosen_options") == [approve_option]
+    return responder, approved, reason or NO_REASON
 
-    class GovernedApprovalOperator(ApprovalOperator):
-        """``ApprovalOperator`` that assigns eligible reviewers at run time and records rejections."""
 
-        def execute(self, context: Any) -> Any:
-            triggered_by = steps.triggering_user(context)
-            try:
-                eligible = eligible_reviewers(cfg.approval.reviewers, triggered_by)
-            except ApprovalRefused as exc:
-                raise AirflowFailException(str(exc)) from None
-            ti = context["ti"]
-            staged = ti.xcom_pull(task_ids="promote_to_staging")
-            self.assigned_users = [HITLUser(id=r, name=r) for r in eligible]
-            self.subject = f"Promote {cfg.name} v{staged['version']} to production?"
-            self.body = evidence_markdown(
-                cfg, staged, ti.xcom_pull(task_ids="evaluate"), ti.xcom_pull(task_ids="train")
-            )
-            self.log.info(
-                "Waiting for one of %s to approve %s v%s (Required Actions in the Airflow UI); timeout %s.",
-                eligible,
-                cfg.name,
-                staged["version"],
-                self.response_timeout,
-            )
-            return super().execute(context)
+def record_answer(
+    model_name: str, version: str, run: RunRef, reviewer: str | None, approved: bool, reason: str
+) -> None:
+    """Record an answer where it arrives: an Approve on the version (``promote_to_production`` acts only on
+    that audit row); a Reject, a timeout or a refused answer as a rejection (``challenger`` removed)."""
+    actor = reviewer or run.dag_id
+    change = lifecycle.Change(actor=actor, dag_id=run.dag_id, run_id=run.run_id)
+    if approved and reviewer is not None:
+        retry_transient(lifecycle.record_approval, model_name, version, reviewer, reason, change)
+        log.info("%s v%s approved by %s: %s", model_name, version, reviewer, reason)
+    else:
+        retry_transient(lifecycle.reject, model_name, version, actor, reason, change)
+        log.warning("%s v%s rejected by %s: %s", model_name, version, reviewer or "the pipeline", reason)
 
-        def validate_params_input(self, params_input: Any) -> None:
-            # The UI form requires a reason; an API caller may omit it, and that must not lose the answer.
-            super().validate_params_input({"reason": (params_input or {}).get("reason") or NO_REASON})
 
-        def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
-            responder = (event.get("responded_by_user") or {}).get("id") if "error" not in event else None
-            triggered_by = steps.triggering_user(context)
-            try:
-                check_responder(responder, cfg.approval.reviewers, triggered_by)
-            except ApprovalRefused as exc:
-                raise AirflowFailException(str(exc)) from None
-            if "error" not in event:
-                approved = event.get("chosen_options") == [self.APPROVE] and responder is not None
-                reason = ((event.get("params_input") or {}).get("reason") or "").strip() or NO_REASON
-                if responder is None:
-                    reason = TIMEOUT_REASON.format(hours=cfg.approval.timeout_hours)
-                steps.record_answer(cfg.name, context, responder, approved, reason)
-            return super().execute_complete(context, event)
-
-    return GovernedApprovalOperator(
-        task_id=APPROVE_TASK_ID,
-        subject=f"Promote {cfg.name} to production?",
-        body="The evidence is written when the candidate reaches this step.",
-        assigned_users=[HITLUser(id=r, name=r) for r in cfg.approval.reviewers],
-        defaults=[ApprovalOperator.REJECT],  # no answer in time is a rejection
-        response_timeout=timedelta(hours=cfg.approval.timeout_hours),
-        params={
-            # A default is needed: Airflow validates task params when the task starts, before anyone answers.
-            "reason": Param(
-                None,
-                type=["null", "string"],
-                minLength=1,
-                title="Reason",
-                description="Why you approve or reject this version. Please always fill it in: it goes into "
-                "the audit log.",
-            )
-        },
-        notifiers=approval_notifiers(cfg),
-        doc_md="A configured reviewer (not the run's triggerer) approves or rejects the candidate.",
-        # A retry would ask again (a new request, the recorded answer lost); transient errors while recording
-        # the answer are retried inside the task instead.
-        retries=0,
-        **kwargs,
-    )
+__all__ = [
+    "answer_of",
+    "check_responder",
+    "eligible_reviewers",
+    "evidence_markdown",
+    "record_answer",
+]

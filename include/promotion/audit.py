@@ -1,8 +1,9 @@
 """The append-only audit log in PostgreSQL, and the per-model lock that serializes registry changes.
 
-One row per registry change. Rows are never updated or deleted by the package, and a trigger makes
-the table refuse UPDATE and DELETE outright. Each row carries an idempotency key, so a retried step
-that records the same change again adds nothing.
+One row per registry change, written by the application role, which may only INSERT and SELECT;
+the schema (``audit_schema``) refuses UPDATE, DELETE and TRUNCATE even to its owner's careless
+writes, and chains each model's rows by hash so a privileged edit shows at the row it touched.
+Each row carries an idempotency key, so a retried step that records the same change adds nothing.
 """
 
 from __future__ import annotations
@@ -12,44 +13,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from include.promotion.errors import RegistryStateError
+from include.promotion import audit_schema
+from include.promotion.audit_schema import AUDIT_TABLE, DEFAULT_CONN_ID, chain_hash, connect
+from include.promotion.errors import AuditLogError, RegistryStateError
+from include.promotion.states import AuditAction
 
-AUDIT_TABLE = "model_promotion_audit"
-DEFAULT_CONN_ID = "promotion_db"
 LOCK_TIMEOUT = 120.0  # seconds a registry change waits for another change of the same model
-_SCHEMA_LOCK = 0x70726F6D  # any fixed key: serializes the CREATE TABLE IF NOT EXISTS of concurrent first runs
-
-_DDL = f"""
-CREATE TABLE IF NOT EXISTS {AUDIT_TABLE} (
-    id              BIGSERIAL PRIMARY KEY,
-    model_name      TEXT NOT NULL,
-    version         TEXT NOT NULL,
-    action          TEXT NOT NULL,
-    from_stage      TEXT,
-    to_stage        TEXT,
-    actor           TEXT NOT NULL,
-    reason          TEXT,
-    dag_id          TEXT,
-    run_id          TEXT,
-    created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
-    idempotency_key TEXT NOT NULL UNIQUE
-);
-CREATE INDEX IF NOT EXISTS {AUDIT_TABLE}_model_idx ON {AUDIT_TABLE} (model_name, created_at);
-CREATE OR REPLACE FUNCTION {AUDIT_TABLE}_append_only() RETURNS trigger AS $$
-BEGIN
-    RAISE EXCEPTION '{AUDIT_TABLE} is append-only: rows are never updated or deleted';
-END;
-$$ LANGUAGE plpgsql;
-DROP TRIGGER IF EXISTS {AUDIT_TABLE}_no_change ON {AUDIT_TABLE};
-CREATE TRIGGER {AUDIT_TABLE}_no_change BEFORE UPDATE OR DELETE ON {AUDIT_TABLE}
-    FOR EACH ROW EXECUTE FUNCTION {AUDIT_TABLE}_append_only();
-DROP TRIGGER IF EXISTS {AUDIT_TABLE}_no_truncate ON {AUDIT_TABLE};
-CREATE TRIGGER {AUDIT_TABLE}_no_truncate BEFORE TRUNCATE ON {AUDIT_TABLE}
-    FOR EACH STATEMENT EXECUTE FUNCTION {AUDIT_TABLE}_append_only();
-"""
-
 COLUMNS = ("model_name", "version", "action", "from_stage", "to_stage", "actor", "reason", "dag_id", "run_id")
 
 
@@ -57,7 +29,7 @@ COLUMNS = ("model_name", "version", "action", "from_stage", "to_stage", "actor",
 class AuditEntry:
     model_name: str
     version: str
-    action: str
+    action: AuditAction
     from_stage: str | None
     to_stage: str | None
     actor: str
@@ -66,26 +38,21 @@ class AuditEntry:
     run_id: str | None
 
 
-def connect(conn_id: str = DEFAULT_CONN_ID) -> Any:
-    """A DB-API connection to the audit database through its Airflow connection (autocommit)."""
-    from airflow.providers.postgres.hooks.postgres import PostgresHook
-
-    conn = PostgresHook(postgres_conn_id=conn_id).get_conn()
-    conn.autocommit = True
-    return conn
-
-
-def ensure_table(conn: Any) -> None:
-    """Create the audit table (and its append-only trigger) if it is missing."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s)", (AUDIT_TABLE,))
-        if cur.fetchone()[0] is not None:
-            return
-        cur.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
-        try:
-            cur.execute(_DDL)
-        finally:
-            cur.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
+def ensure_schema(conn: Any) -> None:
+    """The audit schema is current before the first write; upgrade it when this role may, else say how."""
+    if audit_schema.applied_version(conn) == audit_schema.CURRENT_VERSION:
+        return
+    try:
+        audit_schema.upgrade(conn)
+    except Exception as exc:  # the application role has no DDL rights: that is the intended deployment
+        if getattr(exc, "pgcode", None) not in {"42501", "42P01"}:  # insufficient privilege / missing object
+            raise
+        raise AuditLogError(
+            f"the audit schema is at v{audit_schema.applied_version(conn)}, this package needs "
+            f"v{audit_schema.CURRENT_VERSION}, and the role of connection '{DEFAULT_CONN_ID}' may not change it "
+            "(as intended). Run `python -m include.promotion.audit_schema upgrade --owner-conn promotion_db_owner "
+            "--app-role <application role>` as the schema owner."
+        ) from None
 
 
 def lock_key(model_name: str) -> int:
@@ -101,17 +68,42 @@ class AuditLog:
         self.model_name = model_name
         self.change_id = change_id
 
-    def record(self, entry: AuditEntry) -> bool:
-        """Insert one row; ``False`` if this change (same change id, action, version) is already recorded."""
-        key = f"{self.change_id}|{entry.action}|{entry.model_name}|{entry.version}"
-        values = [getattr(entry, c) for c in COLUMNS]
+    def recorded(self, action: AuditAction, version: str | int) -> dict[str, Any] | None:
+        """The row this change recorded for ``action`` on ``version``, if any (e.g. the approval of this run)."""
         with self._conn.cursor() as cur:
             cur.execute(
-                f"INSERT INTO {AUDIT_TABLE} ({', '.join(COLUMNS)}, idempotency_key) "
-                f"VALUES ({', '.join(['%s'] * (len(COLUMNS) + 1))}) ON CONFLICT (idempotency_key) DO NOTHING",
-                [*values, key],
+                f"SELECT {', '.join(COLUMNS)} FROM {AUDIT_TABLE} WHERE idempotency_key = %s",
+                (self._key(action, self.model_name, str(version)),),
             )
-            return cur.rowcount == 1
+            found = cur.fetchone()
+            return dict(zip(COLUMNS, found, strict=True)) if found else None
+
+    def _key(self, action: str, model_name: str, version: str) -> str:
+        return f"{self.change_id}|{action}|{model_name}|{version}"
+
+    def record(self, entry: AuditEntry) -> bool:
+        """Append one row chained to the model's last; ``False`` if this change already recorded it."""
+        row: dict[str, Any] = {c: getattr(entry, c) for c in COLUMNS}
+        row["action"] = str(entry.action)
+        row["idempotency_key"] = self._key(row["action"], entry.model_name, entry.version)
+        row["created_at"] = datetime.now(UTC)
+        with self._conn.cursor() as cur:
+            cur.execute(f"SELECT 1 FROM {AUDIT_TABLE} WHERE idempotency_key = %s", (row["idempotency_key"],))
+            if cur.fetchone() is not None:
+                return False
+            cur.execute(
+                f"SELECT row_hash FROM {AUDIT_TABLE} WHERE model_name = %s ORDER BY id DESC LIMIT 1",
+                (entry.model_name,),
+            )
+            last = cur.fetchone()
+            row["prev_hash"] = last[0] if last else ""
+            row["row_hash"] = chain_hash(row["prev_hash"], row)
+            columns = list(row)
+            cur.execute(
+                f"INSERT INTO {AUDIT_TABLE} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})",
+                [row[c] for c in columns],
+            )
+            return True
 
 
 def _acquire(conn: Any, model_name: str, timeout: float) -> None:
@@ -140,7 +132,7 @@ def model_lock(
     """
     conn = connect(conn_id)
     try:
-        ensure_table(conn)
+        ensure_schema(conn)
         _acquire(conn, model_name, timeout)
         try:
             yield AuditLog(conn, model_name, change_id)

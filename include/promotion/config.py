@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,9 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from include.promotion import settings
 from include.promotion.errors import ModelConfigError, UnknownModel
 
-METRICS = ("roc_auc", "f1", "average_precision", "precision", "recall")
 Metric = Literal["roc_auc", "f1", "average_precision", "precision", "recall"]
-BUILTIN_DATASETS = ("synthetic_transactions", "breast_cancer")
+METRICS: tuple[str, ...] = get_args(Metric)
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -83,12 +82,29 @@ class Approval(_Strict):
     @field_validator("reviewers")
     @classmethod
     def _distinct_names(cls, reviewers: list[str]) -> list[str]:
-        cleaned = [r.strip() for r in reviewers]
-        if any(not r for r in cleaned):
-            raise ValueError("reviewer names must be non-empty Airflow user names")
-        if len(set(cleaned)) != len(cleaned):
-            raise ValueError("reviewer names must be distinct")
-        return cleaned
+        return _user_names(reviewers)
+
+
+class Rollback(_Strict):
+    on_call: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Airflow user names allowed to roll this model back; default: approval.reviewers.",
+    )
+
+    @field_validator("on_call")
+    @classmethod
+    def _distinct_names(cls, names: list[str] | None) -> list[str] | None:
+        return None if names is None else _user_names(names)
+
+
+def _user_names(names: list[str]) -> list[str]:
+    cleaned = [n.strip() for n in names]
+    if any(not n for n in cleaned):
+        raise ValueError("user names must be non-empty Airflow user names")
+    if len(set(cleaned)) != len(cleaned):
+        raise ValueError("user names must be distinct")
+    return cleaned
 
 
 class ModelConfig(_Strict):
@@ -108,6 +124,7 @@ class ModelConfig(_Strict):
     gates: dict[Metric, float] = Field(min_length=1)
     champion_comparison: ChampionComparison = Field(default_factory=ChampionComparison)
     approval: Approval
+    rollback: Rollback = Field(default_factory=Rollback)
 
     @field_validator("name")
     @classmethod
@@ -140,6 +157,17 @@ class ModelConfig(_Strict):
     @property
     def dag_id(self) -> str:
         return dag_id_for(self.name)
+
+    @property
+    def rollback_on_call(self) -> list[str]:
+        """Who may roll this model back: ``rollback.on_call``, else the reviewers."""
+        return list(self.rollback.on_call or self.approval.reviewers)
+
+    @property
+    def effective_schedule(self) -> str | None:
+        """The schedule of the promotion DAG: ``PROMOTION_SCHEDULE_OVERRIDE`` if set, else ``schedule``."""
+        overridden, schedule = settings.schedule_override()
+        return schedule if overridden else self.schedule
 
 
 def _field_hint(model: type[BaseModel], loc: tuple[Any, ...], bad_key: str) -> str:
@@ -198,29 +226,46 @@ class LoadedConfigs:
     errors: dict[str, str] = field(default_factory=dict)
 
 
+_cache: dict[Path, tuple[tuple[tuple[str, int, int], ...], LoadedConfigs]] = {}
+
+
 def load_model_configs(directory: Path | None = None) -> LoadedConfigs:
-    """Load every ``*.yaml``/``*.yml`` file; a bad file is reported in ``errors`` and skipped."""
-    directory = directory or settings.models_dir()
-    models: dict[str, ModelConfig] = {}
-    errors: dict[str, str] = {}
-    dag_ids: dict[str, str] = {}
+    """Load every ``*.yaml``/``*.yml`` file; a bad file is reported in ``errors`` and skipped.
+
+    Two files that claim the same model (or the same DAG id) are both refused: neither can take over the
+    other's DAG. Parsed once per change of the folder (the DAG files of one parse share the result).
+    """
+    directory = (directory or settings.models_dir()).resolve()
     paths = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+    stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
+    cached = _cache.get(directory)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    parsed: dict[str, ModelConfig] = {}
+    errors: dict[str, str] = {}
     for path in paths:
         try:
-            cfg = parse_model_config(path)
+            parsed[path.name] = parse_model_config(path)
         except ModelConfigError as exc:
             errors[path.name] = str(exc)
-            continue
-        if cfg.name in models or cfg.dag_id in dag_ids:
-            other = dag_ids.get(cfg.dag_id, "another file")
-            errors[path.name] = (
-                f"{path.name}: field 'name': model '{cfg.name}' gives DAG id '{cfg.dag_id}', already used by "
-                f"{other}; give each model a distinct name."
+    claims: dict[str, list[str]] = {}
+    for file_name, cfg in parsed.items():
+        claims.setdefault(cfg.dag_id, []).append(file_name)
+    models: dict[str, ModelConfig] = {}
+    for file_name, cfg in parsed.items():
+        files = claims[cfg.dag_id]
+        if len(files) > 1:
+            names = sorted({parsed[f].name for f in files})
+            errors[file_name] = (
+                f"{file_name}: field 'name': model {' / '.join(repr(n) for n in names)} gives DAG id "
+                f"'{cfg.dag_id}', also claimed by {', '.join(f for f in files if f != file_name)}; neither file is "
+                "loaded until each model has a distinct name (a second file must never take over a model's DAG)."
             )
             continue
         models[cfg.name] = cfg
-        dag_ids[cfg.dag_id] = path.name
-    return LoadedConfigs(models=models, errors=errors)
+    loaded = LoadedConfigs(models=models, errors=errors)
+    _cache[directory] = (stamp, loaded)
+    return loaded
 
 
 def get_model_config(model_name: str, directory: Path | None = None) -> ModelConfig:

@@ -49,7 +49,7 @@ def synthetic_transactions(rows: int = 4000, seed: int = 7, fraud_rate: float = 
 
 
 def builtin_frame(dataset: str, rows: int, seed: int) -> pd.DataFrame:
-    """A built-in dataset by name (see ``config.BUILTIN_DATASETS``)."""
+    """A built-in dataset by name (the values of ``config.BuiltinSource.dataset``)."""
     if dataset == "synthetic_transactions":
         return synthetic_transactions(rows=rows, seed=seed)
     if dataset == "breast_cancer":

@@ -33,8 +33,16 @@ class EstimatorError(PromotionError):
     """The configured estimator cannot be imported or built."""
 
 
-class GateFailed(PromotionError):
-    """The candidate did not pass its evaluation gates; nothing was registered."""
+class InputRejected(PromotionError):
+    """A value from a person (a reason, a version number) is outside its limits; nothing was changed."""
+
+
+class UntrustedValue(PromotionError):
+    """A value handed between tasks does not carry the workers' signature: someone else wrote it."""
+
+
+class AuditLogError(PromotionError):
+    """The audit log is missing, behind its schema, or its hash chain is broken."""
 
 
 class RegistryStateError(PromotionError):
@@ -43,6 +51,10 @@ class RegistryStateError(PromotionError):
 
 class ApprovalRefused(PromotionError):
     """The approval cannot be given or was not valid (self-approval, no eligible reviewer, not a reviewer)."""
+
+
+class NotAuthorized(PromotionError):
+    """The user who asked is not allowed this action for this model (e.g. a rollback by someone not on call)."""
 
 
 class RollbackTargetInvalid(PromotionError):

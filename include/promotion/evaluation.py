@@ -1,7 +1,8 @@
 """Score the candidate and the current champion on the same holdout and apply the gates.
 
-Hand-written rather than ``mlflow.models.evaluate``: the gates are a handful of sklearn metrics on
-one holdout, and the generic evaluator costs seconds per model and logs artifacts nobody reads.
+Hand-written rather than ``mlflow.models.evaluate`` + ``mlflow.validate_evaluation_results``: its
+``MetricThreshold`` refuses a minimum change of 0.0 (the default "not worse than the champion"), and its
+metric names differ from the ones the model configs use for gates.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from include.promotion import registry, settings, tracking
+from include.promotion import mlflow_client
 from include.promotion.config import METRICS, ModelConfig
+from include.promotion.states import CHAMPION_ALIAS
 from include.promotion.training import holdout_split
 
 if TYPE_CHECKING:
@@ -99,7 +101,7 @@ def comparison_markdown(evaluation: Evaluation) -> str:
     return "\n".join(lines)
 
 
-def _log_plots(mlflow_client: Any, run_id: str, y_true: Any, curves: dict[str, Any]) -> None:
+def _log_plots(client: Any, run_id: str, y_true: Any, curves: dict[str, Any]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,7 +113,7 @@ def _log_plots(mlflow_client: Any, run_id: str, y_true: Any, curves: dict[str, A
         for label, proba in curves.items():
             display.from_predictions(y_true, proba, name=label, ax=ax)
         ax.set_title(title.replace("_", " ").upper())
-        mlflow_client.log_figure(run_id, fig, f"evaluation/{title}.png")
+        client.log_figure(run_id, fig, f"evaluation/{title}.png")
         plt.close(fig)
 
 
@@ -120,7 +122,7 @@ def evaluate_candidate(cfg: ModelConfig, frame: pd.DataFrame, trained: dict[str,
     import mlflow
     from mlflow.entities import Metric, RunTag
 
-    mlflow_client = tracking.client()
+    client = mlflow_client.client()
     split = holdout_split(cfg, frame)
     candidate = mlflow.sklearn.load_model(trained["model_uri"])
     candidate_proba = candidate.predict_proba(split.x_test)[:, 1]
@@ -129,7 +131,7 @@ def evaluate_candidate(cfg: ModelConfig, frame: pd.DataFrame, trained: dict[str,
     champion_version = champion_metrics = None
     curves = {"candidate": candidate_proba}
     # no registered model or no champion yet: only the absolute gates apply (any other error fails the task)
-    champion = registry.get_alias(mlflow_client, cfg.name, settings.CHAMPION_ALIAS)
+    champion = mlflow_client.get_alias(client, cfg.name, CHAMPION_ALIAS)
     if champion is not None:
         champion_model = mlflow.sklearn.load_model(f"models:/{cfg.name}/{champion.version}")
         champion_proba = champion_model.predict_proba(split.x_test)[:, 1]
@@ -154,12 +156,12 @@ def evaluate_candidate(cfg: ModelConfig, frame: pd.DataFrame, trained: dict[str,
         "promotion_decision": "passed" if evaluation.passed else "not_promoted",
         "promotion_reason": "; ".join(reasons) if reasons else "all gates passed",
     }
-    mlflow_client.log_batch(
+    client.log_batch(
         run_id,
         metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in logged.items()],
         tags=[RunTag(k, v) for k, v in decision.items()],
     )
-    mlflow_client.log_text(run_id, comparison_markdown(evaluation), "evaluation/comparison.md")
-    mlflow_client.log_text(run_id, json.dumps(evaluation.as_dict(), indent=2), "evaluation/evaluation.json")
-    _log_plots(mlflow_client, run_id, split.y_test, curves)
+    client.log_text(run_id, comparison_markdown(evaluation), "evaluation/comparison.md")
+    client.log_text(run_id, json.dumps(evaluation.as_dict(), indent=2), "evaluation/evaluation.json")
+    _log_plots(client, run_id, split.y_test, curves)
     return evaluation

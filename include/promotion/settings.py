@@ -14,9 +14,6 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODELS_DIR = REPO_ROOT / "include" / "models"
 
-CHAMPION_ALIAS = "champion"
-CHALLENGER_ALIAS = "challenger"
-
 
 def _flag(name: str, default: bool) -> bool:
     value = os.environ.get(name)
@@ -28,6 +25,18 @@ def _flag(name: str, default: bool) -> bool:
 def models_dir() -> Path:
     """Folder holding one ``<model>.yaml`` per governed model (``PROMOTION_MODELS_DIR``)."""
     return Path(os.environ.get("PROMOTION_MODELS_DIR") or DEFAULT_MODELS_DIR)
+
+
+def schedule_override() -> tuple[bool, str | None]:
+    """``(True, schedule)`` when ``PROMOTION_SCHEDULE_OVERRIDE`` replaces every model's schedule.
+
+    ``none`` means manual runs only (what tests and benchmarks use, so no scheduled run races theirs);
+    any other value is a cron expression or preset for every governed model. Unset: each model's own.
+    """
+    value = (os.environ.get("PROMOTION_SCHEDULE_OVERRIDE") or "").strip()
+    if not value:
+        return False, None
+    return True, None if value.lower() in {"none", "null"} else value
 
 
 def mirror_stages() -> bool:
@@ -48,6 +57,18 @@ def tracking_uri() -> str:
             "(for example http://127.0.0.1:5000) in the environment of the Airflow workers."
         )
     return uri
+
+
+def signing_key() -> bytes:
+    """The workers' key for values handed between tasks (``PROMOTION_SIGNING_KEY``; see ``signing``)."""
+    key = os.environ.get("PROMOTION_SIGNING_KEY", "")
+    if len(key) < 32:
+        raise RuntimeError(
+            "PROMOTION_SIGNING_KEY is not set (or shorter than 32 characters) on this worker: set it to a random "
+            "secret of at least 32 characters in the environment of every Airflow worker, and nowhere else "
+            '(e.g. python -c "import secrets; print(secrets.token_urlsafe(48))").'
+        )
+    return key.encode()
 
 
 def mlflow_ui_url() -> str:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from include.promotion import settings, tracking
+from include.promotion import mlflow_client, settings
 from include.promotion.config import ModelConfig
 from include.promotion.errors import EstimatorError
 
@@ -15,8 +16,11 @@ if TYPE_CHECKING:
     import pandas as pd
     from sklearn.pipeline import Pipeline
 
-# Passed explicitly: inferring them costs about 11 s per logged model.
-PIP_REQUIREMENTS = ["scikit-learn==1.9.1", "numpy", "pandas", "scipy", "cloudpickle"]
+
+def pip_requirements() -> list[str]:
+    """What a serving environment needs for a logged model: the scikit-learn this worker runs (pinned in
+    requirements.txt), and its dependencies. Passed explicitly: inferring them costs about 11 s per model."""
+    return [f"scikit-learn=={importlib.metadata.version('scikit-learn')}", "numpy", "pandas", "scipy", "cloudpickle"]
 
 
 @dataclass(frozen=True)
@@ -92,12 +96,12 @@ def lineage_tags(cfg: ModelConfig, data_version: str, dag_id: str, run_id: str) 
 
 def find_finished_run(cfg: ModelConfig, data_version: str, dag_id: str, run_id: str) -> dict[str, str] | None:
     """A finished training run of this very Airflow run and data, so a retried ``train`` reuses it."""
-    mlflow_client = tracking.client()
-    experiment = mlflow_client.get_experiment_by_name(tracking.experiment_name(cfg.name))
+    client = mlflow_client.client()
+    experiment = client.get_experiment_by_name(mlflow_client.experiment_name(cfg.name))
     if experiment is None:
         return None
-    q = tracking.quote
-    runs = mlflow_client.search_runs(
+    q = mlflow_client.quote
+    runs = client.search_runs(
         [experiment.experiment_id],
         filter_string=(
             f"tags.airflow_dag_id = {q(dag_id)} and tags.airflow_run_id = {q(run_id)} "
@@ -117,19 +121,18 @@ def find_finished_run(cfg: ModelConfig, data_version: str, dag_id: str, run_id: 
     }
 
 
-def train_and_log(cfg: ModelConfig, frame: pd.DataFrame, data_version: str, dag_id: str, run_id: str) -> dict[str, str]:
-    """Fit on the training part of the holdout split; log params, tags and the model. Returns ids only."""
+def train_and_log(
+    cfg: ModelConfig, pipeline: Pipeline, frame: pd.DataFrame, data_version: str, dag_id: str, run_id: str
+) -> dict[str, str]:
+    """Fit ``pipeline`` on the training part of the holdout split; log params, tags and the model. Returns ids."""
     import mlflow
     from mlflow.models import infer_signature
 
     if existing := find_finished_run(cfg, data_version, dag_id, run_id):
         return existing
-    pipeline = build_pipeline(cfg)  # fails on a bad estimator before anything reaches MLflow
     split = holdout_split(cfg, frame)
-    mlflow_client = tracking.client()
-    experiment = mlflow_client.get_experiment_by_name(tracking.experiment_name(cfg.name))
-    experiment_id = (
-        experiment.experiment_id if experiment else mlflow.create_experiment(tracking.experiment_name(cfg.name))
+    experiment_id = mlflow_client.get_or_create_experiment(
+        mlflow_client.client(), mlflow_client.experiment_name(cfg.name)
     )
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{dag_id}:{run_id}") as active:
         mlflow.set_tags(lineage_tags(cfg, data_version, dag_id, run_id))
@@ -147,7 +150,7 @@ def train_and_log(cfg: ModelConfig, frame: pd.DataFrame, data_version: str, dag_
             name="model",
             signature=infer_signature(example, pipeline.predict_proba(example)[:, 1]),
             input_example=example,
-            pip_requirements=PIP_REQUIREMENTS,
+            pip_requirements=pip_requirements(),
             skops_trusted_types=trusted_sklearn_types(pipeline),
         )
         # Written last: a run carrying model_uri is complete and may be reused by a retry.

@@ -80,7 +80,7 @@ def test_promotion_dag_has_the_contract_task_ids(parsed: dict) -> None:
 def test_rollback_dag_is_manual_with_its_form(parsed: dict) -> None:
     dag = parsed["dags"]["model_rollback"]
     assert dag["schedule"] == "None"
-    assert dag["params"] == ["model_name", "reason", "target_version"]
+    assert dag["params"] == ["model_name", "reason", "restore_rolled_back", "target_version"]
 
 
 def test_a_malformed_config_is_reported_and_does_not_hide_other_models(tmp_path: Path) -> None:

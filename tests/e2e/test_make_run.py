@@ -16,7 +16,7 @@ import requests
 from mlflow import MlflowClient
 
 from scripts.airflow_api import AirflowAPI
-from scripts.localstack import LocalStack, StackConfig, free_port
+from scripts.stack import ServiceStack, StackConfig, free_port
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -35,6 +35,8 @@ class MakeRun:
             f"--state-dir {self.state_dir} --airflow-port {self.ports['airflow']} "
             f"--mlflow-port {self.ports['mlflow']} --postgres-port {self.ports['postgres']}"
         )
+        # a user's shell: none of the harness's settings (PROMOTION_SCHEDULE_OVERRIDE among them), so the demo
+        # model keeps its real weekly schedule, as in a terminal
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW", "PROMOTION"))}
         already = self.log.stat().st_size if self.log.exists() else 0  # the log is appended to on a restart
         with self.log.open("ab") as out:
@@ -62,7 +64,7 @@ class MakeRun:
             self.proc.wait(120)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
-            LocalStack(StackConfig(state_dir=self.state_dir)).stop_leftovers()  # its services have own sessions
+            ServiceStack(StackConfig(state_dir=self.state_dir)).stop_leftovers()  # its services have own sessions
             raise AssertionError(
                 f"make run did not stop within 120 s of Ctrl-C:\n{self.log.read_text()[-3000:]}"
             ) from None

@@ -4,27 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from include.promotion import audit, registry, steps, tracking
+from include.promotion import audit, mlflow_client
 from include.promotion.config import dag_id_for
-from include.promotion.registry import Change
+from include.promotion.invariants import verify_invariant
 from scripts.airflow_api import AirflowAPIError
-from tests.support import snapshot
+from tests.support import seed_champion, snapshot
 
 pytestmark = pytest.mark.e2e
-
-
-def seed_champion(name: str) -> str:
-    """Put a real trained version of ``name`` in production in-process (the library the tasks use)."""
-    import uuid
-
-    run_id = f"seed-{uuid.uuid4().hex[:6]}"
-    loaded = steps.load_data(name)
-    trained = steps.train(name, loaded, "seed", run_id)
-    version = steps.register(name, trained, steps.evaluate(name, trained), "seed", run_id)
-    steps.promote_to_staging(name, version, "seed", run_id)
-    registry.record_approval(name, version, "bob", "seed", Change("bob", "seed", run_id))
-    registry.promote_to_production(name, version, Change("bob", "seed", run_id))
-    return version
 
 
 def test_the_demo_model_reaches_the_gate_and_a_reviewer_promotes_it(as_user) -> None:
@@ -34,7 +20,7 @@ def test_the_demo_model_reaches_the_gate_and_a_reviewer_promotes_it(as_user) -> 
     run_id = alice.trigger(dag_id)
     detail = alice.wait_for_gate(dag_id, run_id)
 
-    client = tracking.client()
+    client = mlflow_client.client()
     (mv,) = client.search_model_versions(f"name = '{name}'")
     assert mv.current_stage == "Staging"
     assert client.get_model_version_by_alias(name, "challenger").version == mv.version
@@ -65,7 +51,7 @@ def test_the_demo_model_reaches_the_gate_and_a_reviewer_promotes_it(as_user) -> 
     assert "challenger" not in client.get_registered_model(name).aliases
     rows = audit.rows(name)
     assert [(r["action"], r["actor"], r["reason"]) for r in rows][-1] == ("promote", "bob", "metrics beat the gates")
-    assert registry.verify_invariant(name) == mv.version
+    assert verify_invariant(name) == mv.version
 
 
 def test_a_candidate_that_fails_its_gates_registers_nothing(as_user, add_model) -> None:
@@ -80,8 +66,8 @@ def test_a_candidate_that_fails_its_gates_registers_nothing(as_user, add_model) 
     assert {states[t] for t in ("register", "promote_to_staging", "approve", "promote_to_production")} == {"skipped"}
     assert snapshot(name) == before
     assert "not promoted: roc_auc" in api.task_log(dag_id, run_id, "register").lower()
-    client = tracking.client()
-    experiment = client.get_experiment_by_name(tracking.experiment_name(name))
+    client = mlflow_client.client()
+    experiment = client.get_experiment_by_name(mlflow_client.experiment_name(name))
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.data.tags["promotion_decision"] == "not_promoted"
     assert "below the minimum 0.999" in run.data.tags["promotion_reason"]
@@ -94,15 +80,15 @@ def test_a_rejection_promotes_nothing_and_keeps_the_champion(as_user, add_model)
     alice, bob = as_user("alice"), as_user("bob")
     run_id = alice.trigger(dag_id)
     alice.wait_for_gate(dag_id, run_id)
-    candidate = tracking.client().get_model_version_by_alias(name, "challenger").version
+    candidate = mlflow_client.client().get_model_version_by_alias(name, "challenger").version
     bob.answer(dag_id, run_id, "Reject", "precision drops on weekend traffic")
     bob.wait_for_run(dag_id, run_id, timeout=180)
     assert bob.task_states(dag_id, run_id)["promote_to_production"] == "skipped"
-    mv = tracking.client().get_model_version(name, candidate)
+    mv = mlflow_client.client().get_model_version(name, candidate)
     assert mv.tags["promotion_status"] == "rejected" and mv.current_stage == "None"
     assert mv.tags["rejection_reason"] == "precision drops on weekend traffic" and mv.tags["rejected_by"] == "bob"
-    assert "challenger" not in tracking.client().get_registered_model(name).aliases
-    assert registry.verify_invariant(name) == champion
+    assert "challenger" not in mlflow_client.client().get_registered_model(name).aliases
+    assert verify_invariant(name) == champion
     last = audit.rows(name)[-1]
     assert (last["version"], last["action"], last["actor"]) == (candidate, "reject", "bob")
 
@@ -114,10 +100,10 @@ def test_no_answer_in_time_is_a_rejection(as_user, add_model) -> None:
     api = as_user("alice")
     run_id = api.trigger(dag_id)
     api.wait_for_gate(dag_id, run_id)
-    candidate = tracking.client().get_model_version_by_alias(name, "challenger").version
+    candidate = mlflow_client.client().get_model_version_by_alias(name, "challenger").version
     api.wait_for_run(dag_id, run_id, timeout=180)
     assert api.task_states(dag_id, run_id)["promote_to_production"] == "skipped"
-    mv = tracking.client().get_model_version(name, candidate)
+    mv = mlflow_client.client().get_model_version(name, candidate)
     assert mv.tags["promotion_status"] == "rejected"
     assert mv.tags["rejection_reason"].startswith("timed out")
-    assert registry.verify_invariant(name) == champion
+    assert verify_invariant(name) == champion

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from include.promotion import audit, registry, tracking
+from include.promotion import audit, mlflow_client
+from include.promotion.invariants import verify_invariant
 from scripts.airflow_api import AirflowAPIError
-from tests.e2e.test_promotion_dag import seed_champion
-from tests.support import snapshot
+from tests.support import seed_champion, snapshot
 
 pytestmark = pytest.mark.e2e
 
@@ -34,8 +34,8 @@ def test_on_call_rolls_back_step_by_step_and_to_a_named_version(as_user, add_mod
 
     run_id = trigger_rollback(carol, {"model_name": name, "reason": "v3 flags every card"})
     assert carol.wait_for_run("model_rollback", run_id, timeout=120) == "success"
-    assert registry.verify_invariant(name) == v2
-    bad = tracking.client().get_model_version(name, v3)
+    assert verify_invariant(name) == v2
+    bad = mlflow_client.client().get_model_version(name, v3)
     assert bad.tags["promotion_status"] == "rolled_back" and bad.tags["rollback_reason"] == "v3 flags every card"
     assert bad.tags["rolled_back_by"] == "carol"
     rows = [(r["version"], r["action"], r["actor"], r["reason"]) for r in audit.rows(name)][-2:]
@@ -46,12 +46,12 @@ def test_on_call_rolls_back_step_by_step_and_to_a_named_version(as_user, add_mod
 
     run_id = trigger_rollback(carol, {"model_name": name, "reason": "v2 too"})
     assert carol.wait_for_run("model_rollback", run_id, timeout=120) == "success"
-    assert registry.verify_invariant(name) == v1
+    assert verify_invariant(name) == v1
 
     run_id = trigger_rollback(carol, {"model_name": name, "target_version": int(v3) - 1, "reason": "back to v2"})
     assert carol.wait_for_run("model_rollback", run_id, timeout=120) == "success"
-    assert registry.verify_invariant(name) == v2
-    assert tracking.client().get_model_version_by_alias(name, "champion").version == v2
+    assert verify_invariant(name) == v2
+    assert mlflow_client.client().get_model_version_by_alias(name, "champion").version == v2
 
 
 def test_a_refused_rollback_fails_at_validate_and_changes_nothing(as_user, add_model) -> None:

@@ -5,7 +5,7 @@ import pytest
 from include.promotion.approval import check_responder, eligible_reviewers, evidence_markdown
 from include.promotion.config import parse_model_config
 from include.promotion.errors import ApprovalRefused
-from tests.unit.test_config import DEMO
+from tests.support import DEMO
 
 CFG = parse_model_config(DEMO)
 

@@ -76,12 +76,41 @@ def test_one_broken_file_does_not_hide_the_others(tmp_path: Path, demo: dict) ->
     assert "not valid YAML" in loaded.errors["broken.yaml"]
 
 
-def test_two_files_cannot_claim_the_same_dag_id(tmp_path: Path, demo: dict) -> None:
-    write(tmp_path, "a.yaml", demo)
-    write(tmp_path, "b.yaml", {**demo, "name": "fraud_detector"})
+@pytest.mark.parametrize("second_name", ["fraud-detector", "fraud_detector"])
+def test_two_files_claiming_one_model_both_fail_and_the_others_keep_their_dags(
+    tmp_path: Path, demo: dict, second_name: str
+) -> None:
+    write(tmp_path, "a-takeover.yaml", {**demo, "name": second_name, "approval": {"reviewers": ["carol"]}})
+    write(tmp_path, "fraud-detector.yaml", demo)
+    write(tmp_path, "other.yaml", {**demo, "name": "other-model"})
     loaded = load_model_configs(tmp_path)
-    assert list(loaded.models) == ["fraud-detector"]
-    assert "already used by a.yaml" in loaded.errors["b.yaml"]
+    assert list(loaded.models) == ["other-model"]
+    assert sorted(loaded.errors) == ["a-takeover.yaml", "fraud-detector.yaml"]
+    assert "also claimed by fraud-detector.yaml" in loaded.errors["a-takeover.yaml"]
+    assert "also claimed by a-takeover.yaml" in loaded.errors["fraud-detector.yaml"]
+
+
+def test_an_edited_file_is_read_again(tmp_path: Path, demo: dict) -> None:
+    path = write(tmp_path, "m.yaml", demo)
+    assert load_model_configs(tmp_path).models["fraud-detector"].approval.reviewers == ["alice", "bob"]
+    path.write_text(yaml.safe_dump({**demo, "approval": {"reviewers": ["dave", "erin", "frank"]}}))
+    assert load_model_configs(tmp_path).models["fraud-detector"].approval.reviewers == ["dave", "erin", "frank"]
+
+
+def test_on_call_defaults_to_the_reviewers(tmp_path: Path, demo: dict) -> None:
+    demo.pop("rollback", None)
+    cfg = parse_model_config(write(tmp_path, "m.yaml", demo))
+    assert cfg.rollback_on_call == ["alice", "bob"]
+    demo["rollback"] = {"on_call": ["carol"]}
+    assert parse_model_config(write(tmp_path, "m.yaml", demo)).rollback_on_call == ["carol"]
+
+
+@pytest.mark.parametrize(("override", "expected"), [("", "@weekly"), ("none", None), ("@daily", "@daily")])
+def test_the_schedule_override_replaces_every_models_schedule(
+    tmp_path: Path, demo: dict, monkeypatch: pytest.MonkeyPatch, override: str, expected: str | None
+) -> None:
+    monkeypatch.setenv("PROMOTION_SCHEDULE_OVERRIDE", override)
+    assert parse_model_config(write(tmp_path, "m.yaml", demo)).effective_schedule == expected
 
 
 def test_an_unknown_model_lists_the_configured_ones(tmp_path: Path, demo: dict) -> None:

@@ -6,7 +6,7 @@ import pytest
 from include.promotion import data, demo_data
 from include.promotion.config import parse_model_config
 from include.promotion.errors import DataValidationError
-from tests.unit.test_config import DEMO
+from tests.support import DEMO
 
 CFG = parse_model_config(DEMO)
 

@@ -6,9 +6,9 @@ import pytest
 from include.promotion.config import parse_model_config
 from include.promotion.errors import EstimatorError
 from include.promotion.evaluation import apply_gates, score
-from include.promotion.tracking import quote
+from include.promotion.mlflow_client import quote
 from include.promotion.training import build_pipeline
-from tests.unit.test_config import DEMO
+from tests.support import DEMO
 
 CFG = parse_model_config(DEMO)
 GOOD = {"roc_auc": 0.9, "f1": 0.5, "average_precision": 0.6, "precision": 0.5, "recall": 0.5}

@@ -1,4 +1,4 @@
-"""The local stack (scripts/localstack.py) runs a real DAG and leaves nothing behind.
+"""The service stack (scripts/stack/) runs a real DAG and leaves nothing behind.
 
 Slow (about a minute): embedded PostgreSQL, an MLflow server and the four Airflow components on loopback.
 """
@@ -13,15 +13,15 @@ import psutil
 import pytest
 import requests
 
-from scripts.localstack import LocalStack, StackConfig, port_is_open
+from scripts.stack import ServiceStack, StackConfig, port_is_open
 
-DAG_ID = "localstack_smoke"
+DAG_ID = "stack_smoke"
 DAG_FILE = f'''
 from airflow.sdk import dag, task
 
 
 @dag(dag_id="{DAG_ID}", schedule=None, catchup=False, tags=["test"])
-def localstack_smoke():
+def stack_smoke():
     @task
     def hello() -> str:
         import os
@@ -31,7 +31,7 @@ def localstack_smoke():
     hello()
 
 
-localstack_smoke()
+stack_smoke()
 '''
 
 
@@ -47,7 +47,7 @@ def stack(tmp_path: Path):
         airflow_port=0,
         mlflow_port=0,
     )
-    stack = LocalStack(config)
+    stack = ServiceStack(config)
     try:
         stack.start()
         yield stack
@@ -55,7 +55,7 @@ def stack(tmp_path: Path):
         stack.stop()
 
 
-def test_stack_runs_a_dag_and_stops_cleanly(stack: LocalStack):
+def test_stack_runs_a_dag_and_stops_cleanly(stack: ServiceStack):
     token = stack.api_token("alice")
     api = requests.Session()
     api.headers["Authorization"] = f"Bearer {token}"

@@ -10,13 +10,12 @@ import psycopg2
 import pytest
 import yaml
 
-from include.promotion import audit, data, steps, tracking
+from include.promotion import audit, data, mlflow_client, tasks
 from include.promotion.config import parse_model_config
-from include.promotion.errors import DataValidationError, EstimatorError
-from tests.support import snapshot, unique
+from include.promotion.errors import DataValidationError, EstimatorError, UntrustedValue
+from tests.support import DEMO, run_ref, snapshot, unique
 
 pytestmark = pytest.mark.usefixtures("services")
-DEMO = Path(__file__).resolve().parents[2] / "include" / "models" / "fraud-detector.yaml"
 
 
 def model_file(models_dir: Path, name: str, **overrides) -> str:
@@ -63,38 +62,65 @@ def test_bad_tables_fail_load_data_and_touch_nothing(services, models_dir: Path,
     )
     before = snapshot(name)
     with pytest.raises(DataValidationError, match=re.escape(message)):
-        steps.load_data(name)
+        tasks.load_data(name, run_ref())
     assert snapshot(name) == before
 
 
 def test_the_demo_table_trains_evaluates_registers_and_stages(models_dir: Path) -> None:
     name = model_file(models_dir, unique("steps"))
-    loaded = steps.load_data(name)
+    run = run_ref()
+    loaded = tasks.load_data(name, run)
     assert loaded["rows"] == 4000 and loaded["data_version"].startswith("sha256:")
-    trained = steps.train(name, loaded, "dag", "run-1")
-    assert steps.train(name, loaded, "dag", "run-1") == trained  # a retry reuses the finished run
-    verdict = steps.evaluate(name, trained)
+    trained = tasks.train(name, loaded, run)
+    assert tasks.train(name, loaded, run) == trained  # a retry reuses the finished run
+    verdict = tasks.evaluate(name, trained, run)
     assert verdict["passed"], verdict["reasons"]
     assert verdict["champion_version"] is None
-    client = tracking.client()
+    client = mlflow_client.client()
     artifacts = {a.path for a in client.list_artifacts(trained["run_id"], "evaluation")}
     assert {"evaluation/roc_curve.png", "evaluation/pr_curve.png", "evaluation/comparison.md"} <= artifacts
-    version = steps.register(name, trained, verdict, "dag", "run-1")
-    assert steps.register(name, trained, verdict, "dag", "run-1") == version  # retried: no second version
-    steps.promote_to_staging(name, version, "dag", "run-1")
+    registered = tasks.register(name, trained, verdict, run)
+    assert tasks.register(name, trained, verdict, run) == registered  # retried: no second version
+    tasks.promote_to_staging(name, registered, run)
     assert [r["action"] for r in audit.rows(name)] == ["register", "stage"]
-    mv = client.get_model_version(name, version)
-    assert mv.tags["airflow_run_id"] == "run-1" and float(mv.tags["metric_roc_auc"]) == pytest.approx(
+    mv = client.get_model_version(name, registered["version"])
+    assert mv.tags["airflow_run_id"] == run.run_id and float(mv.tags["metric_roc_auc"]) == pytest.approx(
         verdict["metrics"]["roc_auc"]
     )
 
 
+def test_forged_values_between_tasks_register_nothing(models_dir: Path) -> None:
+    """What a user-role account can do to XComs: edit a verdict, or replay one from another run."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    name = model_file(models_dir, unique("forged"), gates={"roc_auc": 0.999})
+    run = run_ref()
+    trained = tasks.train(name, tasks.load_data(name, run), run)
+    verdict = tasks.evaluate(name, trained, run)
+    assert not verdict["passed"]
+    with pytest.raises(AirflowSkipException, match="not promoted"):
+        tasks.register(name, trained, verdict, run)
+    before = snapshot(name)
+    forged = {**verdict, "passed": True, "reasons": []}
+    with pytest.raises(UntrustedValue, match="does not match its signature"):
+        tasks.register(name, trained, forged, run)
+    unsigned = {k: v for k, v in forged.items() if k != "_signature"}
+    with pytest.raises(UntrustedValue, match="carries no signature"):
+        tasks.register(name, trained, unsigned, run)
+    with pytest.raises(UntrustedValue, match="does not match its signature"):
+        tasks.register(name, {**trained, "data_version": "sha256:other"}, verdict, run)
+    with pytest.raises(UntrustedValue):  # a genuine value of another run does not verify in this one
+        tasks.register(name, trained, verdict, run_ref())
+    assert snapshot(name) == before
+
+
 def test_an_unknown_estimator_fails_before_mlflow(models_dir: Path) -> None:
     name = model_file(models_dir, unique("badest"), estimator={"class": "sklearn.ensemble.RandomForestClasifier"})
-    loaded = steps.load_data(name)
+    run = run_ref()
+    loaded = tasks.load_data(name, run)
     with pytest.raises(EstimatorError, match="has no 'RandomForestClasifier'"):
-        steps.train(name, loaded, "dag", "run-1")
-    assert tracking.client().get_experiment_by_name(tracking.experiment_name(name)) is None
+        tasks.train(name, loaded, run)
+    assert mlflow_client.client().get_experiment_by_name(mlflow_client.experiment_name(name)) is None
 
 
 def test_data_that_changed_after_load_data_is_refused(services, models_dir: Path) -> None:
@@ -104,7 +130,7 @@ def test_data_that_changed_after_load_data_is_refused(services, models_dir: Path
         unique("drift"),
         data={"source": "postgres", "conn_id": "promotion_db", "query": f"SELECT * FROM {table} ORDER BY id"},
     )
-    loaded = steps.load_data(name)
+    loaded = tasks.load_data(name, run_ref())
     with psycopg2.connect(services.postgres_uri("promotion")) as conn, conn.cursor() as cur:
         cur.execute(f"UPDATE {table} SET amount = amount + 1 WHERE id = 1")
     conn.close()

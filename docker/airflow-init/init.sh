@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One-shot set-up, run by the `airflow-init` service of docker-compose.yaml on every `docker compose up`
+# before any other Airflow component starts (they wait for it to complete successfully). Each step is
+# idempotent. Runs as root (uid 0) only to hand the shared volumes to AIRFLOW_UID at the end.
+#
+# Environment (from docker-compose.yaml): the Airflow settings shared by all components, plus
+#   AIRFLOW_CONN_PROMOTION_DB_OWNER    the owner role of the promotion database (only this service has it)
+#   MLFLOW_AUTH_ADMIN_PASSWORD         the MLflow admin (`admin`), who creates the accounts
+#   MLFLOW_TRACKING_USERNAME/PASSWORD  the pipeline's service account, as the workers use it
+#   AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE  the Airflow users' passwords (airflow-auth volume)
+set -euo pipefail
+cd /opt/airflow
+
+echo "airflow-init: Airflow $(/entrypoint airflow version)"
+
+echo "airflow-init: migrating the Airflow metadata database"
+/entrypoint airflow db migrate
+
+# As promotion_owner (connection promotion_db_owner): creates or upgrades the audit log tables, and grants
+# the application role the workers log in as INSERT + SELECT on them, nothing more.
+echo "airflow-init: migrating the audit log schema"
+python -m include.promotion.audit_schema upgrade --owner-conn promotion_db_owner --app-role promotion_app
+
+if [[ "${PROMOTION_SEED_DEMO_DATA:-true}" == "true" ]]; then
+    echo "airflow-init: demo data for the demo model"
+    python /opt/airflow/airflow-init/seed_demo_data.py --owner-conn promotion_db_owner --app-role promotion_app
+fi
+
+# The Airflow users' passwords, kept in the passwords file and printed the first time. Airflow's own code
+# writes them here, before the api-server's first start would, so that MLflow gets the same ones.
+echo "airflow-init: Airflow users' passwords"
+python -c 'from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager as M; M().init()'
+
+# Signed in as the MLflow admin: the pipeline's service account (the only account that writes governed
+# models) and a read account for each Airflow user, with their Airflow password.
+echo "airflow-init: MLflow accounts"
+python -m include.promotion.mlflow_accounts bootstrap --people-file "${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE}"
+
+echo "airflow-init: handing the shared volumes to uid ${AIRFLOW_UID:-50000} (group 0)"
+mkdir -p /opt/airflow/logs /opt/airflow/auth
+chown -R "${AIRFLOW_UID:-50000}:0" /opt/airflow/logs /opt/airflow/auth
+chmod 0770 /opt/airflow/auth
+find /opt/airflow/auth -type f -exec chmod 0600 {} +

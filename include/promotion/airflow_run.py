@@ -1,0 +1,21 @@
+"""The Airflow run a task belongs to, read from the task's own context (never from an XCom)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """Which DAG run a task belongs to and who triggered it (None for scheduled runs)."""
+
+    dag_id: str
+    run_id: str
+    triggered_by: str | None = None
+
+    @classmethod
+    def from_context(cls, context: Any) -> RunRef:
+        ti = context["ti"]
+        dag_run = context.get("dag_run")
+        return cls(ti.dag_id, ti.run_id, getattr(dag_run, "triggering_user_name", None) or None)

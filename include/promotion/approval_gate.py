@@ -1,0 +1,126 @@
+"""The ``approve`` task: Airflow's Human-in-the-loop ``ApprovalOperator``, governed.
+
+Reviewers answer under *Required Actions* in the Airflow UI. Only the model's configured reviewers,
+minus the user who triggered the run, are assigned; the answer is checked again when it arrives and
+recorded on the spot (an Approve as the audit row ``promote_to_production`` acts on; a Reject, a
+timeout, an error or a refused answer as a rejection). Imported at DAG parse time: Airflow only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import Param
+from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.execution_time.hitl import HITLUser
+
+from include.promotion import approval, signing
+from include.promotion.airflow_run import RunRef
+from include.promotion.config import ModelConfig, get_model_config
+from include.promotion.errors import ApprovalRefused, InputRejected
+from include.promotion.inputs import MAX_REASON_CHARS
+from include.promotion.notifiers import approval_notifiers
+from include.promotion.signing import Kind
+
+
+class GovernedApprovalOperator(ApprovalOperator):
+    """``ApprovalOperator`` that assigns eligible reviewers at run time and records every answer.
+
+    ``staged``, ``evaluation`` and ``trained`` are the (signed) values of the earlier tasks, passed as
+    XComArgs; they are verified before the evidence is shown and again when the answer arrives.
+    """
+
+    template_fields = (*ApprovalOperator.template_fields, "staged", "evaluation", "trained")
+
+    def __init__(self, *, model_name: str, staged: Any, evaluation: Any, trained: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.model_name = model_name
+        self.staged = staged
+        self.evaluation = evaluation
+        self.trained = trained
+
+    def execute(self, context: Any) -> Any:
+        cfg = get_model_config(self.model_name)
+        run = RunRef.from_context(context)
+        staged = signing.verify(Kind.STAGING, run, self.staged)
+        try:
+            eligible = approval.eligible_reviewers(cfg.approval.reviewers, run.triggered_by)
+        except ApprovalRefused as exc:
+            raise AirflowFailException(str(exc)) from None
+        self.assigned_users = [HITLUser(id=r, name=r) for r in eligible]
+        self.subject = f"Promote {cfg.name} v{staged['version']} to production?"
+        self.body = approval.evidence_markdown(
+            cfg,
+            staged,
+            signing.verify(Kind.EVALUATION, run, self.evaluation),
+            signing.verify(Kind.TRAINING, run, self.trained),
+        )
+        self.log.info(
+            "Waiting for one of %s to approve %s v%s (Required Actions in the Airflow UI); timeout %s.",
+            eligible,
+            cfg.name,
+            staged["version"],
+            self.response_timeout,
+        )
+        return super().execute(context)
+
+    def validate_params_input(self, params_input: Mapping) -> None:
+        # An API caller may omit the reason (the Param is nullable); that must not lose the answer.
+        super().validate_params_input({"reason": (params_input or {}).get("reason") or approval.NO_REASON})
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        cfg = get_model_config(self.model_name)
+        run = RunRef.from_context(context)
+        version = signing.verify(Kind.STAGING, run, self.staged)["version"]
+        if "error" in event:
+            # Never leave a challenger that nobody can approve any more: record it like a rejection.
+            why = f"the approval request ended with an error ({event.get('error_type', 'error')}): {event['error']}"
+            approval.record_answer(cfg.name, version, run, None, False, why[:MAX_REASON_CHARS])
+            return super().execute_complete(context, event)
+        try:
+            responder, approved, reason = approval.answer_of(event, self.APPROVE, cfg.approval.timeout_hours)
+            approval.check_responder(responder, cfg.approval.reviewers, run.triggered_by)
+        except (ApprovalRefused, InputRejected) as exc:
+            approval.record_answer(cfg.name, version, run, None, False, f"answer refused: {exc}"[:MAX_REASON_CHARS])
+            raise AirflowFailException(f"{exc} The candidate was rejected; nothing was promoted.") from None
+        approval.record_answer(cfg.name, version, run, responder, approved, reason)
+        return super().execute_complete(context, event)
+
+
+def build_approval_task(
+    cfg: ModelConfig, staged: Any, evaluation: Any, trained: Any, **kwargs: Any
+) -> GovernedApprovalOperator:
+    """The approval task of a model's promotion DAG (the DAG file names it)."""
+    return GovernedApprovalOperator(
+        model_name=cfg.name,
+        staged=staged,
+        evaluation=evaluation,
+        trained=trained,
+        subject=f"Promote {cfg.name} to production?",
+        body="The evidence is written when the candidate reaches this step.",
+        assigned_users=[HITLUser(id=r, name=r) for r in cfg.approval.reviewers],
+        defaults=[ApprovalOperator.REJECT],  # no answer in time is a rejection
+        response_timeout=timedelta(hours=cfg.approval.timeout_hours),
+        params={
+            # A default is needed: Airflow validates task params when the task starts, before anyone answers.
+            # The form does not insist on a reason; an empty one is recorded as "(no reason given)".
+            "reason": Param(
+                None,
+                type=["null", "string"],
+                minLength=1,
+                maxLength=MAX_REASON_CHARS,
+                title="Reason",
+                description="Why you approve or reject this version (at most "
+                f"{MAX_REASON_CHARS} characters). Please always fill it in: it goes into the audit log.",
+            )
+        },
+        notifiers=approval_notifiers(cfg),
+        doc_md="A configured reviewer (not the run's triggerer) approves or rejects the candidate.",
+        # A retry would ask again (a new request, the recorded answer lost); transient errors while recording
+        # the answer are retried inside the task instead (``retries.retry_transient``).
+        retries=0,
+        **kwargs,
+    )

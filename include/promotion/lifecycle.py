@@ -1,0 +1,250 @@
+"""The lifecycle of a model version, as a state machine over the MLflow Model Registry.
+
+``register → stage (challenger) → approve → promote (champion; the previous one archived)``, or
+``reject`` at the approval gate. Alias ``champion`` is the production version, alias ``challenger``
+the version awaiting approval, and the ``promotion_status`` tag each version's state. Legacy stages
+mirror that state (``settings.mirror_stages``) but no decision ever reads them.
+
+Each function here holds the model's advisory lock for its whole change, is written so that running it
+again after a crash at any point finishes the change instead of repeating it, and records one audit
+row per changed version (idempotently, keyed by the change id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from include.promotion import audit, mlflow_client
+from include.promotion.audit import AuditEntry
+from include.promotion.errors import RegistryStateError
+from include.promotion.invariants import verify_invariant
+from include.promotion.mlflow_client import delete_alias_if, get_alias, set_stage, set_tags, status_of
+from include.promotion.states import CHALLENGER_ALIAS, CHAMPION_ALIAS, AuditAction, Stage, Status
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+
+@dataclass(frozen=True)
+class Change:
+    """Who makes a registry change and from which Airflow run (the change id makes retries idempotent)."""
+
+    actor: str
+    dag_id: str
+    run_id: str
+
+    @property
+    def change_id(self) -> str:
+        return f"{self.dag_id}/{self.run_id}"
+
+    def entry(
+        self,
+        name: str,
+        version: str | int,
+        action: AuditAction,
+        from_stage: Stage | None,
+        to_stage: Stage | None,
+        reason: str | None,
+        actor: str | None = None,
+    ) -> AuditEntry:
+        """The audit row of one changed version."""
+        return AuditEntry(
+            model_name=name,
+            version=str(version),
+            action=action,
+            from_stage=str(from_stage) if from_stage is not None else None,
+            to_stage=str(to_stage) if to_stage is not None else None,
+            actor=actor or self.actor,
+            reason=reason,
+            dag_id=self.dag_id,
+            run_id=self.run_id,
+        )
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def require_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
+    mv = mlflow_client.get_version(client, name, version)
+    if mv is None:
+        raise RegistryStateError(f"model '{name}' has no version {version}; check the model name and version.")
+    return mv
+
+
+def register_version(
+    name: str,
+    trained: dict[str, str],
+    tags: dict[str, str],
+    description: str,
+    change: Change,
+    model_description: str = "",
+) -> str:
+    """Register the run's model once (a retry finds the version it created); return the version."""
+    client = mlflow_client.client()
+    with audit.model_lock(name, change.change_id) as log:
+        mv = mlflow_client.find_version_for_run(client, name, trained["run_id"])
+        if mv is None:
+            mlflow_client.ensure_registered_model(client, name, model_description)
+            model_uri = trained["model_uri"]
+            model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+            mv = client.create_model_version(
+                name,
+                source=model_uri,
+                run_id=trained["run_id"],
+                tags={**tags, "promotion_status": Status.REGISTERED},
+                description=description,
+                model_id=model_id,
+            )
+        log.record(change.entry(name, mv.version, AuditAction.REGISTER, None, Stage.NONE, "gates passed"))
+        return str(mv.version)
+
+
+def promote_to_staging(name: str, version: str, change: Change) -> None:
+    """Make ``version`` the challenger: alias, Staging stage, tags, audit row; supersede an older one."""
+    client = mlflow_client.client()
+    with audit.model_lock(name, change.change_id) as log:
+        mv = require_version(client, name, version)
+        if status_of(mv) not in (Status.REGISTERED, Status.STAGING):
+            raise RegistryStateError(
+                f"{name} v{version} is '{status_of(mv)}', not a freshly registered candidate; "
+                "only a new version can be moved to Staging. Trigger a new retraining run."
+            )
+        previous = get_alias(client, name, CHALLENGER_ALIAS)
+        if previous is not None and str(previous.version) != str(version):
+            superseded = f"superseded by version {version}"
+            set_tags(
+                client, name, previous.version, {"promotion_status": Status.REJECTED, "rejection_reason": superseded}
+            )
+            set_stage(client, name, previous.version, Stage.NONE)
+            log.record(
+                change.entry(name, previous.version, AuditAction.SUPERSEDE, Stage.STAGING, Stage.NONE, superseded)
+            )
+        set_stage(client, name, version, Stage.STAGING)
+        client.set_registered_model_alias(name, CHALLENGER_ALIAS, version)
+        stamp = mv.tags.get("staging_timestamp") or now_iso()
+        set_tags(client, name, version, {"staging_timestamp": stamp, "promotion_status": Status.STAGING})
+        log.record(change.entry(name, version, AuditAction.STAGE, Stage.NONE, Stage.STAGING, "passed evaluation gates"))
+
+
+def record_approval(name: str, version: str, reviewer: str, reason: str, change: Change) -> None:
+    """Record a reviewer's Approve of the challenger, where the answer arrives: the audit row, and tags.
+
+    The audit row is what ``promote_to_production`` acts on (only workers can write it); the tags only
+    show the approval to people reading the registry.
+    """
+    client = mlflow_client.client()
+    with audit.model_lock(name, change.change_id) as log:
+        mv = require_version(client, name, version)
+        if log.recorded(AuditAction.APPROVE, version) is None:
+            require_challenger(client, name, mv)
+            log.record(
+                change.entry(name, version, AuditAction.APPROVE, Stage.STAGING, Stage.STAGING, reason, actor=reviewer)
+            )
+        set_tags(client, name, version, {"approved_by": reviewer, "approval_reason": reason})
+
+
+def promote_to_production(
+    name: str, version: str, change: Change, check_approver: Callable[[str], None] | None = None
+) -> tuple[str, str | None]:
+    """Make the approved challenger the champion and archive the previous one.
+
+    Returns (approver, archived version). Refuses unless this run's approval task recorded an approval
+    of the version in the audit log, the version is still the challenger in Staging, and the champion is
+    still the one it was evaluated against; ``check_approver`` may refuse the approver (four eyes). A retry
+    after a crash at any point completes the promotion: ``promoted_over`` is written first, so the retry
+    still knows which version it archives, and the audit rows are keyed by the change id.
+    """
+    client = mlflow_client.client()
+    with audit.model_lock(name, change.change_id) as log:
+        mv = require_version(client, name, version)
+        approval = log.recorded(AuditAction.APPROVE, version)
+        if approval is None:
+            raise RegistryStateError(
+                f"{name} v{version} has no approval recorded by this run's approval task; nothing was promoted. "
+                "A reviewer approves it under Required Actions in the Airflow UI."
+            )
+        approver, reason = approval["actor"], approval["reason"] or "approved"
+        if check_approver is not None:
+            check_approver(approver)
+        champion = get_alias(client, name, CHAMPION_ALIAS)
+        if champion is not None and str(champion.version) == str(version):
+            previous = mv.tags.get("promoted_over") or None  # resumed after the alias already moved
+        else:
+            require_challenger(client, name, mv)
+            previous = str(champion.version) if champion is not None else None
+            evaluated_against = mv.tags.get("champion_at_evaluation")
+            if evaluated_against is not None and evaluated_against != (previous or ""):
+                raise RegistryStateError(
+                    f"{name} v{version} was evaluated against champion {evaluated_against or '(none)'}, but the "
+                    f"champion is now {previous or '(none)'}; nothing was promoted. Trigger a new retraining run "
+                    "so the candidate is compared with the current champion."
+                )
+            set_tags(client, name, version, {"promoted_over": previous or ""})
+
+        set_stage(client, name, version, Stage.PRODUCTION, archive_existing=True)
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+        delete_alias_if(client, name, CHALLENGER_ALIAS, version)
+        set_tags(
+            client,
+            name,
+            version,
+            {
+                "production_approver": approver,
+                "production_timestamp": mv.tags.get("production_timestamp") or now_iso(),
+                "promotion_status": Status.PRODUCTION,
+            },
+        )
+        if previous:
+            set_tags(client, name, previous, {"promotion_status": Status.ARCHIVED, "archived_timestamp": now_iso()})
+        log.record(
+            change.entry(name, version, AuditAction.PROMOTE, Stage.STAGING, Stage.PRODUCTION, reason, actor=approver)
+        )
+        if previous:
+            archived = f"replaced by v{version}"
+            log.record(
+                change.entry(
+                    name, previous, AuditAction.ARCHIVE, Stage.PRODUCTION, Stage.ARCHIVED, archived, actor=approver
+                )
+            )
+        verify_invariant(name, client)
+        return approver, previous
+
+
+def require_challenger(client: MlflowClient, name: str, mv: ModelVersion) -> None:
+    challenger = get_alias(client, name, CHALLENGER_ALIAS)
+    if challenger is None or str(challenger.version) != str(mv.version) or status_of(mv) != Status.STAGING:
+        holder = f"v{challenger.version}" if challenger is not None else "no version"
+        raise RegistryStateError(
+            f"{name} v{mv.version} is no longer the challenger in Staging (status '{status_of(mv)}', "
+            f"challenger: {holder}); nothing was promoted. Trigger a new retraining run to get a fresh candidate."
+        )
+
+
+def reject(name: str, version: str, reviewer: str, reason: str, change: Change) -> None:
+    """Record a rejection: status, reason, reviewer; drop ``challenger``; stage back to None; audit row."""
+    client = mlflow_client.client()
+    with audit.model_lock(name, change.change_id) as log:
+        mv = require_version(client, name, version)
+        if status_of(mv) not in (Status.STAGING, Status.REJECTED):
+            raise RegistryStateError(
+                f"{name} v{version} is '{status_of(mv)}', not awaiting approval; the rejection changes nothing."
+            )
+        delete_alias_if(client, name, CHALLENGER_ALIAS, version)
+        set_stage(client, name, version, Stage.NONE)
+        set_tags(
+            client,
+            name,
+            version,
+            {
+                "promotion_status": Status.REJECTED,
+                "rejection_reason": reason,
+                "rejected_by": reviewer,
+                "rejection_timestamp": mv.tags.get("rejection_timestamp") or now_iso(),
+            },
+        )
+        log.record(change.entry(name, version, AuditAction.REJECT, Stage.STAGING, Stage.NONE, reason, actor=reviewer))

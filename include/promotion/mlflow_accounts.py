@@ -1,0 +1,116 @@
+"""Accounts on an MLflow server run with ``--app-name basic-auth``: who may write governed models.
+
+The pipeline writes the registry as a **service account** (``MLFLOW_TRACKING_USERNAME``, an MLflow
+admin: registering, aliases, stages, tags and webhooks all need write or admin rights). People get
+accounts that can log in and read (``default_permission = READ``); nobody but the service account and
+the MLflow admin can write a governed model, because the service account creates each governed
+registered model before anyone else can claim its name::
+
+    python -m include.promotion.mlflow_accounts bootstrap [--people-file users.json]
+
+reads ``MLFLOW_TRACKING_URI``, ``MLFLOW_AUTH_ADMIN_USERNAME`` (default ``admin``),
+``MLFLOW_AUTH_ADMIN_PASSWORD`` and the service account's ``MLFLOW_TRACKING_USERNAME`` /
+``MLFLOW_TRACKING_PASSWORD`` from the environment. Running it again changes nothing that is in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+SERVICE_ACCOUNT = "promotion-pipeline"
+
+
+@contextlib.contextmanager
+def acting_as(username: str, password: str) -> Iterator[None]:
+    """MLflow's clients read credentials from the environment: switch them for the duration."""
+    keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(dict(zip(keys, (username, password), strict=True)))
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def ensure_user(auth, username: str, password: str, admin: bool = False) -> None:
+    """Create ``username`` (or set its password if it exists) and its admin flag."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        auth.create_user(username, password)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+            raise
+        auth.update_user_password(username, password)
+    auth.update_user_admin(username, admin)
+
+
+def bootstrap(
+    tracking_uri: str,
+    admin: tuple[str, str],
+    service: tuple[str, str],
+    people: dict[str, str],
+    governed_models: Sequence[str],
+) -> None:
+    """Accounts in place and every governed model created by the service account."""
+    from mlflow import MlflowClient
+    from mlflow.server import get_app_client
+
+    from include.promotion.mlflow_client import ensure_registered_model
+
+    with acting_as(*admin):
+        auth = get_app_client("basic-auth", tracking_uri=tracking_uri)
+        ensure_user(auth, *service, admin=True)
+        for username, password in people.items():
+            if username != admin[0]:
+                ensure_user(auth, username, password)
+    with acting_as(*service):
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        for name in governed_models:
+            ensure_registered_model(client, name, "")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m include.promotion.mlflow_accounts", description=__doc__.split("\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    boot = sub.add_parser("bootstrap", help="create the service account, people's accounts and governed models")
+    boot.add_argument("--people-file", type=Path, help='JSON {"user": "password"} of people who log in to read')
+    args = parser.parse_args(argv)
+
+    from include.promotion.config import load_model_configs
+
+    missing = [
+        v
+        for v in ("MLFLOW_TRACKING_URI", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_TRACKING_PASSWORD")
+        if not os.environ.get(v)
+    ]
+    if missing:
+        print(f"set {', '.join(missing)} in the environment first", file=sys.stderr)
+        return 2
+    people = json.loads(args.people_file.read_text()) if args.people_file else {}
+    models = sorted(load_model_configs().models)
+    bootstrap(
+        os.environ["MLFLOW_TRACKING_URI"],
+        (os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME") or "admin", os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"]),
+        (os.environ.get("MLFLOW_TRACKING_USERNAME") or SERVICE_ACCOUNT, os.environ["MLFLOW_TRACKING_PASSWORD"]),
+        people,
+        models,
+    )
+    print(f"MLflow accounts in place: service account, {len(people)} people; governed models: {', '.join(models)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

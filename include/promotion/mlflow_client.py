@@ -1,0 +1,152 @@
+"""Thin helpers over MLflow: the one place that points MLflow at the tracking server, quotes values
+for its filter strings, and reads or writes single registry entries.
+
+No lifecycle decision is taken here; ``lifecycle``, ``rollback`` and ``invariants`` take them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote as urlquote
+
+from include.promotion import settings
+from include.promotion.states import Stage, Status
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+
+def client() -> MlflowClient:
+    """An ``MlflowClient`` for the configured tracking server; also sets the fluent API's URI."""
+    import mlflow
+
+    uri = settings.tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def quote(value: str) -> str:
+    """An MLflow filter-string literal for ``value`` that no quote inside it can end early.
+
+    MLflow's filter parser strips the outer quotes and does not unescape anything inside, so the
+    only safe quoting is to pick the quote character the value does not contain.
+    """
+    text = str(value)
+    if "'" not in text:
+        return f"'{text}'"
+    if '"' not in text:
+        return f'"{text}"'
+    raise ValueError(f"{text!r} holds both quote characters and cannot be used in an MLflow search filter")
+
+
+def experiment_name(model_name: str) -> str:
+    return f"promotion/{model_name}"
+
+
+def get_or_create_experiment(mlflow_client: MlflowClient, name: str) -> str:
+    """The id of the experiment called ``name``, created if missing (a concurrent creator is fine)."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return mlflow_client.create_experiment(name)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return mlflow_client.get_experiment_by_name(name).experiment_id
+
+
+def run_url(run_id: str, experiment_id: str) -> str:
+    return f"{settings.mlflow_ui_url()}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def version_url(model_name: str, version: str | int) -> str:
+    return f"{settings.mlflow_ui_url()}/#/models/{urlquote(model_name, safe='')}/versions/{version}"
+
+
+def status_of(mv: ModelVersion) -> str:
+    return (mv.tags or {}).get("promotion_status", Status.REGISTERED)
+
+
+def _is_missing(exc: Exception) -> bool:
+    return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
+
+
+def get_alias(mlflow_client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version an alias points to, or None if the alias (or the model) does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        # Only "no such model" and "no such alias" mean absent; a network or server error must not read as
+        # "no champion" (that would skip archiving it, or skip the champion comparison).
+        not_found = getattr(exc, "error_code", "") == "INVALID_PARAMETER_VALUE" and f"alias {alias} not found" in str(
+            exc
+        )
+        if _is_missing(exc) or not_found:
+            return None
+        raise
+
+
+def get_version(mlflow_client: MlflowClient, name: str, version: str | int) -> ModelVersion | None:
+    """One model version, or None if the model or the version does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if _is_missing(exc):
+            return None
+        raise
+
+
+def set_stage(
+    mlflow_client: MlflowClient, name: str, version: str, stage: Stage, archive_existing: bool = False
+) -> None:
+    """Mirror a lifecycle step into the deprecated stages, when that mirroring is on."""
+    if not settings.mirror_stages():
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=FutureWarning)
+        mlflow_client.transition_model_version_stage(
+            name, version, str(stage), archive_existing_versions=archive_existing
+        )
+
+
+def set_tags(mlflow_client: MlflowClient, name: str, version: str, tags: dict[str, Any]) -> None:
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(name, version, key, str(value))
+
+
+def delete_alias_if(mlflow_client: MlflowClient, name: str, alias: str, version: str) -> None:
+    """Delete ``alias`` only if it still points at ``version`` (never take it from a newer holder)."""
+    holder = get_alias(mlflow_client, name, alias)
+    if holder is not None and str(holder.version) == str(version):
+        mlflow_client.delete_registered_model_alias(name, alias)
+
+
+def ensure_registered_model(mlflow_client: MlflowClient, name: str, description: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow_client.get_registered_model(name)
+    except MlflowException as exc:
+        if not _is_missing(exc):
+            raise
+        try:
+            mlflow_client.create_registered_model(name, description=description, tags={"governed_by": "airflow"})
+        except MlflowException as race:
+            if getattr(race, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+
+def find_version_for_run(mlflow_client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
+    """The version registered from an MLflow run (one indexed search, names escaped)."""
+    found = mlflow_client.search_model_versions(f"name = {quote(name)} and run_id = {quote(run_id)}")
+    return min(found, key=lambda mv: int(mv.version)) if found else None

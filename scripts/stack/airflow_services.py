@@ -1,0 +1,204 @@
+"""Airflow 3.3 on LocalExecutor: metadata in the stack's PostgreSQL (database ``airflow``), AIRFLOW_HOME in
+``airflow/``, and the api-server, scheduler, dag-processor and triggerer, each a process of its own."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from scripts.stack.config import LOOPBACK, StackConfig, StackError
+from scripts.stack.postgres import Postgres
+from scripts.stack.processes import Port, Supervisor
+from scripts.stack.state import StateDir, tail
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+# health keys of GET /api/v2/monitor/health per component
+_HEALTH_KEYS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
+
+
+# What only the processes that run tasks may hold (the api-server, dag-processor and triggerer get them blank).
+WORKER_SECRETS = ("PROMOTION_SIGNING_KEY", "MLFLOW_TRACKING_PASSWORD", "AIRFLOW_CONN_PROMOTION_DB")
+
+
+def _airflow_version() -> str:
+    return importlib.metadata.version("apache-airflow")
+
+
+@dataclass
+class AirflowServices:
+    config: StackConfig
+    state: StateDir
+    port: Port
+    supervisor: Supervisor
+    postgres: Postgres
+    package_env: Callable[[], dict[str, str]]  # the environment the package's code needs
+    timings: dict[str, float]
+
+    @property
+    def home(self) -> Path:
+        return self.state.airflow_home
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port.number}"
+
+    def env(self) -> dict[str, str]:
+        """The package's environment plus Airflow's settings, then ``StackConfig.extra_env``."""
+        cfg, secrets = self.config, self.state.secrets
+        env = self.package_env()
+        env.update(
+            {
+                "AIRFLOW_HOME": str(self.home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(cfg.dags_folder),
+                "AIRFLOW__CORE__PLUGINS_FOLDER": str(cfg.plugins_folder),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__PARALLELISM": "4",
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+                "AIRFLOW__CORE__FERNET_KEY": secrets["fernet_key"],
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in cfg.users.items()),
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.state.passwords_file),
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.postgres.uri("airflow", "postgresql+psycopg2"),
+                "AIRFLOW__API__HOST": LOOPBACK,
+                "AIRFLOW__API__PORT": str(self.port.number),
+                "AIRFLOW__API__BASE_URL": self.url,
+                "AIRFLOW__API__SECRET_KEY": secrets["api_secret_key"],
+                "AIRFLOW__API_AUTH__JWT_SECRET": secrets["jwt_secret"],
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+                "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
+                "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "2",
+                "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.state.logs_dir / "airflow"),
+            }
+        )
+        env.update(cfg.extra_env)
+        return env
+
+    # -- metadata database -----------------------------------------------------------------------------
+    def _migrated(self, marker: Path) -> bool:
+        import psycopg2
+
+        if not marker.exists() or marker.read_text().strip() != _airflow_version():
+            return False
+        try:
+            conn = psycopg2.connect(self.postgres.uri("airflow"), connect_timeout=5)
+            with contextlib.closing(conn), conn.cursor() as cur:
+                cur.execute("SELECT to_regclass('public.alembic_version') IS NOT NULL")
+                return bool(cur.fetchone()[0])
+        except psycopg2.Error:
+            return False
+
+    def migrate_db(self) -> None:
+        marker = self.home / ".migrated"
+        if self._migrated(marker):
+            log.info("Airflow metadata DB is up to date (skipping `airflow db migrate`)")
+            return
+        t0 = time.monotonic()
+        log_path = self.state.log("db-migrate")
+        with log_path.open("ab") as fh:
+            result = subprocess.run(
+                [sys.executable, "-m", "airflow", "db", "migrate"],
+                stdin=subprocess.DEVNULL,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env()},
+                cwd=self.state.root,
+                timeout=600,
+                start_new_session=True,
+                check=False,
+            )
+        if result.returncode != 0:
+            raise StackError(f"`airflow db migrate` failed; log {log_path}:\n{tail(log_path)}")
+        marker.write_text(_airflow_version() + "\n")
+        self.timings["db migrate"] = time.monotonic() - t0
+        log.info("Airflow metadata DB migrated (%.1fs)", self.timings["db migrate"])
+
+    # -- components ------------------------------------------------------------------------------------
+    def health(self) -> dict:
+        return requests.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
+
+    def start(self, components: Sequence[str] = COMPONENTS) -> None:
+        unknown = set(components) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"unknown Airflow components {sorted(unknown)}; known: {COMPONENTS}")
+        t0 = time.monotonic()
+        self.home.mkdir(exist_ok=True)
+        self.state.passwords()  # the users' passwords exist before the api-server reads the file
+        env = self.env()
+        if "api-server" in components:
+            self.port.claim()
+
+        def spawn(component: str) -> None:
+            args = [sys.executable, "-m", "airflow", component]
+            if component == "api-server":
+                args += ["--host", LOOPBACK, "--port", str(self.port.number)]
+            elif component in ("scheduler", "triggerer"):
+                # their log servers bind 0.0.0.0:8793/8794 (taken by a second stack); the api-server reads
+                # task logs from the shared local log folder anyway
+                args.append("--skip-serve-logs")
+            self.supervisor.spawn(component, args, env_of(component), cwd=self.state.root)
+
+        def env_of(component: str) -> dict[str, str]:
+            """Only the scheduler runs tasks (LocalExecutor): only it gets the workers' secrets."""
+            if component == "scheduler":
+                return env
+            return {k: ("" if k in WORKER_SECRETS else v) for k, v in env.items()}
+
+        # tasks talk to the api-server (execution API): the scheduler and triggerer start once it answers
+        first = [c for c in components if c in ("api-server", "dag-processor")]
+        later = [c for c in components if c not in first]
+        for component in first:
+            spawn(component)
+        if "api-server" not in components:
+            for component in later:
+                spawn(component)
+            time.sleep(3)
+            self.supervisor.wait("Airflow", lambda: True, list(components))
+            return
+
+        def api_ready() -> bool:
+            return requests.get(f"{self.url}/api/v2/monitor/health", timeout=2).status_code == 200
+
+        self.supervisor.wait("Airflow api-server", api_ready, first)
+        self.timings["api-server ready"] = time.monotonic() - t0
+        log.info("Airflow api-server ready at %s (%.1fs)", self.url, self.timings["api-server ready"])
+        for component in later:
+            spawn(component)
+
+        def components_healthy() -> bool:
+            health = self.health()
+            keys = [_HEALTH_KEYS[c] for c in components if c in _HEALTH_KEYS]
+            return all((health.get(key) or {}).get("status") == "healthy" for key in keys)
+
+        self.supervisor.wait("Airflow component heartbeats", components_healthy, list(components))
+        self.timings["airflow healthy"] = time.monotonic() - t0
+        log.info("Airflow %s healthy (%.1fs)", ", ".join(components), self.timings["airflow healthy"])
+
+    def stop(self) -> None:
+        """The api-server last: running tasks report their end through it. SIGTERM goes to whole groups (to
+        the leader alone, the scheduler sometimes waits out the timeout for an idle worker)."""
+        others = [name for name in self.supervisor.procs if name in COMPONENTS and name != "api-server"]
+        self.supervisor.stop(others, lingering=["triggerer"])
+        self.supervisor.stop(["api-server"])
+
+    def api_token(self, user: str) -> str:
+        response = requests.post(
+            f"{self.url}/auth/token",
+            json={"username": user, "password": self.state.passwords()[user]},
+            timeout=30,
+        )
+        if response.status_code not in (200, 201):
+            raise StackError(f"POST /auth/token as {user} -> {response.status_code}: {response.text[:300]}")
+        return response.json()["access_token"]

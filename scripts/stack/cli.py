@@ -1,0 +1,85 @@
+"""``python -m scripts.stack run``: the stack in the foreground until Ctrl-C (what ``make run`` builds on)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from scripts.stack.config import REPO_ROOT, PortInUseError, StackConfig
+from scripts.stack.service_stack import ServiceStack
+
+
+def _port_arg(env: str, default: int) -> int:
+    return int(os.environ.get(env) or default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.stack", description="Run PostgreSQL, MLflow and Airflow on loopback."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start PostgreSQL, MLflow and Airflow in the foreground (Ctrl-C stops)")
+    state_dir = Path(os.environ.get("STATE_DIR") or REPO_ROOT / ".state")
+    run.add_argument("--state-dir", type=Path, default=state_dir)
+    run.add_argument("--airflow-port", type=int, default=_port_arg("AIRFLOW_PORT", 8080))
+    run.add_argument("--mlflow-port", type=int, default=_port_arg("MLFLOW_PORT", 5000))
+    run.add_argument("--postgres-port", type=int, default=_port_arg("POSTGRES_PORT", 0))
+    run.add_argument("--models-dir", type=Path, default=None, help="exported as PROMOTION_MODELS_DIR")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, after_start: Callable[[ServiceStack], None] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    args = build_parser().parse_args(argv)
+    config = StackConfig(
+        state_dir=args.state_dir,
+        airflow_port=args.airflow_port,
+        mlflow_port=args.mlflow_port,
+        postgres_port=args.postgres_port,
+        models_dir=args.models_dir,
+    )
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    # Ctrl-C must stop the stack even when started from a shell that ignores SIGINT for background jobs
+    # (Python then installs no KeyboardInterrupt handler of its own).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    stack = ServiceStack(config)
+    try:
+        try:
+            stack.start()
+        except PortInUseError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if after_start is not None:
+            after_start(stack)
+        print(
+            f"\nAirflow  {stack.airflow_url}\nMLflow   {stack.mlflow_url} (sign in with the same users)\n"
+            f"Postgres 127.0.0.1:{stack.postgres_port} (credentials: {stack.state_dir / 'secrets.json'})\n"
+            f"State    {stack.state_dir} (logs in {stack.logs_dir})\n"
+            "Users (Airflow simple auth manager and MLflow):",
+            flush=True,
+        )
+        for user, password in stack.passwords().items():
+            print(f"  {user:<8} {config.users[user]:<6} password {password}", flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+        while True:
+            time.sleep(1)
+            if failed := stack.failed_components():
+                logs = ", ".join(str(stack.logs_dir / f"{name}.log") for name in failed)
+                print(f"error: {', '.join(failed)} exited; see {logs}. Stopping.", file=sys.stderr)
+                return 1
+    except KeyboardInterrupt:
+        print("\nStopping...", flush=True)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the cleanup
+        stack.stop()

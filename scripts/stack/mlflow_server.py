@@ -1,0 +1,105 @@
+"""The MLflow tracking server: SQLite backend ``mlflow/mlflow.db``, artifacts under ``mlflow/artifacts``
+served by the server itself, and authentication (``--app-name basic-auth``, users in ``mlflow/basic_auth.db``).
+
+Anonymous requests get 401; people log in with their Airflow password and may read (``default_permission
+= READ``); the pipeline writes as the service account ``promotion-pipeline``, which creates the governed
+models before anyone else can (``include.promotion.mlflow_accounts``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from scripts.stack.config import LOOPBACK
+from scripts.stack.processes import Port, Supervisor
+from scripts.stack.state import StateDir
+
+log = logging.getLogger(__name__)
+
+NAME = "mlflow"
+ADMIN = "admin"
+AUTH_CONFIG = """[mlflow]
+default_permission = READ
+database_uri = sqlite:///{db}
+admin_username = {admin}
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+grant_default_workspace_access = false
+# Verifying a password (PBKDF2) costs about half a second here, on every request: cache a good one for a
+# minute (a changed or deleted password is refused within that minute; the server has one worker).
+auth_cache_ttl_seconds = 60
+"""
+
+
+@dataclass
+class MlflowServer:
+    state: StateDir
+    port: Port
+    supervisor: Supervisor
+    extra_env: dict[str, str]
+    timings: dict[str, float]
+    models_dir: Path | None = None
+
+    @property
+    def admin_password(self) -> str:
+        """The MLflow admin shares the Airflow admin's password (one login per person)."""
+        return self.state.passwords().get(ADMIN) or self.state.secrets["mlflow_pipeline_password"] + "-admin"
+
+    def service_env(self) -> dict[str, str]:
+        """How the pipeline (workers, and test code in-process) authenticates: the service account."""
+        from include.promotion.mlflow_accounts import SERVICE_ACCOUNT
+
+        return {
+            "MLFLOW_TRACKING_USERNAME": SERVICE_ACCOUNT,
+            "MLFLOW_TRACKING_PASSWORD": self.state.secrets["mlflow_pipeline_password"],
+        }
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port.number}"
+
+    def start(self) -> None:
+        t0 = time.monotonic()
+        self.port.claim()
+        home = self.state.mlflow_dir
+        home.mkdir(exist_ok=True)
+        (home / "artifacts").mkdir(exist_ok=True)
+        auth_config = home / "basic_auth.ini"
+        auth_config.write_text(AUTH_CONFIG.format(db=home / "basic_auth.db", admin=ADMIN))
+        args = [sys.executable, "-m", "mlflow", "server", "--host", LOOPBACK, "--port", str(self.port.number)]
+        args += ["--app-name", "basic-auth"]
+        args += ["--workers", "1", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}"]
+        args += ["--artifacts-destination", str(home / "artifacts"), "--serve-artifacts"]
+        env = {
+            # the job runner (GenAI scorers etc.) starts seven huey consumers the package never uses
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": self.state.secrets["mlflow_webhook_key"],
+            "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": self.admin_password,  # read on the first start only
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": self.state.secrets["mlflow_flask_secret"],
+            **self.extra_env,
+        }
+        self.supervisor.spawn(NAME, args, env, cwd=home)
+        health = f"{self.url}/health"
+        self.supervisor.wait("MLflow", lambda: requests.get(health, timeout=2).status_code == 200, [NAME])
+        self._bootstrap_accounts()
+        self.timings["mlflow ready"] = time.monotonic() - t0
+        log.info("MLflow ready at %s (%.1fs)", self.url, self.timings["mlflow ready"])
+
+    def _bootstrap_accounts(self) -> None:
+        from include.promotion.config import load_model_configs
+        from include.promotion.mlflow_accounts import SERVICE_ACCOUNT, bootstrap
+
+        people = {user: password for user, password in self.state.passwords().items() if user != ADMIN}
+        models = sorted(load_model_configs(self.models_dir).models)
+        service = (SERVICE_ACCOUNT, self.state.secrets["mlflow_pipeline_password"])
+        bootstrap(self.url, (ADMIN, self.admin_password), service, people, models)
+
+    def stop(self) -> None:
+        # `mlflow server` does not pass SIGTERM on to its uvicorn child: signal the group
+        self.supervisor.stop([NAME])

@@ -1,0 +1,200 @@
+"""``ServiceStack``: PostgreSQL, MLflow and Airflow on one state folder, started and stopped in order."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import time
+from collections.abc import Sequence
+
+import psutil
+
+from scripts.stack.airflow_services import COMPONENTS, AirflowServices
+from scripts.stack.config import StackConfig
+from scripts.stack.mlflow_server import MlflowServer
+from scripts.stack.postgres import APP_ROLE, OWNER_ROLE, Postgres
+from scripts.stack.processes import Port, Supervisor
+from scripts.stack.state import StateDir
+
+log = logging.getLogger(__name__)
+
+
+class ServiceStack:
+    def __init__(self, config: StackConfig):
+        self.config = config
+        self.state = StateDir(config.state_dir, config.users)
+        self.state_dir, self.logs_dir = self.state.root, self.state.logs_dir
+        self.scheduler_log = self.state.log("scheduler")
+        self.timings: dict[str, float] = {}
+        self.supervisor = Supervisor(self.state, config.startup_timeout, config.stop_timeout)
+        self.postgres = Postgres(self.state, Port("postgres", config.postgres_port), config.postgres_url, self.timings)
+        mlflow_port = Port("mlflow", config.mlflow_port)
+        self.mlflow = MlflowServer(
+            self.state, mlflow_port, self.supervisor, config.mlflow_extra_env, self.timings, config.models_dir
+        )
+        airflow_port = Port("airflow", config.airflow_port)
+        self.airflow = AirflowServices(
+            config, self.state, airflow_port, self.supervisor, self.postgres, self.package_env, self.timings
+        )
+        self._stopped = False
+        atexit.register(self.stop)
+
+    # -- where things are --------------------------------------------------------------------------------
+    @property
+    def airflow_port(self) -> int:
+        return self.airflow.port.number
+
+    @property
+    def mlflow_port(self) -> int:
+        return self.mlflow.port.number
+
+    @property
+    def postgres_port(self) -> int:
+        return self.postgres.port.number
+
+    @property
+    def airflow_url(self) -> str:
+        return self.airflow.url
+
+    @property
+    def mlflow_url(self) -> str:
+        return self.mlflow.url
+
+    def postgres_uri(self, db: str = "postgres", driver: str = "postgresql") -> str:
+        """The superuser's URI (for the harness and tests: data tables, databases); never given to Airflow."""
+        return self.postgres.uri(db, driver)
+
+    def owner_uri(self) -> str:
+        """The audit schema owner's URI (migrations; what a privileged mistake would use)."""
+        return self.postgres.role_uri(OWNER_ROLE)
+
+    def passwords(self) -> dict[str, str]:
+        """user -> password of the simple auth manager; generates (once) those missing from the file."""
+        return self.state.passwords()
+
+    # -- environments ------------------------------------------------------------------------------------
+    def package_env(self) -> dict[str, str]:
+        """What the package's code needs: for Airflow processes and for test code run in-process."""
+        pythonpath = [str(self.config.repo_root)]
+        if os.environ.get("PYTHONPATH"):
+            pythonpath.append(os.environ["PYTHONPATH"])
+        env = {
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            **self.mlflow.service_env(),
+            "PROMOTION_MLFLOW_UI_URL": self.mlflow_url,
+            # the application role: INSERT + SELECT on the audit log, SELECT on the data; never the superuser
+            "AIRFLOW_CONN_PROMOTION_DB": self.postgres.role_uri(APP_ROLE),
+            "PROMOTION_SIGNING_KEY": self.state.secrets["signing_key"],
+            "PYTHONPATH": os.pathsep.join(pythonpath),
+        }
+        if self.config.models_dir is not None:
+            env["PROMOTION_MODELS_DIR"] = str(self.config.models_dir)
+        return env
+
+    def airflow_env(self) -> dict[str, str]:
+        return self.airflow.env()
+
+    # -- one service at a time (the test tiers start only what they need) --------------------------------
+    def start_postgres(self) -> None:
+        self.postgres.start()
+
+    def stop_postgres(self) -> None:
+        self.postgres.stop()
+
+    def start_mlflow(self) -> None:
+        self.mlflow.start()
+
+    def migrate_airflow_db(self) -> None:
+        self.airflow.migrate_db()
+
+    def start_airflow(self, components: Sequence[str] = COMPONENTS) -> None:
+        self.airflow.start(components)
+
+    def health(self) -> dict:
+        return self.airflow.health()
+
+    def api_token(self, user: str) -> str:
+        return self.airflow.api_token(user)
+
+    # -- whole stack -------------------------------------------------------------------------------------
+    def stop_leftovers(self) -> None:
+        """Stop what an earlier run on this state_dir left running (e.g. after a SIGKILL of `make run`)."""
+        self.supervisor.reap_stale()
+        self.postgres.stop_leftover()
+
+    def start(self, components: Sequence[str] = COMPONENTS) -> None:
+        self._stopped = False
+        self.stop_leftovers()
+        # fail before starting anything when a port is taken
+        self.postgres.port.claim()
+        self.mlflow.port.claim()
+        if "api-server" in components:
+            self.airflow.port.claim()
+        try:
+            self.start_postgres()
+            self.start_mlflow()
+            self.migrate_airflow_db()
+            self.start_airflow(components)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop everything this stack started; safe to call twice (also runs at interpreter exit)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        t0 = time.monotonic()
+        started = set(self.supervisor.procs)
+        try:
+            # Reverse start order: Airflow before MLflow and PostgreSQL (it holds DB connections).
+            self.airflow.stop()
+            t1 = time.monotonic()
+            self.mlflow.stop()
+            t2 = time.monotonic()
+            self.supervisor.reap()
+        finally:
+            self.supervisor.forget()
+            self.postgres.stop()
+        self.timings["stop"] = time.monotonic() - t0
+        if started - {"api-server"}:
+            log.info(
+                "stopped Airflow (%.1fs), MLflow (%.1fs), PostgreSQL (%.1fs)",
+                *(t1 - t0, t2 - t1, time.monotonic() - t2),
+            )
+
+    def __enter__(self) -> ServiceStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def failed_components(self) -> list[str]:
+        return self.supervisor.failed()
+
+    def processes(self) -> list[psutil.Process]:
+        """Every live process the stack started (with descendants), PostgreSQL's included."""
+        return sorted(self.supervisor.trees() | self.postgres.processes(), key=lambda p: p.pid)
+
+    def problems_digest(self, since: float, lines: int = 40) -> str:
+        """The services' latest warnings and errors, and those of task logs written since ``since`` (epoch s).
+
+        For a failed test's report: an end-to-end failure on a CI machine is otherwise a bare "failed".
+        """
+        keys = ("error", "warning", "exception", "traceback", "state mismatch", "failed")
+        parts = []
+        logs_dir = self.logs_dir
+        files = sorted(logs_dir.glob("*.log")) + sorted(
+            p for p in (logs_dir / "airflow").rglob("*.log") if p.stat().st_mtime >= since
+        )
+        for path in files:
+            hits = [
+                line[:400]
+                for line in path.read_text(errors="replace").splitlines()
+                if any(k in line.lower() for k in keys) and "deprecat" not in line.lower()
+            ]
+            if hits:
+                parts.append(f"== {path.relative_to(logs_dir)}\n" + "\n".join(hits[-lines:]))
+        return "\n".join(parts) or "(nothing logged at warning level or above)"

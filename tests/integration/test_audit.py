@@ -1,0 +1,178 @@
+"""The audit log's schema migrations, hash chain and roles, on a real PostgreSQL server.
+
+Each test gets a database of its own on the session's server, so it can start from any schema.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+from include.promotion import audit_schema
+from include.promotion.audit import AuditEntry, AuditLog, ensure_schema
+from include.promotion.audit_schema import AUDIT_TABLE, CURRENT_VERSION, applied_version, upgrade, verify_chain
+from include.promotion.errors import AuditLogError
+
+pytestmark = pytest.mark.usefixtures("services")
+
+# The table as the first releases created it: no version table, no TRUNCATE trigger, no hash columns.
+OLDEST_SCHEMA = f"""
+CREATE TABLE {AUDIT_TABLE} (
+    id BIGSERIAL PRIMARY KEY, model_name TEXT NOT NULL, version TEXT NOT NULL, action TEXT NOT NULL,
+    from_stage TEXT, to_stage TEXT, actor TEXT NOT NULL, reason TEXT, dag_id TEXT, run_id TEXT,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(), idempotency_key TEXT NOT NULL UNIQUE
+);
+CREATE INDEX {AUDIT_TABLE}_model_idx ON {AUDIT_TABLE} (model_name, created_at);
+CREATE OR REPLACE FUNCTION {AUDIT_TABLE}_append_only() RETURNS trigger AS $$
+BEGIN RAISE EXCEPTION '{AUDIT_TABLE} is append-only: rows are never updated or deleted'; END;
+$$ LANGUAGE plpgsql;
+CREATE TRIGGER {AUDIT_TABLE}_no_change BEFORE UPDATE OR DELETE ON {AUDIT_TABLE}
+    FOR EACH ROW EXECUTE FUNCTION {AUDIT_TABLE}_append_only();
+"""
+
+
+def dsn(services, database: str, user: str | None = None, password: str | None = None) -> str:
+    url = urlsplit(services.postgres_uri("postgres"))
+    netloc = url.netloc
+    if user is not None:
+        netloc = f"{user}:{password}@{url.hostname}:{url.port}"
+    return urlunsplit((url.scheme, netloc, f"/{database}", url.query, ""))
+
+
+@pytest.fixture
+def database(services) -> Iterator[str]:
+    """A fresh, empty database; dropped afterwards."""
+    name = f"audit_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(services.postgres_uri("postgres"))
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield name
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.close()
+
+
+@pytest.fixture
+def owner(services, database: str) -> Iterator[psycopg2.extensions.connection]:
+    conn = psycopg2.connect(dsn(services, database))
+    conn.autocommit = True
+    yield conn
+    conn.close()
+
+
+def table_rows(conn) -> list[tuple]:
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT id, model_name, version, action, actor, reason FROM {AUDIT_TABLE} ORDER BY id")
+        return cur.fetchall()
+
+
+def write(conn, model: str, action: str, version: str = "1") -> None:
+    AuditLog(conn, model, uuid.uuid4().hex).record(
+        AuditEntry(model, version, action, "None", "Staging", "bob", "why", "dag", "run")
+    )
+
+
+def test_a_database_with_the_oldest_schema_is_upgraded_twice_without_losing_a_row(owner) -> None:
+    with owner.cursor() as cur:
+        cur.execute(OLDEST_SCHEMA)
+        for i, (model, action) in enumerate([("m", "register"), ("m", "stage"), ("n", "register"), ("m", "promote")]):
+            cur.execute(
+                f"INSERT INTO {AUDIT_TABLE} (model_name, version, action, actor, idempotency_key) "
+                "VALUES (%s, '1', %s, 'dag', %s)",
+                (model, action, f"k{i}"),
+            )
+    before = table_rows(owner)
+    assert applied_version(owner) == 0
+
+    assert upgrade(owner) == [m.version for m in audit_schema.MIGRATIONS]
+    assert upgrade(owner) == []  # twice: nothing left to do
+    assert applied_version(owner) == CURRENT_VERSION
+    assert table_rows(owner) == before
+    assert verify_chain(owner) == []  # the old rows were chained in place
+    with pytest.raises(psycopg2.Error, match="append-only"), owner.cursor() as cur:
+        cur.execute(f"TRUNCATE {AUDIT_TABLE}")  # the step the oldest schema lacked
+    with pytest.raises(psycopg2.Error, match="action_check"), owner.cursor() as cur:
+        cur.execute(
+            f"INSERT INTO {AUDIT_TABLE} (model_name, version, action, actor, idempotency_key, prev_hash, row_hash) "
+            "VALUES ('m', '1', 'delete_everything', 'x', 'k9', 'p', 'h')"
+        )
+    write(owner, "m", "archive")
+    assert verify_chain(owner) == [] and len(table_rows(owner)) == len(before) + 1
+
+
+@pytest.mark.parametrize("tamper", ["update", "delete"])
+def test_a_privileged_edit_breaks_the_chain_at_the_row_it_touched(owner, tamper: str) -> None:
+    upgrade(owner)
+    for action in ("register", "stage", "approve", "promote"):
+        write(owner, "m", action)
+    write(owner, "other", "register")
+    ids = [row[0] for row in table_rows(owner) if row[1] == "m"]
+    with owner.cursor() as cur:  # what a superuser or the owner can still do, on purpose
+        cur.execute(f"ALTER TABLE {AUDIT_TABLE} DISABLE TRIGGER USER")
+        if tamper == "update":
+            cur.execute(f"UPDATE {AUDIT_TABLE} SET actor = 'alice' WHERE id = %s", (ids[2],))
+            expected = f"m: audit chain broken at row {ids[2]} (approve v1): the row was altered after it was written"
+        else:
+            cur.execute(f"DELETE FROM {AUDIT_TABLE} WHERE id = %s", (ids[1],))
+            expected = f"m: audit chain broken at row {ids[2]} (approve v1): a row before it was deleted or changed"
+        cur.execute(f"ALTER TABLE {AUDIT_TABLE} ENABLE TRIGGER USER")
+    assert verify_chain(owner) == [expected]
+    assert verify_chain(owner, ["other"]) == []
+
+
+def test_a_dropped_log_is_not_silently_recreated(owner) -> None:
+    upgrade(owner)
+    write(owner, "m", "register")
+    with owner.cursor() as cur:
+        cur.execute(f"DROP TABLE {AUDIT_TABLE}")
+    with pytest.raises(AuditLogError, match="someone dropped it"):
+        applied_version(owner)
+    with pytest.raises(AuditLogError, match="--start-new-log"):
+        upgrade(owner)
+    assert upgrade(owner, start_new_log=True) == [m.version for m in audit_schema.MIGRATIONS]
+    assert table_rows(owner) == []
+
+
+def test_the_application_role_may_only_insert_and_select(services, database: str, owner) -> None:
+    role, password = f"app_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    with owner.cursor() as cur:
+        cur.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(role)), (password,))
+        cur.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    try:
+        upgrade(owner, app_role=role)
+        app = psycopg2.connect(dsn(services, database, role, password))
+        app.autocommit = True
+        try:
+            write(app, "m", "register")
+            write(app, "m", "stage")
+            assert [r[3] for r in table_rows(app)] == ["register", "stage"]
+            for statement in (
+                f"UPDATE {AUDIT_TABLE} SET reason = 'x'",
+                f"DELETE FROM {AUDIT_TABLE}",
+                f"TRUNCATE {AUDIT_TABLE}",
+                f"DROP TABLE {AUDIT_TABLE}",
+                f"ALTER TABLE {AUDIT_TABLE} DISABLE TRIGGER USER",
+                f"DROP TABLE {audit_schema.VERSION_TABLE}",
+                f"CREATE TABLE {AUDIT_TABLE}_copy (id int)",
+            ):
+                with pytest.raises(psycopg2.Error, match=r"permission denied|must be owner"), app.cursor() as cur:
+                    cur.execute(statement)
+            with owner.cursor() as cur:  # pretend the package was upgraded and its schema is now behind
+                cur.execute(f"DELETE FROM {audit_schema.VERSION_TABLE} WHERE version = %s", (CURRENT_VERSION,))
+            with pytest.raises(AuditLogError, match=r"Run `python -m include\.promotion\.audit_schema upgrade"):
+                ensure_schema(app)  # reported to the app role, never "fixed" by it
+            assert verify_chain(app) == []
+        finally:
+            app.close()
+    finally:
+        with owner.cursor() as cur:
+            cur.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            cur.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
