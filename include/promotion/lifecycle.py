@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from include.promotion import audit, mlflow_client
+from include.promotion import audit, mlflow_accounts, mlflow_client
 from include.promotion.audit import AuditEntry
 from include.promotion.errors import RegistryStateError
 from include.promotion.invariants import verify_invariant
@@ -90,6 +90,7 @@ def register_version(
         mv = mlflow_client.find_version_for_run(client, name, trained["run_id"])
         if mv is None:
             mlflow_client.ensure_registered_model(client, name, model_description)
+            mlflow_accounts.claim_for_pipeline("registered_model", name)
             model_uri = trained["model_uri"]
             model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
             mv = client.create_model_version(

@@ -18,12 +18,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 SERVICE_ACCOUNT = "promotion-pipeline"
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -53,6 +55,49 @@ def ensure_user(auth, username: str, password: str, admin: bool = False) -> None
             raise
         auth.update_user_password(username, password)
     auth.update_user_admin(username, admin)
+
+
+def claim(tracking_uri: str, resource_type: str, resource_id: str) -> list[str]:
+    """Make the pipeline the only writer of a governed model or experiment: revoke any other person's
+    write permission on it (e.g. someone who created it before the pipeline did); return their names.
+
+    Runs as the service account (an MLflow admin). On a server without authentication there is nothing to
+    claim and nothing to claim it against: returns ``[]``.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.server import get_app_client
+    from mlflow.utils.rest_utils import http_request
+
+    from include.promotion.mlflow_client import host_creds
+
+    response = http_request(host_creds(tracking_uri), "/api/2.0/mlflow/users/list", "GET")
+    if response.status_code == 404:
+        return []  # no basic-auth app on this server
+    response.raise_for_status()
+    auth = get_app_client("basic-auth", tracking_uri=tracking_uri)
+    revoked = []
+    for user in response.json().get("users", []):
+        if user.get("is_admin"):
+            continue
+        try:
+            permission = auth.get_user_permission(user["username"], resource_type, resource_id).permission
+        except MlflowException:
+            continue
+        if permission not in ("READ", "NO_PERMISSIONS"):
+            auth.revoke_user_permission(user["username"], resource_type, resource_id)
+            revoked.append(user["username"])
+    return revoked
+
+
+def claim_for_pipeline(resource_type: str, resource_id: str) -> None:
+    """Before the pipeline writes a governed model or experiment, nobody else may write it (see
+    ``mlflow_accounts.claim``): a name someone created first is taken back, and said so in the log."""
+    from include.promotion import settings
+
+    if revoked := claim(settings.tracking_uri(), resource_type, resource_id):
+        log.warning(
+            "%s '%s': write access of %s revoked; only the pipeline writes it", resource_type, resource_id, revoked
+        )
 
 
 def bootstrap(

@@ -28,6 +28,13 @@ def client() -> MlflowClient:
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def host_creds(uri: str | None = None) -> Any:
+    """The credentials MLflow's own clients send (``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD``)."""
+    from mlflow.utils.credentials import get_default_host_creds
+
+    return get_default_host_creds(uri or settings.tracking_uri())
+
+
 def quote(value: str) -> str:
     """An MLflow filter-string literal for ``value`` that no quote inside it can end early.
 

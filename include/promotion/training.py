@@ -128,12 +128,15 @@ def train_and_log(
     import mlflow
     from mlflow.models import infer_signature
 
-    if existing := find_finished_run(cfg, data_version, dag_id, run_id):
-        return existing
-    split = holdout_split(cfg, frame)
+    from include.promotion.mlflow_accounts import claim_for_pipeline
+
     experiment_id = mlflow_client.get_or_create_experiment(
         mlflow_client.client(), mlflow_client.experiment_name(cfg.name)
     )
+    claim_for_pipeline("experiment", experiment_id)  # before a run in it is trusted or written
+    if existing := find_finished_run(cfg, data_version, dag_id, run_id):
+        return existing
+    split = holdout_split(cfg, frame)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{dag_id}:{run_id}") as active:
         mlflow.set_tags(lineage_tags(cfg, data_version, dag_id, run_id))
         mlflow.log_params({"estimator": cfg.estimator.class_path, "scale": cfg.estimator.scale})

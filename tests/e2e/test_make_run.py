@@ -15,6 +15,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
+from include.promotion.mlflow_accounts import acting_as
 from scripts.airflow_api import AirflowAPI
 from scripts.stack import ServiceStack, StackConfig, free_port
 
@@ -71,8 +72,17 @@ class MakeRun:
         _, alive = psutil.wait_procs(descendants, timeout=10)
         assert alive == [], f"left behind: {[p.pid for p in alive]}"
 
+    def passwords(self) -> dict[str, str]:
+        return json.loads((self.state_dir / "airflow_passwords.json").read_text())
+
+    def champion(self) -> str:
+        """Read as a person would in MLflow: alice, signed in with her Airflow password."""
+        with acting_as("alice", self.passwords()["alice"]):
+            client = MlflowClient(tracking_uri=f"http://127.0.0.1:{self.ports['mlflow']}")
+            return client.get_model_version_by_alias("fraud-detector", "champion").version
+
     def api(self, user: str) -> AirflowAPI:
-        passwords = json.loads((self.state_dir / "airflow_passwords.json").read_text())
+        passwords = self.passwords()
         scheduler_log = self.state_dir / "logs" / "scheduler.log"
         return AirflowAPI(f"http://127.0.0.1:{self.ports['airflow']}", user, passwords[user], scheduler_log)
 
@@ -103,21 +113,31 @@ def approve_next_run(stack: MakeRun, run_id: str) -> None:
 def test_make_run_tells_the_whole_story_and_keeps_its_state(tmp_path: Path) -> None:
     ports = {"airflow": free_port(), "mlflow": free_port(), "postgres": free_port()}
     stack = MakeRun(tmp_path / "state", ports, tmp_path / "make-run.log")
-    mlflow = MlflowClient(tracking_uri=f"http://127.0.0.1:{ports['mlflow']}")
     try:
         stack.start()
         output = stack.log.read_text()
         assert f"http://127.0.0.1:{ports['airflow']}" in output and "Required Actions" in output
+        secrets = json.loads((stack.state_dir / "secrets.json").read_text())
+        assert not [k for k, v in secrets.items() if v in output], "make run printed a secret"
+        assert str(stack.state_dir / "secrets.json") in output  # it names where the credentials are
+        private = [stack.state_dir, stack.state_dir / "secrets.json", stack.state_dir / "mlflow" / "mlflow.db"]
+        assert {oct(p.stat().st_mode & 0o777) for p in private} <= {"0o700", "0o600"}
+        anonymous = requests.get(
+            f"http://127.0.0.1:{ports['mlflow']}/api/2.0/mlflow/registered-models/get",
+            params={"name": "fraud-detector"},
+            timeout=10,
+        )
+        assert anonymous.status_code == 401
         admin = stack.api("admin")
         (first,) = admin.request("GET", f"/dags/{DAG_ID}/dagRuns")["dag_runs"]  # the run make run started
         approve_next_run(stack, first["dag_run_id"])
         approve_next_run(stack, stack.api("alice").trigger(DAG_ID))
-        assert mlflow.get_model_version_by_alias("fraud-detector", "champion").version == "2"
+        assert stack.champion() == "2"
 
         carol = stack.api("carol")
         rollback = carol.trigger("model_rollback", {"model_name": "fraud-detector", "reason": "demo rollback"})
         assert carol.wait_for_run("model_rollback", rollback, timeout=120) == "success"
-        assert mlflow.get_model_version_by_alias("fraud-detector", "champion").version == "1"
+        assert stack.champion() == "1"
         rows = audit_rows(stack.state_dir, ports["postgres"])
         assert rows[-2:] == [("1", "rollback_restore", "carol"), ("2", "rollback_demote", "carol")]
         stack.stop()
@@ -125,7 +145,7 @@ def test_make_run_tells_the_whole_story_and_keeps_its_state(tmp_path: Path) -> N
             requests.get(f"http://127.0.0.1:{ports['mlflow']}/health", timeout=5)
 
         stack.start()  # comes back with everything
-        assert mlflow.get_model_version_by_alias("fraud-detector", "champion").version == "1"
+        assert stack.champion() == "1"
         assert audit_rows(stack.state_dir, ports["postgres"]) == rows
         runs = stack.api("admin").request("GET", f"/dags/{DAG_ID}/dagRuns")["dag_runs"]
         assert len(runs) == 2, "make run must not trigger again when the demo model already has runs"
