@@ -143,6 +143,20 @@ def model_lock(
         conn.close()
 
 
+def run_has_rows(model_name: str, dag_id: str, run_id: str, conn_id: str = DEFAULT_CONN_ID) -> bool:
+    """Whether this Airflow run already recorded a change of the model (a cleared run being replayed)."""
+    conn = connect(conn_id)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                f"SELECT 1 FROM {AUDIT_TABLE} WHERE model_name = %s AND dag_id = %s AND run_id = %s LIMIT 1",
+                (model_name, dag_id, run_id),
+            )
+            return cur.fetchone() is not None
+    finally:
+        conn.close()
+
+
 def rows(model_name: str, conn_id: str = DEFAULT_CONN_ID) -> list[dict[str, Any]]:
     """Every audit row of one model, oldest first (empty if the table does not exist yet)."""
     conn = connect(conn_id)

@@ -90,7 +90,7 @@ def register_version(
         mv = mlflow_client.find_version_for_run(client, name, trained["run_id"])
         if mv is None:
             mlflow_client.ensure_registered_model(client, name, model_description)
-            mlflow_accounts.claim_for_pipeline("registered_model", name)
+            mlflow_accounts.claim_for_pipeline("registered_model", name, f"registered model '{name}'")
             model_uri = trained["model_uri"]
             model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
             mv = client.create_model_version(

@@ -4,7 +4,8 @@ The pipeline writes the registry as a **service account** (``MLFLOW_TRACKING_USE
 admin: registering, aliases, stages, tags and webhooks all need write or admin rights). People get
 accounts that can log in and read (``default_permission = READ``); nobody but the service account and
 the MLflow admin can write a governed model, because the service account creates each governed
-registered model before anyone else can claim its name::
+registered model and its experiment before anyone else can claim the names (and the pipeline refuses
+to adopt one that someone else created first: ``claim_for_pipeline``)::
 
     python -m include.promotion.mlflow_accounts bootstrap [--people-file users.json]
 
@@ -89,14 +90,22 @@ def claim(tracking_uri: str, resource_type: str, resource_id: str) -> list[str]:
     return revoked
 
 
-def claim_for_pipeline(resource_type: str, resource_id: str) -> None:
-    """Before the pipeline writes a governed model or experiment, nobody else may write it (see
-    ``mlflow_accounts.claim``): a name someone created first is taken back, and said so in the log."""
+def claim_for_pipeline(resource_type: str, resource_id: str, what: str) -> None:
+    """Before the pipeline trusts or writes a governed model or experiment, nobody else may write it.
+
+    Someone who created it first (and so could write it) loses that right here (``claim``); and since
+    what they already put in it cannot be trusted, the pipeline refuses to adopt it: nothing is trained,
+    evaluated or registered until an MLflow admin has deleted or renamed it.
+    """
     from include.promotion import settings
+    from include.promotion.errors import RegistryStateError
 
     if revoked := claim(settings.tracking_uri(), resource_type, resource_id):
-        log.warning(
-            "%s '%s': write access of %s revoked; only the pipeline writes it", resource_type, resource_id, revoked
+        log.error("%s: write access of %s revoked; only the pipeline may write it", what, revoked)
+        raise RegistryStateError(
+            f"{what} was writable by {', '.join(revoked)}, not only by the pipeline (someone created it before the "
+            "pipeline did). Their write access is revoked now, but what they put in it cannot be trusted, so "
+            "nothing was trained or registered: an MLflow admin must delete or rename it, then trigger a new run."
         )
 
 
@@ -111,7 +120,7 @@ def bootstrap(
     from mlflow import MlflowClient
     from mlflow.server import get_app_client
 
-    from include.promotion.mlflow_client import ensure_registered_model
+    from include.promotion.mlflow_client import ensure_registered_model, experiment_name, get_or_create_experiment
 
     with acting_as(*admin):
         auth = get_app_client("basic-auth", tracking_uri=tracking_uri)
@@ -123,6 +132,7 @@ def bootstrap(
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         for name in governed_models:
             ensure_registered_model(client, name, "")
+            get_or_create_experiment(client, experiment_name(name))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,10 +13,10 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowSkipException
 
-from include.promotion import approval, data, evaluation, lifecycle, mlflow_client, rollback, training
+from include.promotion import approval, audit, data, evaluation, lifecycle, mlflow_client, rollback, training
 from include.promotion.airflow_run import RunRef
 from include.promotion.config import METRICS, get_model_config
-from include.promotion.errors import InvariantViolation, NotAuthorized
+from include.promotion.errors import InvariantViolation, NotAuthorized, RollbackTargetInvalid
 from include.promotion.inputs import clean_reason
 from include.promotion.invariants import verify_invariant
 from include.promotion.signing import Kind, sign, verify
@@ -127,6 +127,12 @@ def validate_rollback(params: dict[str, Any], run: RunRef) -> dict[str, Any]:
     reason = clean_reason(params.get("reason"), "reason")
     get_model_config(model_name)  # UnknownModel lists the configured ones
     may_roll_back(model_name, run.triggered_by)
+    if audit.run_has_rows(model_name, run.dag_id, run.run_id):
+        # Clearing a finished run re-runs it as the user who first triggered it, whoever clicked Clear.
+        raise RollbackTargetInvalid(
+            f"rollback run {run.run_id} already changed '{model_name}' (see its audit rows); a cleared rollback run "
+            "is never replayed. Nothing was changed: trigger a new rollback run instead."
+        )
     allow = bool(params.get("restore_rolled_back"))
     plan = rollback.plan_rollback(model_name, params.get("target_version"), allow_rolled_back=allow)
     log.info("rollback of %s: v%s -> v%s", model_name, plan.current_version, plan.target_version)

@@ -130,10 +130,14 @@ def train_and_log(
 
     from include.promotion.mlflow_accounts import claim_for_pipeline
 
-    experiment_id = mlflow_client.get_or_create_experiment(
-        mlflow_client.client(), mlflow_client.experiment_name(cfg.name)
-    )
-    claim_for_pipeline("experiment", experiment_id)  # before a run in it is trusted or written
+    client = mlflow_client.client()
+    # Both names are taken (or checked) before anything in them is trusted: a run to reuse here, a champion
+    # to compare with in evaluate.
+    experiment = mlflow_client.experiment_name(cfg.name)
+    experiment_id = mlflow_client.get_or_create_experiment(client, experiment)
+    claim_for_pipeline("experiment", experiment_id, f"MLflow experiment '{experiment}'")
+    mlflow_client.ensure_registered_model(client, cfg.name, cfg.description)
+    claim_for_pipeline("registered_model", cfg.name, f"registered model '{cfg.name}'")
     if existing := find_finished_run(cfg, data_version, dag_id, run_id):
         return existing
     split = holdout_split(cfg, frame)

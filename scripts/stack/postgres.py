@@ -78,6 +78,9 @@ class Postgres:
             timeout=timeout,
             cwd=self.state.root,
             user=self._os_user,
+            # its own group too (not root's): the state folder lets that group through, nobody else
+            group=self._os_user,
+            extra_groups=[] if self._os_user else None,
             check=False,
         )
 
@@ -98,8 +101,11 @@ class Postgres:
         utils.ensure_folder_permissions(bin_path, read | execute)
         utils.ensure_folder_permissions(bin_path.parent / "lib", read)
         os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
-        # pg_ctl writes its log as that user: let it pass through logs/ (not list it) and own its own file
-        self.state.logs_dir.chmod(0o711)
+        # That user must pass through the state folder (to its data directory) and logs/ (to write its log),
+        # nobody else: group of that user, traverse only (ensure_prefix_permissions opened them to all).
+        for folder in (self.state.root, self.state.logs_dir):
+            os.chown(folder, -1, entry.pw_gid)
+            folder.chmod(0o710)
         log_path = self.state.log("postgres")
         log_path.touch(mode=0o600, exist_ok=True)
         os.chown(log_path, entry.pw_uid, entry.pw_gid)

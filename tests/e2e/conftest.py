@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from include.promotion import mlflow_client
 from include.promotion.config import dag_id_for
 from scripts.airflow_api import AirflowAPI
+from tests.support import seed_champion
 
 DEMO = Path(__file__).resolve().parents[2] / "include" / "models" / "fraud-detector.yaml"
 
@@ -52,3 +55,31 @@ def add_model(models_dir: Path, as_user) -> Callable[..., dict[str, Any]]:
         return cfg
 
     return add
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A run of a new model waiting at its approval gate, over a champion already in production."""
+
+    name: str
+    dag_id: str
+    run_id: str
+    champion: str
+    candidate: str
+
+
+@pytest.fixture
+def run_to_gate(as_user, add_model) -> Callable[..., Gate]:
+    """``run_to_gate("reject")``: add a model, seed its champion, trigger a run as alice, wait at the gate."""
+
+    def start(prefix: str, **overrides: Any) -> Gate:
+        name = add_model(prefix, **overrides)["name"]
+        dag_id = dag_id_for(name)
+        champion = seed_champion(name)
+        alice = as_user("alice")
+        run_id = alice.trigger(dag_id)
+        alice.wait_for_gate(dag_id, run_id)
+        candidate = mlflow_client.client().get_model_version_by_alias(name, "challenger").version
+        return Gate(name, dag_id, run_id, champion, candidate)
+
+    return start

@@ -8,7 +8,7 @@ from include.promotion import audit, mlflow_client
 from include.promotion.config import dag_id_for
 from include.promotion.invariants import verify_invariant
 from scripts.airflow_api import AirflowAPIError
-from tests.support import seed_champion, snapshot
+from tests.support import snapshot
 
 pytestmark = pytest.mark.e2e
 
@@ -73,14 +73,10 @@ def test_a_candidate_that_fails_its_gates_registers_nothing(as_user, add_model) 
     assert "below the minimum 0.999" in run.data.tags["promotion_reason"]
 
 
-def test_a_rejection_promotes_nothing_and_keeps_the_champion(as_user, add_model) -> None:
-    cfg = add_model("reject")
-    name, dag_id = cfg["name"], dag_id_for(cfg["name"])
-    champion = seed_champion(name)
-    alice, bob = as_user("alice"), as_user("bob")
-    run_id = alice.trigger(dag_id)
-    alice.wait_for_gate(dag_id, run_id)
-    candidate = mlflow_client.client().get_model_version_by_alias(name, "challenger").version
+def test_a_rejection_promotes_nothing_and_keeps_the_champion(as_user, run_to_gate) -> None:
+    gate = run_to_gate("reject")
+    name, dag_id, run_id, champion, candidate = gate.name, gate.dag_id, gate.run_id, gate.champion, gate.candidate
+    bob = as_user("bob")
     bob.answer(dag_id, run_id, "Reject", "precision drops on weekend traffic")
     bob.wait_for_run(dag_id, run_id, timeout=180)
     assert bob.task_states(dag_id, run_id)["promote_to_production"] == "skipped"
@@ -93,14 +89,10 @@ def test_a_rejection_promotes_nothing_and_keeps_the_champion(as_user, add_model)
     assert (last["version"], last["action"], last["actor"]) == (candidate, "reject", "bob")
 
 
-def test_no_answer_in_time_is_a_rejection(as_user, add_model) -> None:
-    cfg = add_model("timeout", approval={"reviewers": ["alice", "bob"], "timeout_hours": 0.003})  # about 11 s
-    name, dag_id = cfg["name"], dag_id_for(cfg["name"])
-    champion = seed_champion(name)
+def test_no_answer_in_time_is_a_rejection(as_user, run_to_gate) -> None:
+    gate = run_to_gate("timeout", approval={"reviewers": ["alice", "bob"], "timeout_hours": 0.003})  # about 11 s
+    name, dag_id, run_id, champion, candidate = gate.name, gate.dag_id, gate.run_id, gate.champion, gate.candidate
     api = as_user("alice")
-    run_id = api.trigger(dag_id)
-    api.wait_for_gate(dag_id, run_id)
-    candidate = mlflow_client.client().get_model_version_by_alias(name, "challenger").version
     api.wait_for_run(dag_id, run_id, timeout=180)
     assert api.task_states(dag_id, run_id)["promote_to_production"] == "skipped"
     mv = mlflow_client.client().get_model_version(name, candidate)

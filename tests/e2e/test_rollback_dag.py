@@ -48,10 +48,20 @@ def test_on_call_rolls_back_step_by_step_and_to_a_named_version(as_user, add_mod
     assert carol.wait_for_run("model_rollback", run_id, timeout=120) == "success"
     assert verify_invariant(name) == v1
 
-    run_id = trigger_rollback(carol, {"model_name": name, "target_version": int(v3) - 1, "reason": "back to v2"})
+    # v2 was rolled back as bad: restoring it takes the form's explicit flag, and is recorded as such
+    before = snapshot(name)
+    run_id = trigger_rollback(carol, {"model_name": name, "target_version": int(v2), "reason": "back to v2"})
+    assert carol.wait_for_run("model_rollback", run_id, timeout=120) == "failed"
+    assert "rolled back earlier as bad" in carol.task_log("model_rollback", run_id, "validate")
+    assert snapshot(name) == before
+    conf = {"model_name": name, "target_version": int(v2), "reason": "back to v2", "restore_rolled_back": True}
+    run_id = trigger_rollback(carol, conf)
     assert carol.wait_for_run("model_rollback", run_id, timeout=120) == "success"
     assert verify_invariant(name) == v2
     assert mlflow_client.client().get_model_version_by_alias(name, "champion").version == v2
+    restored = audit.rows(name)[-2]
+    assert (restored["version"], restored["action"], restored["actor"]) == (v2, "rollback_restore", "carol")
+    assert restored["reason"] == "back to v2 (restores a version that was rolled back earlier)"
 
 
 def test_a_refused_rollback_fails_at_validate_and_changes_nothing(as_user, add_model) -> None:

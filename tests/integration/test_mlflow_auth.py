@@ -15,8 +15,11 @@ import pytest
 import requests
 import yaml
 
-from include.promotion import lifecycle, mlflow_client, tasks
-from include.promotion.mlflow_accounts import SERVICE_ACCOUNT
+from include.promotion import data, lifecycle, mlflow_client, tasks, training
+from include.promotion.config import ModelConfig, get_model_config
+from include.promotion.errors import PromotionError
+from include.promotion.mlflow_accounts import SERVICE_ACCOUNT, acting_as
+from include.promotion.rollback import plan_rollback
 from tests.support import DEMO, change, promote, run_ref, snapshot, unique
 
 API = "/api/2.0/mlflow"
@@ -241,8 +244,6 @@ def test_a_person_cannot_claim_a_governed_model_before_the_pipeline_writes_it(
 ) -> None:
     from mlflow.exceptions import MlflowException
 
-    from include.promotion.errors import PromotionError
-
     name = unique("claimed")
     cfg = yaml.safe_load(DEMO.read_text())
     (models_dir / f"{name}.yaml").write_text(yaml.safe_dump({**cfg, "name": name, "schedule": None}))
@@ -268,3 +269,98 @@ def test_a_person_cannot_claim_a_governed_model_before_the_pipeline_writes_it(
     unalias = call(services, alice, "DELETE", "registered-models/alias", {"name": name, "alias": "champion"})
     assert (overwrite.status_code, unalias.status_code) == (403, 403)
     assert snapshot(name) == before
+
+
+# -- content planted before the pipeline claims a name ------------------------------------------------------
+def configure(models_dir: Path, prefix: str) -> ModelConfig:
+    """A governed model added to the running stack (a fast built-in dataset), not yet written by the pipeline."""
+    name = unique(prefix)
+    cfg = yaml.safe_load(DEMO.read_text())
+    cfg.update(
+        name=name,
+        schedule=None,
+        data={"source": "builtin", "dataset": "synthetic_transactions", "rows": 3000, "seed": 11},
+        estimator={
+            "class": "sklearn.linear_model.LogisticRegression",
+            "params": {"max_iter": 500, "class_weight": "balanced"},
+        },
+    )
+    (models_dir / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+    return get_model_config(name)
+
+
+def log_as(person: tuple[str, str], cfg: ModelConfig, experiment_id: str, tags: dict[str, str]) -> dict[str, str]:
+    """What a person can log with her own account: a model trained like the pipeline's, in a run she tags."""
+    import mlflow
+
+    frame, _ = data.load(cfg)  # the same public code and data the pipeline uses
+    split = training.holdout_split(cfg, frame)
+    pipeline = training.build_pipeline(cfg).fit(split.x_train, split.y_train)
+    with acting_as(*person), mlflow.start_run(experiment_id=experiment_id) as run:
+        info = mlflow.sklearn.log_model(
+            pipeline,
+            name="model",
+            pip_requirements=training.pip_requirements(),
+            skops_trusted_types=training.trusted_sklearn_types(pipeline),
+        )
+        mlflow.set_tags({**tags, "model_uri": info.model_uri})
+    return {"run_id": run.info.run_id, "model_uri": info.model_uri}
+
+
+def test_a_run_planted_in_the_experiment_before_the_pipeline_claims_it_is_not_trusted(
+    services, models_dir: Path, people
+) -> None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    cfg = configure(models_dir, "plantedrun")
+    alice = people("alice")
+    run = run_ref(dag_id=cfg.dag_id)  # a scheduled run's id is predictable: scheduled__<next logical date>
+    loaded = tasks.load_data(cfg.name, run)  # the data version: deterministic, she computes it the same way
+    with acting_as(*alice):
+        experiment_id = MlflowClient(services.mlflow_url).create_experiment(mlflow_client.experiment_name(cfg.name))
+    lineage = training.lineage_tags(cfg, loaded["data_version"], run.dag_id, run.run_id)
+    planted = log_as(alice, cfg, experiment_id, lineage)
+    try:
+        trained = tasks.train(cfg.name, loaded, run)
+    except (PromotionError, MlflowException):
+        return  # the pipeline refused an experiment someone else created: defended
+    assert trained["run_id"] != planted["run_id"], "train adopted the run alice planted, with her model"
+
+
+def test_versions_planted_in_the_registered_model_before_the_pipeline_claims_it_are_never_used(
+    services, models_dir: Path, people
+) -> None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    cfg = configure(models_dir, "plantedmv")
+    alice = people("alice")
+    with acting_as(*alice):
+        mine = MlflowClient(services.mlflow_url, registry_uri=services.mlflow_url)
+        mine.create_registered_model(cfg.name)
+        planted = log_as(alice, cfg, mine.create_experiment(unique("alice-scratch")), {})
+        version = mine.create_model_version(
+            cfg.name, planted["model_uri"], planted["run_id"], model_id=planted["model_uri"].removeprefix("models:/")
+        ).version
+        for key, value in {"promotion_status": "production", "production_timestamp": "2026-01-01T00:00:00"}.items():
+            mine.set_model_version_tag(cfg.name, version, key, value)
+        mine.transition_model_version_stage(cfg.name, version, "Production")
+        mine.set_registered_model_alias(cfg.name, "champion", version)
+
+    problems = []
+    try:
+        run = run_ref(dag_id=cfg.dag_id)
+        trained = tasks.train(cfg.name, tasks.load_data(cfg.name, run), run)
+        verdict = tasks.evaluate(cfg.name, trained, run)
+        if verdict["champion_version"] == str(version):
+            problems.append(f"evaluate loaded and scored alice's v{version} as the champion")
+        staged = tasks.promote_to_staging(cfg.name, tasks.register(cfg.name, trained, verdict, run), run)
+        approval = change("bob")
+        lifecycle.record_approval(cfg.name, staged["version"], "bob", "ok", approval)
+        lifecycle.promote_to_production(cfg.name, staged["version"], approval)
+        if plan_rollback(cfg.name, None).target_version == str(version):
+            problems.append(f"on-call's default rollback would restore alice's v{version}")
+    except (PromotionError, MlflowException):
+        return  # the pipeline refused a registered model holding versions it did not register: defended
+    assert problems == []

@@ -1,0 +1,224 @@
+"""The trust boundary from the attacker's side: requests a colleague can send that must change nothing.
+
+Each test is one attack through Airflow's public REST API on the real stack, by someone the package
+must not trust for that decision: ``mallory`` (a plain ``user``-role account, on no model), a reviewer
+typing outside the limits, or anyone replaying someone else's run. Each asserts the refusal *and* that
+the registry and the audit log are as they were.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import requests
+
+from include.promotion import audit, mlflow_client
+from include.promotion.config import dag_id_for
+from include.promotion.inputs import MAX_VERSION
+from include.promotion.invariants import verify_invariant
+from scripts.airflow_api import AirflowAPI, AirflowAPIError
+from tests.support import seed_champion, snapshot
+
+pytestmark = pytest.mark.e2e
+
+ROLLBACK = "model_rollback"
+
+
+def latest_log(api: AirflowAPI, dag_id: str, run_id: str, task_id: str) -> str:
+    """The log of the task's latest try (a cleared task runs again under a new try number)."""
+    ti = api.task_instances(dag_id, run_id)[task_id]
+    return api.task_log(dag_id, run_id, task_id, try_number=max(1, ti["try_number"]))
+
+
+def clear(api: AirflowAPI, dag_id: str, run_id: str, task_ids: list[str] | None = None) -> None:
+    """What the UI's "Clear" does: run the tasks (and what follows them) again, in the same run."""
+    body: dict[str, Any] = {"dry_run": False, "dag_run_id": run_id, "only_failed": False, "include_downstream": True}
+    if task_ids is not None:
+        body["task_ids"] = task_ids
+    api.request("POST", f"/dags/{dag_id}/clearTaskInstances", json=body)
+
+
+def trigger_rollback(api: AirflowAPI, conf: dict[str, Any]) -> str:
+    """Trigger ``model_rollback``; wait for the form's model list to include a newly added model."""
+    api.wait_for_dag(ROLLBACK)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return api.trigger(ROLLBACK, conf)
+        except AirflowAPIError as exc:
+            if exc.status_code != 400 or "model_name" not in exc.body or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
+def audit_actions(name: str) -> list[tuple[str, str, str]]:
+    return [(r["version"], r["action"], r["actor"]) for r in audit.rows(name)]
+
+
+# -- a. forged evaluation ----------------------------------------------------------------------------------
+def test_a_forged_evaluation_xcom_registers_nothing(as_user, add_model) -> None:
+    """A user-role account turns a failed verdict into a pass and re-runs ``register``."""
+    cfg = add_model("forgeeval", gates={"roc_auc": 0.999})
+    name, dag_id = cfg["name"], dag_id_for(cfg["name"])
+    alice, mallory = as_user("alice"), as_user("mallory")
+    run_id = alice.trigger(dag_id)
+    assert alice.wait_for_run(dag_id, run_id, timeout=240) == "success"
+    assert alice.task_states(dag_id, run_id)["register"] == "skipped"  # not promoted: the gates failed
+    before = snapshot(name)
+
+    xcom = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/evaluate/xcomEntries/return_value"
+    verdict = mallory.request("GET", xcom)["value"]
+    assert verdict["passed"] is False and verdict["_signature"]
+    forged = {**verdict, "passed": True, "reasons": [], "gate_results": []}
+    mallory.request("PATCH", xcom, json={"value": forged})  # a user-role account may: Airflow allows it
+    assert mallory.request("GET", xcom)["value"]["passed"] is True
+    clear(mallory, dag_id, run_id, ["register"])
+
+    assert mallory.wait_for_run(dag_id, run_id, timeout=180) == "failed"
+    states = mallory.task_states(dag_id, run_id)
+    assert states["register"] == "failed"
+    assert {states[t] for t in ("promote_to_staging", "approve", "promote_to_production")} == {"upstream_failed"}
+    log = latest_log(mallory, dag_id, run_id, "register")
+    assert "evaluation verdict handed to this task does not match its signature" in log, log[-2000:]
+    assert snapshot(name) == before  # nothing registered: no version, no alias, no audit row
+    assert before == {"versions": {}, "aliases": {}, "audit": []}  # train created the (empty) registered model
+
+
+# -- b. forged approval ------------------------------------------------------------------------------------
+def test_marking_approve_as_success_promotes_nothing(as_user, run_to_gate, services) -> None:
+    """A non-reviewer skips the question: ``approve`` set to success through the REST API, nobody answered."""
+    gate = run_to_gate("forgeapprove")
+    name, dag_id, run_id, champion, candidate = gate.name, gate.dag_id, gate.run_id, gate.champion, gate.candidate
+    mallory = as_user("mallory")
+
+    # the registry route the issue used first (approved_by / approval_change tags) is closed to her
+    tag = {"name": name, "version": candidate, "key": "approved_by", "value": "bob"}
+    mlflow_tag = requests.post(
+        f"{services.mlflow_url}/api/2.0/mlflow/model-versions/set-tag",
+        json=tag,
+        auth=("mallory", services.passwords()["mallory"]),
+        timeout=30,
+    )
+    assert mlflow_tag.status_code == 403
+    before = snapshot(name)
+
+    mallory.request("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/approve", json={"new_state": "success"})
+    assert mallory.wait_for_run(dag_id, run_id, timeout=180) == "failed"
+    states = mallory.task_states(dag_id, run_id)
+    assert (states["approve"], states["promote_to_production"]) == ("success", "failed")
+    log = latest_log(mallory, dag_id, run_id, "promote_to_production")
+    assert f"v{candidate} has no approval recorded by this run's approval task" in log, log[-2000:]
+    assert snapshot(name) == before
+    assert verify_invariant(name) == champion
+    assert "promote" not in {action for version, action, _ in audit_actions(name) if version == candidate}
+    assert "approved_by" not in mlflow_client.client().get_model_version(name, candidate).tags
+
+
+# -- c. reasons outside the limits, from a real reviewer ---------------------------------------------------
+def test_an_oversize_answer_is_refused_and_recorded_as_a_rejection(as_user, run_to_gate) -> None:
+    """The form stops at 2,000 characters; the REST API stores any ``params_input``, so the task checks it."""
+    gate = run_to_gate("oversize")
+    name, dag_id, run_id, champion, candidate = gate.name, gate.dag_id, gate.run_id, gate.champion, gate.candidate
+    bob = as_user("bob")
+    rows_before = len(audit.rows(name))
+
+    bob.answer(dag_id, run_id, "Approve", "x" * 5000)  # accepted by Airflow (200)
+    assert bob.wait_for_run(dag_id, run_id, timeout=180) == "failed"
+    states = bob.task_states(dag_id, run_id)
+    assert (states["approve"], states["promote_to_production"]) == ("failed", "upstream_failed")
+    log = latest_log(bob, dag_id, run_id, "approve")
+    assert "5000 characters long" in log and "The candidate was rejected; nothing was promoted." in log, log[-2000:]
+
+    new_rows = audit.rows(name)[rows_before:]
+    assert [(r["version"], r["action"], r["actor"]) for r in new_rows] == [(candidate, "reject", dag_id)]
+    assert new_rows[0]["reason"].startswith("answer refused: the reviewer's reason is 5000 characters long")
+    mv = mlflow_client.client().get_model_version(name, candidate)
+    assert mv.tags["promotion_status"] == "rejected" and mv.current_stage == "None"
+    assert mv.tags["rejected_by"] == dag_id and len(mv.tags["rejection_reason"]) <= 2000
+    assert "approved_by" not in mv.tags and "approval_reason" not in mv.tags  # no tag without its audit row
+    assert verify_invariant(name) == champion
+    assert "challenger" not in mlflow_client.client().get_registered_model(name).aliases
+
+
+def test_a_nul_in_an_answer_is_refused_and_the_question_stays_open(as_user, add_model) -> None:
+    """Airflow's own database refuses the NUL (PostgreSQL JSONB): the answer is not stored, nothing changes,
+    and the reviewer can still answer."""
+    cfg = add_model("nul")
+    name, dag_id = cfg["name"], dag_id_for(cfg["name"])
+    alice, bob = as_user("alice"), as_user("bob")
+    run_id = alice.trigger(dag_id)
+    alice.wait_for_gate(dag_id, run_id)
+    candidate = mlflow_client.client().get_model_version_by_alias(name, "challenger").version
+    before = snapshot(name)
+
+    with pytest.raises(AirflowAPIError) as refused:
+        bob.answer(dag_id, run_id, "Approve", "fine\x00DROP")
+    assert 400 <= refused.value.status_code < 500, refused.value
+    assert bob.task_states(dag_id, run_id)["approve"] == "awaiting_input"
+    assert not bob.hitl_detail(dag_id, run_id)["response_received"]
+    assert snapshot(name) == before
+
+    bob.answer(dag_id, run_id, "Reject", "not this one")
+    assert bob.wait_for_run(dag_id, run_id, timeout=180) == "success"
+    last = audit.rows(name)[-1]
+    assert (last["version"], last["action"], last["actor"], last["reason"]) == (
+        candidate,
+        "reject",
+        "bob",
+        "not this one",
+    )
+
+
+# -- d. rollbacks by the wrong person, or outside the limits -----------------------------------------------
+def test_a_rollback_by_someone_not_on_call_is_refused(as_user, add_model) -> None:
+    name = add_model("notoncall")["name"]
+    seed_champion(name)
+    champion = seed_champion(name)
+    mallory, carol = as_user("mallory"), as_user("carol")
+    before = snapshot(name)
+
+    run_id = trigger_rollback(mallory, {"model_name": name, "reason": "I think v1 was better"})
+    assert mallory.wait_for_run(ROLLBACK, run_id, timeout=120) == "failed"
+    states = mallory.task_states(ROLLBACK, run_id)
+    assert (states["validate"], states["restore_previous_champion"]) == ("failed", "upstream_failed")
+    assert f"'mallory' may not roll back '{name}'" in latest_log(mallory, ROLLBACK, run_id, "validate")
+    assert snapshot(name) == before
+
+    # limits, from someone who is on call: the form's Param schema refuses at trigger time, or validate does
+    for conf, message in (
+        ({"target_version": 2**40}, f"between 1 and {MAX_VERSION}"),
+        ({"target_version": 0}, f"between 1 and {MAX_VERSION}"),
+        ({"reason": "x" * 2001}, "2001 characters long"),
+        ({"reason": "bad\x00model"}, "NUL character"),
+    ):
+        try:
+            refused = trigger_rollback(carol, {"model_name": name, "reason": "limits", **conf})
+        except AirflowAPIError as exc:
+            # refused before any run exists: 400 by the DAG's Param schema, 422 by PostgreSQL (NUL in JSONB)
+            assert exc.status_code in (400, 422), exc
+        else:
+            assert carol.wait_for_run(ROLLBACK, refused, timeout=120) == "failed", conf
+            assert message in latest_log(carol, ROLLBACK, refused, "validate"), conf
+        assert snapshot(name) == before, conf
+    assert verify_invariant(name) == champion
+
+
+def test_replaying_an_old_rollback_run_by_clearing_it_is_refused(as_user, add_model) -> None:
+    name = add_model("replay")["name"]
+    v1 = seed_champion(name)
+    v2 = seed_champion(name)
+    carol, mallory = as_user("carol"), as_user("mallory")
+    old = trigger_rollback(carol, {"model_name": name, "reason": "v2 flags every card"})
+    assert carol.wait_for_run(ROLLBACK, old, timeout=120) == "success"
+    assert verify_invariant(name) == v1
+    v3 = seed_champion(name)  # fixed and approved later: v3 serves, replacing v1
+    assert v2 != v3
+    before = snapshot(name)
+
+    clear(mallory, ROLLBACK, old)  # "Clear" on carol's finished run, by someone not on call: Airflow allows it
+    assert mallory.run(ROLLBACK, old)["state"] in {"queued", "running"}
+    state = mallory.wait_for_run(ROLLBACK, old, timeout=120)
+    assert verify_invariant(name) == v3, f"the replay rolled v3 back (run {state}): {audit_actions(name)[-2:]}"
+    assert snapshot(name) == before
