@@ -58,12 +58,17 @@ def ensure_user(auth, username: str, password: str, admin: bool = False) -> None
     auth.update_user_admin(username, admin)
 
 
+WRITER_PERMISSIONS = ("EDIT", "MANAGE")  # READ and USE change nothing of a model or experiment
+REFUSED_TAG = "claim_refused"  # on a model or experiment someone else could write: never adopted
+
+
 def claim(tracking_uri: str, resource_type: str, resource_id: str) -> list[str]:
     """Make the pipeline the only writer of a governed model or experiment: revoke any other person's
-    write permission on it (e.g. someone who created it before the pipeline did); return their names.
+    write permission on it (e.g. someone who created it before the pipeline did); return who could write.
 
-    Runs as the service account (an MLflow admin). On a server without authentication there is nothing to
-    claim and nothing to claim it against: returns ``[]``.
+    Runs as the service account (an MLflow admin). A writer whose right comes from a role or the server's
+    default cannot be revoked here: they are returned too, marked so. On a server without authentication
+    there is nothing to claim and nothing to claim it against: returns ``[]``.
     """
     from mlflow.exceptions import MlflowException
     from mlflow.server import get_app_client
@@ -76,36 +81,51 @@ def claim(tracking_uri: str, resource_type: str, resource_id: str) -> list[str]:
         return []  # no basic-auth app on this server
     response.raise_for_status()
     auth = get_app_client("basic-auth", tracking_uri=tracking_uri)
-    revoked = []
+    writers = []
     for user in response.json().get("users", []):
         if user.get("is_admin"):
             continue
+        name = user["username"]
         try:
-            permission = auth.get_user_permission(user["username"], resource_type, resource_id).permission
+            permission = auth.get_user_permission(name, resource_type, resource_id).permission
         except MlflowException:
             continue
-        if permission not in ("READ", "NO_PERMISSIONS"):
-            auth.revoke_user_permission(user["username"], resource_type, resource_id)
-            revoked.append(user["username"])
-    return revoked
+        if permission not in WRITER_PERMISSIONS:
+            continue
+        try:
+            auth.revoke_user_permission(name, resource_type, resource_id)
+            writers.append(name)
+        except MlflowException:
+            writers.append(f"{name} (through a role or the default permission: change that in MLflow)")
+    return writers
 
 
 def claim_for_pipeline(resource_type: str, resource_id: str, what: str) -> None:
     """Before the pipeline trusts or writes a governed model or experiment, nobody else may write it.
 
     Someone who created it first (and so could write it) loses that right here (``claim``); and since
-    what they already put in it cannot be trusted, the pipeline refuses to adopt it: nothing is trained,
-    evaluated or registered until an MLflow admin has deleted or renamed it.
+    what they already put in it cannot be trusted, the pipeline refuses to adopt it, now and on every later
+    run (tag ``claim_refused``, which only an admin can remove): nothing is trained, evaluated or registered
+    until an MLflow admin has deleted or renamed it.
     """
-    from include.promotion import settings
+    from include.promotion import mlflow_client, settings
     from include.promotion.errors import RegistryStateError
 
-    if revoked := claim(settings.tracking_uri(), resource_type, resource_id):
-        log.error("%s: write access of %s revoked; only the pipeline may write it", what, revoked)
+    client = mlflow_client.client()
+    if resource_type == "experiment":
+        tags, mark = client.get_experiment(resource_id).tags, client.set_experiment_tag
+    else:
+        tags, mark = client.get_registered_model(resource_id).tags, client.set_registered_model_tag
+    writers = claim(settings.tracking_uri(), resource_type, resource_id)
+    if writers:
+        mark(resource_id, REFUSED_TAG, ", ".join(writers)[:5000])
+        log.error("%s: write access of %s revoked; only the pipeline may write it", what, writers)
+    if writers or tags.get(REFUSED_TAG):
         raise RegistryStateError(
-            f"{what} was writable by {', '.join(revoked)}, not only by the pipeline (someone created it before the "
-            "pipeline did). Their write access is revoked now, but what they put in it cannot be trusted, so "
-            "nothing was trained or registered: an MLflow admin must delete or rename it, then trigger a new run."
+            f"{what} was writable by {', '.join(writers) or tags[REFUSED_TAG]}, not only by the pipeline (someone "
+            "created it before the pipeline did). Their write access is revoked, but what they put in it cannot be "
+            "trusted, so nothing was trained or registered: an MLflow admin must delete or rename it, then trigger "
+            "a new run."
         )
 
 

@@ -364,3 +364,21 @@ def test_versions_planted_in_the_registered_model_before_the_pipeline_claims_it_
     except (PromotionError, MlflowException):
         return  # the pipeline refused a registered model holding versions it did not register: defended
     assert problems == []
+
+
+def test_a_name_someone_else_created_stays_refused_on_every_later_run(services, models_dir: Path, people) -> None:
+    from include.promotion.errors import RegistryStateError
+
+    cfg = configure(models_dir, "claimedtwice")
+    alice = people("alice")
+    created = call(services, alice, "POST", "experiments/create", {"name": mlflow_client.experiment_name(cfg.name)})
+    assert created.status_code == 200
+    experiment_id = created.json()["experiment_id"]
+    run = run_ref(dag_id=cfg.dag_id)
+    loaded = tasks.load_data(cfg.name, run)
+    for attempt in ("first run", "next run"):  # the second finds nobody left to revoke, and still refuses
+        with pytest.raises(RegistryStateError, match="writable by alice"):
+            tasks.train(cfg.name, loaded, run)
+        assert not mlflow_client.client().search_runs([experiment_id]), attempt
+    tag = {"experiment_id": experiment_id, "key": "claim_refused", "value": ""}
+    assert call(services, alice, "POST", "experiments/set-experiment-tag", tag).status_code == 403
