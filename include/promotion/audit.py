@@ -87,10 +87,9 @@ class AuditLog:
         row["action"] = str(entry.action)
         row["idempotency_key"] = self._key(row["action"], entry.model_name, entry.version)
         row["created_at"] = datetime.now(UTC)
+        if self.recorded(entry.action, entry.version) is not None:
+            return False
         with self._conn.cursor() as cur:
-            cur.execute(f"SELECT 1 FROM {AUDIT_TABLE} WHERE idempotency_key = %s", (row["idempotency_key"],))
-            if cur.fetchone() is not None:
-                return False
             cur.execute(
                 f"SELECT row_hash FROM {AUDIT_TABLE} WHERE model_name = %s ORDER BY id DESC LIMIT 1",
                 (entry.model_name,),
