@@ -37,19 +37,27 @@ def _seconds(start: str | None, end: str | None) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--no-preload", action="store_true", help="tasks import mlflow/sklearn themselves (include/preload off)"
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop the stack
     dag_id = dag_id_for("fraud-detector")
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         config = StackConfig(
-            state_dir=Path(tmp, "stack"), airflow_port=0, mlflow_port=0, models_dir=MODELS, extra_env=MANUAL_RUNS_ONLY
+            state_dir=Path(tmp, "stack"),
+            airflow_port=0,
+            mlflow_port=0,
+            models_dir=MODELS,
+            extra_env=MANUAL_RUNS_ONLY,
+            preload=not args.no_preload,
         )
         with ServiceStack(config) as stack:  # starts PostgreSQL, MLflow and Airflow; stops them on exit
             os.environ.update(stack.package_env())
             os.environ.update(MANUAL_RUNS_ONLY)
             demo_data.seed_transactions(stack.postgres_uri("promotion"))
-            print(f"stack up in {time.perf_counter() - started:.1f} s")
+            print(f"stack up in {time.perf_counter() - started:.1f} s (preload {'off' if args.no_preload else 'on'})")
             api = AirflowAPI(stack.airflow_url, "admin", stack.passwords()["admin"], stack.scheduler_log)
             reviewer = AirflowAPI(stack.airflow_url, "bob", stack.passwords()["bob"])
             api.wait_for_dag(dag_id)

@@ -64,6 +64,21 @@ def promote(name: str, approver: str = "bob") -> str:
     return version
 
 
+def fill(name: str, count: int) -> None:
+    """``count`` registered versions (only the newest ones will be promoted)."""
+    client = mlflow_client.client()
+    client.create_registered_model(name)
+    uri, run_id = tiny_model_uri(), new_run(name)
+    for _ in range(count):
+        client.create_model_version(
+            name,
+            source=uri,
+            run_id=run_id,
+            tags={"promotion_status": "registered"},
+            model_id=uri.removeprefix("models:/"),
+        )
+
+
 class ClientProxy:
     """The real MlflowClient; ``before(method, args)`` runs before each call of a method in ``methods`` (every
     method when None): to count the calls the package makes, or to crash between two registry writes."""

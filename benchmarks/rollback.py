@@ -10,11 +10,7 @@ Usage: ``.venv/bin/python -m benchmarks.rollback [--versions 10 1000] [--repeats
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import statistics
-import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -22,29 +18,14 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.registry_workload import change, new_run, promote, proxied_client, tiny_model_uri
+from benchmarks.registry_workload import change, fill, promote, proxied_client
+from benchmarks.services import benchmark_services
 from include.promotion import mlflow_client, rollback
 from scripts.airflow_api import AirflowAPI
-from scripts.stack import ServiceStack, StackConfig
 
 DEMO = Path(__file__).resolve().parents[1] / "include" / "models" / "fraud-detector.yaml"
 # manual runs only: a scheduled run started at unpause would race the benchmark's own promotions
 MANUAL_RUNS_ONLY = {"PROMOTION_SCHEDULE_OVERRIDE": "none"}
-
-
-def fill(name: str, count: int) -> None:
-    """``count`` registered versions (only the newest ones will be promoted)."""
-    client = mlflow_client.client()
-    client.create_registered_model(name)
-    uri, run_id = tiny_model_uri(), new_run(name)
-    for _ in range(count):
-        client.create_model_version(
-            name,
-            source=uri,
-            run_id=run_id,
-            tags={"promotion_status": "registered"},
-            model_id=uri.removeprefix("models:/"),
-        )
 
 
 def time_rollbacks(name: str, repeats: int) -> tuple[list[float], Counter]:
@@ -88,73 +69,57 @@ def main() -> None:
     parser.add_argument("--versions", type=int, nargs=2, default=[10, 1000])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop the stack
-    with tempfile.TemporaryDirectory() as tmp:
-        models = Path(tmp, "models")
-        models.mkdir()
-        config = StackConfig(
-            state_dir=Path(tmp, "stack"), airflow_port=0, mlflow_port=0, models_dir=models, extra_env=MANUAL_RUNS_ONLY
-        )
-        stack = ServiceStack(config)
-        try:
-            stack.start_postgres()
-            stack.start_mlflow()
-            os.environ.update(stack.package_env())
-            os.environ.update(MANUAL_RUNS_ONLY)
-            medians, calls, per_call = {}, {}, {}
-            for count in args.versions:
-                name = f"bench-{count}-{uuid.uuid4().hex[:4]}"
-                t0 = time.perf_counter()
-                fill(name, count)
-                print(f"{name}: {count} versions created in {time.perf_counter() - t0:.1f} s")
-                timings, counts = time_rollbacks(name, args.repeats)
-                medians[count] = statistics.median(timings)
-                calls[count] = sum(counts.values())
-                per_call[count] = time_calls(name)
-                print(f"  registry calls per rollback: {calls[count]} ({dict(sorted(counts.items()))})")
-                print(
-                    f"  rollback registry time: median {medians[count] * 1000:.0f} ms over {args.repeats} "
-                    f"(min {min(timings) * 1000:.0f}, max {max(timings) * 1000:.0f})"
-                )
-            small, large = args.versions
+    with benchmark_services(MANUAL_RUNS_ONLY) as (stack, models):
+        medians, calls, per_call = {}, {}, {}
+        for count in args.versions:
+            name = f"bench-{count}-{uuid.uuid4().hex[:4]}"
+            t0 = time.perf_counter()
+            fill(name, count)
+            print(f"{name}: {count} versions created in {time.perf_counter() - t0:.1f} s")
+            timings, counts = time_rollbacks(name, args.repeats)
+            medians[count] = statistics.median(timings)
+            calls[count] = sum(counts.values())
+            per_call[count] = time_calls(name)
+            print(f"  registry calls per rollback: {calls[count]} ({dict(sorted(counts.items()))})")
             print(
-                f"ratio {large} / {small} versions: {medians[large] / medians[small]:.2f} (wall time), "
-                f"{calls[large] / calls[small]:.2f} (registry calls made by the package)"
+                f"  rollback registry time: median {medians[count] * 1000:.0f} ms over {args.repeats} "
+                f"(min {min(timings) * 1000:.0f}, max {max(timings) * 1000:.0f})"
             )
-            print("MLflow server time per call (ms), by model size:")
-            for label in per_call[small]:
-                print(f"  {label:<36} {per_call[small][label]:7.1f} {per_call[large][label]:7.1f}")
+        small, large = args.versions
+        print(
+            f"ratio {large} / {small} versions: {medians[large] / medians[small]:.2f} (wall time), "
+            f"{calls[large] / calls[small]:.2f} (registry calls made by the package)"
+        )
+        print("MLflow server time per call (ms), by model size:")
+        for label in per_call[small]:
+            print(f"  {label:<36} {per_call[small][label]:7.1f} {per_call[large][label]:7.1f}")
 
-            # Part 2: trigger -> champion restored, with the scheduler running.
-            cfg = yaml.safe_load(DEMO.read_text())
-            name = cfg["name"] = "bench-rollback"
-            (models / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
-            stack.migrate_airflow_db()
-            stack.start_airflow()
-            api = AirflowAPI(stack.airflow_url, "carol", stack.passwords()["carol"])
-            api.wait_for_dag("model_rollback", timeout=180)
-            results = []
-            for _ in range(args.repeats):
-                promote(name)
-                expected = promote(name)
-                expected = str(int(expected) - 1)
-                t0 = time.perf_counter()
-                run_id = api.trigger("model_rollback", {"model_name": name, "reason": "benchmark"})
-                while str(mlflow_client.client().get_model_version_by_alias(name, "champion").version) != expected:
-                    if time.perf_counter() - t0 > 120:
-                        raise TimeoutError(
-                            f"rollback {run_id} did not restore v{expected}: "
-                            f"{api.task_states('model_rollback', run_id)}"
-                        )
-                    time.sleep(0.2)
-                restored = time.perf_counter() - t0
-                api.wait_for_run("model_rollback", run_id)
-                results.append(restored)
-                print(f"  trigger -> champion restored: {restored:.1f} s (run ends {time.perf_counter() - t0:.1f} s)")
-            print(f"median trigger -> champion restored under a running scheduler: {statistics.median(results):.1f} s")
-
-        finally:
-            stack.stop()
+        # Part 2: trigger -> champion restored, with the scheduler running.
+        cfg = yaml.safe_load(DEMO.read_text())
+        name = cfg["name"] = "bench-rollback"
+        (models / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        stack.migrate_airflow_db()
+        stack.start_airflow()
+        api = AirflowAPI(stack.airflow_url, "carol", stack.passwords()["carol"])
+        api.wait_for_dag("model_rollback", timeout=180)
+        results = []
+        for _ in range(args.repeats):
+            promote(name)
+            expected = promote(name)
+            expected = str(int(expected) - 1)
+            t0 = time.perf_counter()
+            run_id = api.trigger("model_rollback", {"model_name": name, "reason": "benchmark"})
+            while str(mlflow_client.client().get_model_version_by_alias(name, "champion").version) != expected:
+                if time.perf_counter() - t0 > 120:
+                    raise TimeoutError(
+                        f"rollback {run_id} did not restore v{expected}: {api.task_states('model_rollback', run_id)}"
+                    )
+                time.sleep(0.2)
+            restored = time.perf_counter() - t0
+            api.wait_for_run("model_rollback", run_id)
+            results.append(restored)
+            print(f"  trigger -> champion restored: {restored:.1f} s (run ends {time.perf_counter() - t0:.1f} s)")
+        print(f"median trigger -> champion restored under a running scheduler: {statistics.median(results):.1f} s")
 
 
 if __name__ == "__main__":

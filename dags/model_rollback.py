@@ -6,7 +6,7 @@ Triggered by hand from the Airflow UI form (never scheduled):
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
@@ -32,7 +32,10 @@ Use this when the current champion misbehaves. Pick the model, optionally a vers
   in its config, default: its reviewers), the reason is empty or over 2,000 characters, the model has
   no champion, the target does not exist, is already the champion, was never in production, was
   rejected, or was rolled back earlier (tick *Restore a rolled-back version* to allow that), or when
-  there is nothing to go back to. Its message says what to pass instead.
+  there is nothing to go back to, or when the registry disagrees with the audit log (the `champion` alias
+  moved outside the pipeline, a target whose tags claim it served but the audit log does not). Its message
+  says what to pass instead. A champion whose version was deleted is found in the audit log: the rollback
+  then restores the earlier champion.
 * **restore_previous_champion** points `champion` at the target (default: the version the current champion replaced,
   its `promoted_over` tag), moves it to Production, marks the current one `rolled_back` with your
   reason and name, and writes one audit row per changed version.
@@ -83,7 +86,8 @@ def model_rollback() -> None:
         context = get_current_context()
         return tasks.validate_rollback(context["params"], RunRef.from_context(context))
 
-    @task(retries=2)
+    # a quick retry: until it succeeds, a half-done rollback leaves the bad version serving
+    @task(retries=2, retry_delay=timedelta(seconds=15))
     def restore_previous_champion(plan: dict) -> dict:
         """Make the target the champion and mark the current one rolled back, with audit rows."""
         from include.promotion import tasks

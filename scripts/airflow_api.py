@@ -90,6 +90,12 @@ class AirflowAPI:
                     raise
             time.sleep(1)
 
+    def reparse(self, dag_id: str) -> None:
+        """Ask the dag-processor to parse ``dag_id``'s file now, not at its next interval (e.g. after a model
+        file was added: the rollback form's model list, a new model's DAG in the same file)."""
+        file_token = self.request("GET", f"/dags/{dag_id}")["file_token"]
+        self.request("PUT", f"/parseDagFile/{file_token}", ok=(200, 201, 204))
+
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
         run = self.request("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
         return run["dag_run_id"]

@@ -62,9 +62,11 @@ Next steps
      Reviewers of {DEMO_MODEL}: alice, bob (whoever did not trigger the run).
   2. When the run reaches 'approve' (about a minute), open Browse -> Required Actions
      (or the run's 'approve' task), read the evidence, type a reason, and click Approve or Reject.
-  3. See the result in MLflow: {stack.mlflow_url}/#/models/{DEMO_MODEL}
+  3. See the result under "Model promotion" in Airflow's navigation ({stack.airflow_url}/promotion/): what
+     serves, who approved it and why, the history; or in MLflow: {stack.mlflow_url}/#/models/{DEMO_MODEL}
      (alias 'champion' = production, 'challenger' = awaiting approval).
-  4. To undo a promotion: trigger the DAG 'model_rollback' from its form (model, optional version, reason).
+  4. To undo a promotion (on-call: alice, bob, carol): "Model promotion" -> {DEMO_MODEL} -> Roll back, or
+     trigger the DAG 'model_rollback' from its form (model, optional version, reason).
 Press Ctrl-C to stop everything; `make run` again resumes with all the state in .state/.
 """
     )

@@ -19,9 +19,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 STACK = pytest.StashKey[object]()
 STARTED = pytest.StashKey[float]()
-REVIEWERS = {"admin": "admin", "alice": "user", "bob": "user", "carol": "user", "mallory": "user"}
+# nobody: signed in with no role, so the auth manager lets them read no DAG (the Model promotion page's 403)
+REVIEWERS = {"admin": "admin", "alice": "user", "bob": "user", "carol": "user", "mallory": "user", "nobody": ""}
 # manual runs only: a scheduled run starting at unpause would race the tests' own runs
-MANUAL_RUNS_ONLY = {"PROMOTION_SCHEDULE_OVERRIDE": "none"}
+MANUAL_RUNS_ONLY = {"PROMOTION_SCHEDULE_OVERRIDE": "none", "PROMOTION_WATCH_SCHEDULE": "none"}
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +51,9 @@ def services(
             users=REVIEWERS,
             postgres_url=os.environ.get("PROMOTION_TEST_POSTGRES_URL") or None,
             extra_env=MANUAL_RUNS_ONLY,
+            # MLflow's webhook would wake a watch run on every registry write of a governed model, racing the tests
+            # that run the watch themselves: the tests of the webhook register it (tests/e2e/test_registry_webhook.py)
+            mlflow_webhook=False,
         )
     )
     saved = dict(os.environ)

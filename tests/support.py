@@ -25,14 +25,15 @@ def run_ref(triggered_by: str | None = None, dag_id: str = "tests") -> RunRef:
     return RunRef(dag_id=dag_id, run_id=f"run-{uuid.uuid4().hex[:8]}", triggered_by=triggered_by)
 
 
-def seed_champion(name: str) -> str:
-    """Put a real trained version of a configured model in production in-process (the tasks' own code)."""
+def seed_champion(name: str, reason: str = "seed") -> str:
+    """Put a real trained version of a configured model in production in-process (the tasks' own code), approved by
+    bob for ``reason``."""
     run = run_ref(dag_id="seed")
     trained = tasks.train(name, tasks.load_data(name, run), run)
     staged = tasks.promote_to_staging(name, tasks.register(name, trained, tasks.evaluate(name, trained, run), run), run)
     version = staged["version"]
     approval = Change("bob", run.dag_id, run.run_id)
-    lifecycle.record_approval(name, version, "bob", "seed", approval)
+    lifecycle.record_approval(name, version, "bob", reason, approval)
     lifecycle.promote_to_production(name, version, approval)
     return version
 

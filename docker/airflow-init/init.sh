@@ -7,6 +7,8 @@
 #   AIRFLOW_CONN_PROMOTION_DB_OWNER    the owner role of the promotion database (only this service has it)
 #   MLFLOW_AUTH_ADMIN_PASSWORD         the MLflow admin (`admin`), who creates the accounts
 #   MLFLOW_TRACKING_USERNAME/PASSWORD  the pipeline's service account, as the workers use it
+#   MLFLOW_READER_PASSWORD             the api-server's read-only MLflow account (the Model promotion page)
+#   PROMOTION_WEBHOOK_URL/SECRET       where MLflow posts registry events, and the secret it signs them with
 #   AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE  the Airflow users' passwords (airflow-auth volume)
 set -euo pipefail
 cd /opt/airflow
@@ -17,9 +19,11 @@ echo "airflow-init: migrating the Airflow metadata database"
 /entrypoint airflow db migrate
 
 # As promotion_owner (connection promotion_db_owner): creates or upgrades the audit log tables, and grants
-# the application role the workers log in as INSERT + SELECT on them, nothing more.
+# the application role the workers log in as INSERT + SELECT on them, nothing more, and the reader role the
+# api-server's Model promotion page reads with SELECT only.
 echo "airflow-init: migrating the audit log schema"
-python -m include.promotion.audit_schema upgrade --owner-conn promotion_db_owner --app-role promotion_app
+python -m include.promotion.audit_schema upgrade --owner-conn promotion_db_owner --app-role promotion_app \
+    --reader-role promotion_reader
 
 if [[ "${PROMOTION_SEED_DEMO_DATA:-true}" == "true" ]]; then
     echo "airflow-init: demo data for the demo model"
@@ -32,9 +36,14 @@ echo "airflow-init: Airflow users' passwords"
 python -c 'from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager as M; M().init()'
 
 # Signed in as the MLflow admin: the pipeline's service account (the only account that writes governed
-# models) and a read account for each Airflow user, with their Airflow password.
+# models), a read account for each Airflow user with their Airflow password, and the api-server's `promotion-reader`.
 echo "airflow-init: MLflow accounts"
 python -m include.promotion.mlflow_accounts bootstrap --people-file "${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE}"
+
+# As the service account (an MLflow admin: webhooks are admin-only): MLflow posts registry events to the
+# api-server, which wakes the DAG model_registry_watch for the model at once. Created, or updated in place.
+echo "airflow-init: MLflow webhook"
+python -m include.promotion.webhooks register
 
 echo "airflow-init: handing the shared volumes to uid ${AIRFLOW_UID:-50000} (group 0)"
 mkdir -p /opt/airflow/logs /opt/airflow/auth

@@ -10,6 +10,8 @@
 #         migrations, which also grant INSERT + SELECT on the audit table to the application role.
 #     PROMOTION_DB_APP_USER (promotion_app) is what the Airflow workers log in as (connection
 #         `promotion_db`): it may connect, and nothing else until the migrations grant it.
+#     PROMOTION_DB_READER_USER (promotion_reader) is what the api-server's Model promotion page reads the audit
+#         log with (connection `promotion_db_reader`): the migrations grant it SELECT on it, nothing more.
 #   Nobody else may connect to a database but its owner (and promotion_app to `promotion`), and PUBLIC may
 #   not create objects in schema public of `promotion`.
 #
@@ -70,10 +72,12 @@ ensure_database "${MLFLOW_AUTH_DB_NAME:?}" "${MLFLOW_DB_USER}"
 
 ensure_role "${PROMOTION_DB_OWNER_USER:-}" "${PROMOTION_DB_OWNER_PASSWORD:-}"
 ensure_role "${PROMOTION_DB_APP_USER:-}" "${PROMOTION_DB_APP_PASSWORD:-}"
+ensure_role "${PROMOTION_DB_READER_USER:-}" "${PROMOTION_DB_READER_PASSWORD:-}"
 ensure_database "${PROMOTION_DB_NAME:?}" "${PROMOTION_DB_OWNER_USER}"
-echo "postgres-init: '${PROMOTION_DB_APP_USER}' may connect to '${PROMOTION_DB_NAME}'; PUBLIC may not create in its schema public"
-run_sql -v db="${PROMOTION_DB_NAME}" -v app="${PROMOTION_DB_APP_USER}" <<'EOSQL'
+echo "postgres-init: '${PROMOTION_DB_APP_USER}' and '${PROMOTION_DB_READER_USER}' may connect to '${PROMOTION_DB_NAME}'; PUBLIC may not create in its schema public"
+run_sql -v db="${PROMOTION_DB_NAME}" -v app="${PROMOTION_DB_APP_USER}" -v reader="${PROMOTION_DB_READER_USER}" <<'EOSQL'
 SELECT format('GRANT CONNECT ON DATABASE %I TO %I', :'db', :'app') \gexec
+SELECT format('GRANT CONNECT ON DATABASE %I TO %I', :'db', :'reader') \gexec
 \connect :"db"
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 EOSQL

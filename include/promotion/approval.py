@@ -7,6 +7,7 @@ The gate itself is ``approval_gate.GovernedApprovalOperator`` (Airflow's Human-i
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from include.promotion import lifecycle, mlflow_client
@@ -21,6 +22,25 @@ log = logging.getLogger(__name__)
 
 TIMEOUT_REASON = "timed out: no reviewer answered within {hours:g} h"
 NO_REASON = "(no reason given)"
+_MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation character
+
+
+def markdown_text(value: object) -> str:
+    """Text a person wrote, for the Markdown of the approval body: shown as typed, never as markup.
+
+    Every ASCII punctuation character is backslash-escaped (CommonMark then shows it literally: ``<script>`` is
+    text, not a tag the renderer would drop) and line breaks become spaces, so it cannot start a heading or a list.
+    """
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", " ".join(str(value).split()))
+
+
+def champion_note(tags: dict[str, str] | None) -> str | None:
+    """Who approved the current champion and why, from its tags (shown to the reviewer; decides nothing)."""
+    tags = tags or {}
+    if not tags.get("approved_by"):
+        return None
+    reason = tags.get("approval_reason") or NO_REASON
+    return f"approved by {markdown_text(tags['approved_by'])}: \u201c{markdown_text(reason)}\u201d"
 
 
 def eligible_reviewers(reviewers: list[str], triggered_by: str | None) -> list[str]:
@@ -49,9 +69,14 @@ def check_responder(responder: str | None, reviewers: list[str], triggered_by: s
 
 
 def evidence_markdown(
-    cfg: ModelConfig, staged: dict[str, Any], evaluation: dict[str, Any], trained: dict[str, Any]
+    cfg: ModelConfig,
+    staged: dict[str, Any],
+    evaluation: dict[str, Any],
+    trained: dict[str, Any],
+    champion_approval: str | None = None,
 ) -> str:
-    """What a reviewer needs to decide, in Markdown: metrics side by side, gates, data, links."""
+    """What a reviewer needs to decide, in Markdown: metrics side by side, gates, data, links, and who approved
+    the current champion and why (``champion_note``, already escaped)."""
     version = staged["version"]
     champion_version = evaluation.get("champion_version")
     table = comparison_markdown(Evaluation(**evaluation)).splitlines()
@@ -62,6 +87,7 @@ def evidence_markdown(
     champion_line = (
         f"the current champion is **v{champion_version}** "
         f"([open]({mlflow_client.version_url(cfg.name, champion_version)}))"
+        + (f", {champion_approval}" if champion_approval else "")
         if champion_version
         else "there is **no champion yet**: this would be the first production version"
     )
@@ -87,6 +113,21 @@ def evidence_markdown(
             "champion serving. Either way, write your reason: it goes into the audit log.",
         ]
     )
+
+
+def champion_tags(model_name: str, version: str | None) -> dict[str, str] | None:
+    """The tags of the champion the candidate was compared with (None: no champion, it is gone, or unreadable).
+
+    Only shown to the reviewer: a failure to read them leaves the note out rather than failing the gate.
+    """
+    if not version:
+        return None
+    try:
+        found = retry_transient(mlflow_client.get_version, mlflow_client.client(), model_name, version)
+    except Exception:  # display only: the evidence goes out without the note, and the log says why
+        log.warning("could not read the tags of %s v%s for the evidence", model_name, version, exc_info=True)
+        return None
+    return dict(found.tags or {}) if found is not None else None
 
 
 def answer_of(event: dict[str, Any], approve_option: str, timeout_hours: float) -> tuple[str | None, bool, str]:
@@ -119,8 +160,11 @@ def record_answer(
 
 __all__ = [
     "answer_of",
+    "champion_note",
+    "champion_tags",
     "check_responder",
     "eligible_reviewers",
     "evidence_markdown",
+    "markdown_text",
     "record_answer",
 ]

@@ -52,11 +52,13 @@ class GovernedApprovalOperator(ApprovalOperator):
             raise AirflowFailException(str(exc)) from None
         self.assigned_users = [HITLUser(id=r, name=r) for r in eligible]
         self.subject = f"Promote {cfg.name} v{staged['version']} to production?"
+        evaluation = signing.verify(Kind.EVALUATION, run, self.evaluation)
         self.body = approval.evidence_markdown(
             cfg,
             staged,
-            signing.verify(Kind.EVALUATION, run, self.evaluation),
+            evaluation,
             signing.verify(Kind.TRAINING, run, self.trained),
+            approval.champion_note(approval.champion_tags(cfg.name, evaluation.get("champion_version"))),
         )
         self.log.info(
             "Waiting for one of %s to approve %s v%s (Required Actions in the Airflow UI); timeout %s.",

@@ -68,26 +68,33 @@ class AuditLog:
         self.model_name = model_name
         self.change_id = change_id
 
-    def recorded(self, action: AuditAction, version: str | int) -> dict[str, Any] | None:
+    def recorded(self, action: AuditAction, version: str | int, detail: str = "") -> dict[str, Any] | None:
         """The row this change recorded for ``action`` on ``version``, if any (e.g. the approval of this run)."""
         with self._conn.cursor() as cur:
             cur.execute(
                 f"SELECT {', '.join(COLUMNS)} FROM {AUDIT_TABLE} WHERE idempotency_key = %s",
-                (self._key(action, self.model_name, str(version)),),
+                (self._key(action, self.model_name, str(version), detail),),
             )
             found = cur.fetchone()
             return dict(zip(COLUMNS, found, strict=True)) if found else None
 
-    def _key(self, action: str, model_name: str, version: str) -> str:
-        return f"{self.change_id}|{action}|{model_name}|{version}"
+    def _key(self, action: str, model_name: str, version: str, detail: str = "") -> str:
+        key = f"{self.change_id}|{action}|{model_name}|{version}"
+        if detail:  # one change recording several rows of one action on one version (the watch's findings)
+            key += "|" + hashlib.sha256(detail.encode()).hexdigest()[:16]
+        return key
 
-    def record(self, entry: AuditEntry) -> bool:
-        """Append one row chained to the model's last; ``False`` if this change already recorded it."""
+    def record(self, entry: AuditEntry, detail: str = "") -> bool:
+        """Append one row chained to the model's last; ``False`` if this change already recorded it.
+
+        ``detail`` tells apart rows of one action on one version within a change (e.g. two differences the
+        watch found on the same version).
+        """
         row: dict[str, Any] = {c: getattr(entry, c) for c in COLUMNS}
         row["action"] = str(entry.action)
-        row["idempotency_key"] = self._key(row["action"], entry.model_name, entry.version)
+        row["idempotency_key"] = self._key(row["action"], entry.model_name, entry.version, detail)
         row["created_at"] = datetime.now(UTC)
-        if self.recorded(entry.action, entry.version) is not None:
+        if self.recorded(entry.action, entry.version, detail) is not None:
             return False
         with self._conn.cursor() as cur:
             cur.execute(
@@ -103,6 +110,13 @@ class AuditLog:
                 [row[c] for c in columns],
             )
             return True
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every row of this model, oldest first, hash columns included (read under the model's lock)."""
+        with self._conn.cursor() as cur:
+            cur.execute(f"SELECT * FROM {AUDIT_TABLE} WHERE model_name = %s ORDER BY id", (self.model_name,))
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
 def _acquire(conn: Any, model_name: str, timeout: float) -> None:

@@ -77,29 +77,25 @@ def verify_chain(conn: Any, models: Iterable[str] | None = None) -> list[str]:
         cur.execute(query + " ORDER BY model_name, id", params)
         names = [d[0] for d in cur.description]
         rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-    problems: list[str] = []
-    head: dict[str, str] = {}
-    broken: set[str] = set()
+    by_model: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        model = row["model_name"]
-        if model in broken:
-            continue
-        expected_prev = head.get(model, "")
+        by_model.setdefault(row["model_name"], []).append(row)
+    return [broken[1] for model_rows in by_model.values() if (broken := chain_break(model_rows))]
+
+
+def chain_break(rows: Iterable[dict[str, Any]]) -> tuple[dict[str, Any], str] | None:
+    """The row where one model's chain (its rows, oldest first) breaks and what is wrong; None if intact."""
+    head = None
+    for row in rows:
+        expected_prev = head if head is not None else ""
+        where = f"{row['model_name']}: audit chain broken at row {row['id']} ({row['action']} v{row['version']})"
         if row["prev_hash"] != expected_prev:
-            what = "a row before it was deleted or changed" if model in head else "the model's first rows are gone"
-            problems.append(
-                f"{model}: audit chain broken at row {row['id']} ({row['action']} v{row['version']}): {what}"
-            )
-            broken.add(model)
-        elif row["row_hash"] != chain_hash(expected_prev, row):
-            problems.append(
-                f"{model}: audit chain broken at row {row['id']} ({row['action']} v{row['version']}): "
-                "the row was altered after it was written"
-            )
-            broken.add(model)
-        else:
-            head[model] = row["row_hash"]
-    return problems
+            what = "a row before it was deleted or changed" if head is not None else "the model's first rows are gone"
+            return row, f"{where}: {what}"
+        if row["row_hash"] != chain_hash(expected_prev, row):
+            return row, f"{where}: the row was altered after it was written"
+        head = row["row_hash"]
+    return None
 
 
 @dataclass(frozen=True)
@@ -215,8 +211,11 @@ def applied_version(conn: Any) -> int:
     return version
 
 
-def upgrade(conn: Any, app_role: str | None = None, start_new_log: bool = False) -> list[int]:
-    """Apply the pending migrations as the schema owner; grant ``app_role`` INSERT and SELECT only.
+def upgrade(
+    conn: Any, app_role: str | None = None, start_new_log: bool = False, reader_role: str | None = None
+) -> list[int]:
+    """Apply the pending migrations as the schema owner; grant ``app_role`` INSERT and SELECT only, and
+    ``reader_role`` (what the api-server's Model promotion page reads with) SELECT only.
 
     Returns the versions applied (empty when already current). Idempotent and safe to run concurrently.
     """
@@ -254,6 +253,12 @@ def upgrade(conn: Any, app_role: str | None = None, start_new_log: bool = False)
                 cur.execute(
                     sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sql.Identifier(f"{AUDIT_TABLE}_id_seq"), role)
                 )
+            if reader_role:
+                from psycopg2 import sql
+
+                reader = sql.Identifier(reader_role)
+                for table in (AUDIT_TABLE, VERSION_TABLE):
+                    cur.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(table), reader))
         conn.commit()
     except BaseException:
         conn.rollback()
@@ -271,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     up = sub.add_parser("upgrade", help="apply pending migrations (as the schema owner)")
     up.add_argument("--owner-conn", default=OWNER_CONN_ID, help="Airflow connection id of the owner role")
     up.add_argument("--app-role", help="role that writes audit rows: granted INSERT and SELECT only")
+    up.add_argument("--reader-role", help="role the api-server reads the audit log with: granted SELECT only")
     up.add_argument("--start-new-log", action="store_true", help="accept starting over after the table was dropped")
     status = sub.add_parser("status", help="print the schema version")
     status.add_argument("--conn", default=DEFAULT_CONN_ID)
@@ -282,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "upgrade":
         conn = connect(args.owner_conn)
         try:
-            done = upgrade(conn, args.app_role, args.start_new_log)
+            done = upgrade(conn, args.app_role, args.start_new_log, args.reader_role)
         finally:
             conn.close()
         print(f"audit schema at v{CURRENT_VERSION}" + (f" (applied {done})" if done else " (nothing to do)"))

@@ -125,6 +125,11 @@ class ModelConfig(_Strict):
     champion_comparison: ChampionComparison = Field(default_factory=ChampionComparison)
     approval: Approval
     rollback: Rollback = Field(default_factory=Rollback)
+    on_drift: Literal["alert", "restore"] = Field(
+        default="alert",
+        description="What the registry watch does when the registry differs from the audit log: record and alert, "
+        "or also put the audited champion back.",
+    )
 
     @field_validator("name")
     @classmethod

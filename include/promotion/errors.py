@@ -63,3 +63,19 @@ class RollbackTargetInvalid(PromotionError):
 
 class InvariantViolation(PromotionError):
     """The registry does not hold exactly one Production version holding the ``champion`` alias."""
+
+
+class RegistryDrift(PromotionError):
+    """The registry differs from what the audit log records (found by the registry watch)."""
+
+
+class WebhookRefused(PromotionError):
+    """A delivery to the MLflow webhook receiver that is not acted on; ``status_code`` is the HTTP answer.
+
+    401: not signed by MLflow with the shared secret, outside the time window, or a replay; 413: too large;
+    400: signed but not a registry event; 503: nothing can act on it now (MLflow retries).
+    """
+
+    def __init__(self, message: str, status_code: int = 401):
+        super().__init__(message)
+        self.status_code = status_code

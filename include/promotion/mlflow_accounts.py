@@ -26,6 +26,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 SERVICE_ACCOUNT = "promotion-pipeline"
+# What the Airflow api-server reads the registry with, for the Model promotion page: an ordinary account (the
+# server's default_permission READ), never an admin. Its password: ``MLFLOW_READER_PASSWORD`` at bootstrap.
+READER_ACCOUNT = "promotion-reader"
 log = logging.getLogger(__name__)
 
 
@@ -135,8 +138,10 @@ def bootstrap(
     service: tuple[str, str],
     people: dict[str, str],
     governed_models: Sequence[str],
+    reader_password: str | None = None,
 ) -> None:
-    """Accounts in place and every governed model created by the service account."""
+    """Accounts in place (the reader's too, when its password is given) and every governed model created by the
+    service account."""
     from mlflow import MlflowClient
     from mlflow.server import get_app_client
 
@@ -148,6 +153,8 @@ def bootstrap(
         for username, password in people.items():
             if username != admin[0]:
                 ensure_user(auth, username, password)
+        if reader_password:
+            ensure_user(auth, READER_ACCOUNT, reader_password)
     with acting_as(*service):
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         for name in governed_models:
@@ -182,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (os.environ.get("MLFLOW_TRACKING_USERNAME") or SERVICE_ACCOUNT, os.environ["MLFLOW_TRACKING_PASSWORD"]),
         people,
         models,
+        os.environ.get("MLFLOW_READER_PASSWORD") or None,
     )
     print(f"MLflow accounts in place: service account, {len(people)} people; governed models: {', '.join(models)}")
     return 0

@@ -1,12 +1,19 @@
-"""Who hears that a candidate awaits approval: the task log always, e-mail when configured."""
+"""Who hears what: a candidate awaits approval, or the registry differs from the audit log.
+
+The task log always; e-mail when the model configures ``approval.notify_emails`` (Airflow's ``smtp_default``).
+"""
 
 from __future__ import annotations
 
+import html
+import logging
 from typing import Any
 
 from airflow.sdk.bases.notifier import BaseNotifier
 
 from include.promotion.config import ModelConfig
+
+log = logging.getLogger(__name__)
 
 
 class LogNotifier(BaseNotifier):
@@ -40,3 +47,23 @@ def approval_notifiers(cfg: ModelConfig) -> list[Any]:
             )
         )
     return notifiers
+
+
+def alert_drift(cfg: ModelConfig, lines: list[str]) -> None:
+    """Tell the model's people that its registry differs from the audit log (the watch's alert)."""
+    for line in lines:
+        log.error("REGISTRY DRIFT %s", line)
+    if not cfg.approval.notify_emails:
+        return
+    from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)  # tag values reach these lines
+    try:
+        with SmtpHook(smtp_conn_id="smtp_default") as hook:
+            hook.send_email_smtp(
+                to=list(cfg.approval.notify_emails),
+                subject=f"[registry drift] {cfg.name}: the registry differs from the audit log",
+                html_content=f"<p>The registry watch found:</p><ul>{items}</ul>",
+            )
+    except Exception:  # the alert is also in the log and the run fails: a mail outage must not hide the drift
+        log.exception("could not e-mail the drift alert for %s to %s", cfg.name, cfg.approval.notify_emails)

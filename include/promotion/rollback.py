@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from include.promotion import audit, mlflow_client
+from include.promotion.audit_state import AuditedState, audited_state
 from include.promotion.errors import RollbackTargetInvalid
 from include.promotion.inputs import clean_reason, clean_version
 from include.promotion.invariants import verify_invariant
@@ -29,6 +30,9 @@ class RollbackPlan:
     current_version: str
     target_version: str
     restores_rolled_back: bool = False
+    # the champion's version was deleted from the registry (outside the pipeline): there is no alias left to
+    # move away from, and the audit log, not the registry, says which version it was
+    current_deleted: bool = False
 
 
 def plan_rollback(
@@ -41,12 +45,15 @@ def plan_rollback(
     client = client or mlflow_client.client()
     requested = clean_version(target_version)
     champion = get_alias(client, name, CHAMPION_ALIAS)
-    if champion is None:
-        raise RollbackTargetInvalid(
-            f"model '{name}' has no champion: nothing is in production, so there is nothing to roll back."
-        )
-    current = str(champion.version)
-    target = requested or (champion.tags or {}).get("promoted_over") or ""
+    state = audited_state(name, audit.rows(name))  # what only workers wrote: the last word on what served
+    current_deleted = False
+    if champion is not None:
+        current = str(champion.version)
+        _check_champion_against_audit(name, current, state)
+        target = requested or (champion.tags or {}).get("promoted_over") or ""
+    else:
+        current, target = _deleted_champion(name, requested, client, state)
+        current_deleted = True
     if not target:
         raise RollbackTargetInvalid(
             f"{name} v{current} replaced no earlier champion: nothing to roll back to; pass target_version."
@@ -78,7 +85,66 @@ def plan_rollback(
             f"{name} v{target} was rolled back earlier as bad ({mv.tags.get('rollback_reason', 'no reason')}); "
             "restoring it needs the form's 'restore a rolled-back version' box ticked, and is recorded as such."
         )
-    return RollbackPlan(name, current, target, restores_rolled_back=status == Status.ROLLED_BACK)
+    _check_target_against_audit(name, target, state, allow_rolled_back)
+    return RollbackPlan(name, current, target, state.statuses.get(target) == Status.ROLLED_BACK, current_deleted)
+
+
+def _check_champion_against_audit(name: str, current: str, state: AuditedState) -> None:
+    """The alias says who serves; the audit log must agree (an MLflow admin can move an alias, not write rows)."""
+    if state.champion != current:
+        audited = f"v{state.champion}" if state.champion else "no champion"
+        raise RollbackTargetInvalid(
+            f"the registry says v{current} is the champion of '{name}' but the audit log records {audited}: the "
+            "registry was changed outside the pipeline. Nothing was changed. Trigger model_registry_watch for "
+            f"'{name}' (with on_drift: restore it puts the audited champion back), then roll back if still needed."
+        )
+
+
+def _check_target_against_audit(name: str, target: str, state: AuditedState, allow_rolled_back: bool) -> None:
+    """The registry's tags said yes; the audit log must agree (tags can be edited by an MLflow admin, rows not)."""
+    audited_status = state.statuses.get(target)
+    if target not in state.champion_history or audited_status not in (Status.ARCHIVED, Status.ROLLED_BACK):
+        raise RollbackTargetInvalid(
+            f"the audit log does not record {name} v{target} as a version that served and was replaced (audited "
+            f"status: {audited_status or 'none'}); a rollback restores only such a version. Nothing was changed."
+        )
+    if audited_status == Status.ROLLED_BACK and not allow_rolled_back:
+        raise RollbackTargetInvalid(
+            f"{name} v{target} was rolled back earlier as bad (audit log); restoring it needs the form's 'restore a "
+            "rolled-back version' box ticked, and is recorded as such."
+        )
+
+
+def _deleted_champion(name: str, requested: str | None, client: MlflowClient, state: AuditedState) -> tuple[str, str]:
+    """(the audited champion whose version was deleted, the target): the only rollback without a champion alias."""
+    gone = state.champion
+    if gone is None:
+        raise RollbackTargetInvalid(
+            f"model '{name}' has no champion: nothing is in production, so there is nothing to roll back."
+        )
+    if mlflow_client.get_version(client, name, gone) is not None:
+        raise RollbackTargetInvalid(
+            f"the 'champion' alias of '{name}' is gone but the audit log records v{gone} as champion: the registry "
+            f"was changed outside the pipeline. Nothing was changed. Trigger model_registry_watch for '{name}' (with "
+            "on_drift: restore it puts the alias back), then roll back if still needed."
+        )
+    target = requested or state.previous_champion(lambda v: mlflow_client.get_version(client, name, v) is not None)
+    if not target:
+        raise RollbackTargetInvalid(
+            f"the champion of '{name}', v{gone}, was deleted from the registry and no earlier champion is left to "
+            "restore; pass target_version, or run the retraining DAG."
+        )
+    return gone, target
+
+
+def restore_champion(client: MlflowClient, name: str, version: str) -> None:
+    """Make ``version`` the champion again: Production stage (archiving any other), alias, status tag.
+
+    The one way the package puts an earlier version back, for a rollback and for the registry watch's repair.
+    """
+    set_stage(client, name, version, Stage.PRODUCTION, archive_existing=True)
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+    set_tags(client, name, version, {"promotion_status": Status.PRODUCTION})
 
 
 def rollback(plan: RollbackPlan, reason: str, change: Change) -> None:
@@ -94,36 +160,40 @@ def rollback(plan: RollbackPlan, reason: str, change: Change) -> None:
     name, current, target = plan.model_name, plan.current_version, plan.target_version
     with audit.model_lock(name, change.change_id) as log:
         champion = get_alias(client, name, CHAMPION_ALIAS)
-        current_mv = require_version(client, name, current)
-        resumed = (
-            champion is not None
-            and str(champion.version) == target
-            and current_mv.tags.get("rollback_change") == change.change_id
+        holder = str(champion.version) if champion is not None else None
+        current_mv = None if plan.current_deleted else require_version(client, name, current)
+        resumed = holder == target and (
+            plan.current_deleted or current_mv.tags.get("rollback_change") == change.change_id
         )
-        if not resumed and (champion is None or str(champion.version) != current):
+        if not resumed and holder != (None if plan.current_deleted else current):
             raise RollbackTargetInvalid(
                 f"the champion of '{name}' changed since the rollback was checked (was v{current}, now "
-                f"{'v' + str(champion.version) if champion else 'none'}); nothing was changed. "
-                "Trigger the rollback again."
+                f"{'v' + holder if holder else 'none'}); nothing was changed. Trigger the rollback again."
             )
-        if not resumed:
-            plan_rollback(name, target, client, allow_rolled_back=plan.restores_rolled_back)  # again, under the lock
-        stamp = current_mv.tags.get("rollback_timestamp") or now_iso()
-        set_tags(
-            client,
-            name,
-            current,
-            {
-                "rollback_change": change.change_id,
-                "rollback_reason": reason,
-                "rolled_back_by": change.actor,
-                "rollback_timestamp": stamp,
-                "promotion_status": Status.ROLLED_BACK,
-            },
-        )
-        set_stage(client, name, target, Stage.PRODUCTION, archive_existing=True)
-        client.set_registered_model_alias(name, CHAMPION_ALIAS, target)
-        set_tags(client, name, target, {"promotion_status": Status.PRODUCTION})  # who and why: the audit rows
+        if not resumed:  # check again, under the lock
+            again = plan_rollback(name, target, client, allow_rolled_back=plan.restores_rolled_back)
+            if again.current_version != current:
+                raise RollbackTargetInvalid(
+                    f"the champion of '{name}' changed since the rollback was checked (was v{current}, now "
+                    f"v{again.current_version}); nothing was changed. Trigger the rollback again."
+                )
+        if current_mv is not None:
+            stamp = current_mv.tags.get("rollback_timestamp") or now_iso()
+            set_tags(
+                client,
+                name,
+                current,
+                {
+                    "rollback_change": change.change_id,
+                    "rollback_reason": reason,
+                    "rolled_back_by": change.actor,
+                    "rollback_timestamp": stamp,
+                    "promotion_status": Status.ROLLED_BACK,
+                },
+            )
+        else:
+            reason = f"{reason} (v{current} was deleted from the registry)"
+        restore_champion(client, name, target)  # who and why: the audit rows
         log.record(change.entry(name, target, AuditAction.ROLLBACK_RESTORE, Stage.ARCHIVED, Stage.PRODUCTION, reason))
         log.record(change.entry(name, current, AuditAction.ROLLBACK_DEMOTE, Stage.PRODUCTION, Stage.ARCHIVED, reason))
         verify_invariant(name, client)

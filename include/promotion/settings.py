@@ -39,6 +39,25 @@ def schedule_override() -> tuple[bool, str | None]:
     return True, None if value.lower() in {"none", "null"} else value
 
 
+def watch_schedule() -> str | None:
+    """How often the registry watch runs besides its webhook (``PROMOTION_WATCH_SCHEDULE``; ``none``: never).
+
+    Default every 5 minutes: MLflow sends no event when a version is deleted, so the schedule catches that.
+    """
+    value = (os.environ.get("PROMOTION_WATCH_SCHEDULE") or "").strip()
+    if not value:
+        return "*/5 * * * *"
+    return None if value.lower() in {"none", "null"} else value
+
+
+def clock_skew_seconds() -> float:
+    """How far apart the clocks of the workers and the MLflow server may be (``PROMOTION_CLOCK_SKEW_SECONDS``,
+    default 60). The registry watch calls a version created later than that after the pipeline registered it a
+    replaced version."""
+    value = (os.environ.get("PROMOTION_CLOCK_SKEW_SECONDS") or "").strip()
+    return float(value) if value else 60.0
+
+
 def mirror_stages() -> bool:
     """Whether legacy registry stages (Staging/Production/Archived) mirror the aliases.
 
@@ -69,6 +88,35 @@ def signing_key() -> bytes:
             '(e.g. python -c "import secrets; print(secrets.token_urlsafe(48))").'
         )
     return key.encode()
+
+
+def webhook_secret() -> str:
+    """The secret MLflow signs its registry webhook deliveries with (``PROMOTION_WEBHOOK_SECRET``; see ``webhooks``).
+
+    Held by the Airflow api-server, which verifies each delivery, and by whoever registers the webhook in
+    MLflow (``python -m include.promotion.webhooks register``); the workers do not need it.
+    """
+    secret = os.environ.get("PROMOTION_WEBHOOK_SECRET", "")
+    if len(secret) < 32:
+        raise RuntimeError(
+            "PROMOTION_WEBHOOK_SECRET is not set (or shorter than 32 characters) here: set it to a random secret of "
+            "at least 32 characters in the environment of the Airflow api-server and of whoever registers the MLflow "
+            'webhook (e.g. python -c "import secrets; print(secrets.token_urlsafe(48))").'
+        )
+    return secret
+
+
+def webhook_url() -> str:
+    """Where MLflow posts registry events (``PROMOTION_WEBHOOK_URL``), as the MLflow server reaches the api-server:
+    ``<api-server>/promotion/api/mlflow-webhook``."""
+    url = os.environ.get("PROMOTION_WEBHOOK_URL", "").strip()
+    if not url.startswith(("http://", "https://")):
+        raise RuntimeError(
+            "PROMOTION_WEBHOOK_URL is not set (or not an http(s) URL): set it to the Airflow api-server's "
+            "/promotion/api/mlflow-webhook as the MLflow server reaches it "
+            "(for example http://airflow-apiserver:8080/promotion/api/mlflow-webhook)."
+        )
+    return url
 
 
 def mlflow_ui_url() -> str:

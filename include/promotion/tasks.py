@@ -13,10 +13,21 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowSkipException
 
-from include.promotion import approval, audit, data, evaluation, lifecycle, mlflow_client, rollback, training
+from include.promotion import (
+    approval,
+    audit,
+    data,
+    evaluation,
+    lifecycle,
+    mlflow_client,
+    notifiers,
+    rollback,
+    training,
+    watch,
+)
 from include.promotion.airflow_run import RunRef
-from include.promotion.config import METRICS, get_model_config
-from include.promotion.errors import InvariantViolation, NotAuthorized, RollbackTargetInvalid
+from include.promotion.config import METRICS, get_model_config, load_model_configs
+from include.promotion.errors import InvariantViolation, NotAuthorized, RegistryDrift, RollbackTargetInvalid
 from include.promotion.inputs import clean_reason
 from include.promotion.invariants import verify_invariant
 from include.promotion.signing import Kind, sign, verify
@@ -144,6 +155,7 @@ def validate_rollback(params: dict[str, Any], run: RunRef) -> dict[str, Any]:
             "current_version": plan.current_version,
             "target_version": plan.target_version,
             "restores_rolled_back": plan.restores_rolled_back,
+            "current_deleted": plan.current_deleted,
             "reason": reason,
         },
     )
@@ -155,7 +167,11 @@ def restore_previous_champion(signed_plan: dict[str, Any], run: RunRef) -> dict[
     may_roll_back(plan["model_name"], run.triggered_by)
     rollback.rollback(
         rollback.RollbackPlan(
-            plan["model_name"], plan["current_version"], plan["target_version"], plan["restores_rolled_back"]
+            plan["model_name"],
+            plan["current_version"],
+            plan["target_version"],
+            plan["restores_rolled_back"],
+            plan.get("current_deleted", False),
         ),
         plan["reason"],
         _change(run, run.triggered_by),
@@ -178,6 +194,41 @@ def verify_rollback(signed_plan: dict[str, Any], run: RunRef) -> str:
     return champion
 
 
+# -- the registry watch ------------------------------------------------------------------------------------
+def watch_registry(model_name: str | None, run: RunRef) -> dict[str, Any]:
+    """Compare the registry with the audit log for one model (or all); record, alert, repair; fail on drift."""
+    configs = load_model_configs().models
+    name = (model_name or "").strip()
+    models = [get_model_config(name).name] if name else sorted(configs)
+    change = lifecycle.Change(actor=watch.WATCH_ACTOR, dag_id=run.dag_id, run_id=run.run_id)
+    client = mlflow_client.client()
+    reports, errors = [], []
+    for model in models:
+        try:
+            report = watch.watch_model(model, change, configs[model].on_drift == "restore", client)
+        except Exception as exc:  # one unreadable model must not keep the others unchecked
+            log.exception("registry watch: could not check %s", model)
+            errors.append(f"{model}: {exc}")
+            continue
+        reports.append(report)
+        lines = watch.describe(report)
+        if report.recorded or report.restored:
+            notifiers.alert_drift(configs[model], lines)
+        else:
+            for line in lines:
+                log.warning("%s", line)
+    result = watch.summary(reports)
+    log.info("registry watch: %s", result)
+    problems = []
+    if failed := [r.model_name for r in reports if r.failed]:
+        problems.append(f"the registry differs from the audit log for {', '.join(failed)} (see the log above)")
+    if errors:
+        problems.append(f"could not check {'; '.join(errors)}")
+    if problems:
+        raise RegistryDrift("; ".join(problems))
+    return result
+
+
 __all__ = [
     "evaluate",
     "load_data",
@@ -189,4 +240,5 @@ __all__ = [
     "train",
     "validate_rollback",
     "verify_rollback",
+    "watch_registry",
 ]

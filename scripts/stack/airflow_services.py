@@ -23,6 +23,7 @@ from scripts.stack.state import StateDir, tail
 
 log = logging.getLogger(__name__)
 
+PRELOAD_DIR = Path(__file__).resolve().parents[2] / "include" / "preload"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 # health keys of GET /api/v2/monitor/health per component
 _HEALTH_KEYS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
@@ -30,6 +31,9 @@ _HEALTH_KEYS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "tri
 
 # What only the processes that run tasks may hold (the api-server, dag-processor and triggerer get them blank).
 WORKER_SECRETS = ("PROMOTION_SIGNING_KEY", "MLFLOW_TRACKING_PASSWORD", "AIRFLOW_CONN_PROMOTION_DB")
+# What only the api-server may hold: it verifies MLflow's webhook deliveries, and reads the audit log for the Model
+# promotion page (the others get them blank).
+API_SERVER_SECRETS = ("PROMOTION_WEBHOOK_SECRET", "AIRFLOW_CONN_PROMOTION_DB_READER")
 
 
 def _airflow_version() -> str:
@@ -45,6 +49,8 @@ class AirflowServices:
     postgres: Postgres
     package_env: Callable[[], dict[str, str]]  # the environment the package's code needs
     timings: dict[str, float]
+    # the api-server's MLflow account (the Model promotion page reads the registry): read-only
+    reader_env: Callable[[], dict[str, str]] = dict
 
     @property
     def home(self) -> Path:
@@ -151,10 +157,18 @@ class AirflowServices:
             self.supervisor.spawn(component, args, env_of(component), cwd=self.state.root)
 
         def env_of(component: str) -> dict[str, str]:
-            """Only the scheduler runs tasks (LocalExecutor): only it gets the workers' secrets."""
-            if component == "scheduler":
-                return env
-            return {k: ("" if k in WORKER_SECRETS else v) for k, v in env.items()}
+            """Only the scheduler runs tasks (LocalExecutor): only it gets the workers' secrets; only the api-server
+            gets the webhook secret."""
+            withheld = set() if component == "scheduler" else set(WORKER_SECRETS)
+            if component != "api-server":
+                withheld |= set(API_SERVER_SECRETS)
+            own = {k: ("" if k in withheld else v) for k, v in env.items()}
+            if component == "scheduler" and self.config.preload:
+                # tasks are forked from the scheduler's executor workers: import their heavy libraries once there
+                own["PYTHONPATH"] = os.pathsep.join([str(PRELOAD_DIR), own.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+            if component == "api-server":
+                own.update(self.reader_env())
+            return own
 
         # tasks talk to the api-server (execution API): the scheduler and triggerer start once it answers
         first = [c for c in components if c in ("api-server", "dag-processor")]

@@ -32,6 +32,8 @@ class StackConfig:
     users: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_USERS))
     extra_env: dict[str, str] = field(default_factory=dict)
     mlflow_extra_env: dict[str, str] = field(default_factory=dict)
+    mlflow_webhook: bool = True  # MLflow posts registry events to the api-server (registered once both are up)
+    preload: bool = True  # the scheduler imports the tasks' heavy libraries once (include/preload)
     startup_timeout: float = 180.0
     stop_timeout: float = 10.0
 

@@ -79,6 +79,12 @@ class MlflowServer:
             # the job runner (GenAI scorers etc.) starts seven huey consumers the package never uses
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
             "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": self.state.secrets["mlflow_webhook_key"],
+            # the package's webhook posts to the Airflow api-server on loopback, over plain http
+            "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+            "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+            # MLflow caches each event's list of webhooks (60 s by default) and a new webhook does not clear it:
+            # registered once Airflow is up, after MLflow has served events, it would otherwise wait up to a minute
+            "MLFLOW_WEBHOOK_CACHE_TTL": "2",
             "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
             "MLFLOW_AUTH_ADMIN_PASSWORD": self.admin_password,  # read on the first start only
             "MLFLOW_FLASK_SERVER_SECRET_KEY": self.state.secrets["mlflow_flask_secret"],
@@ -98,7 +104,39 @@ class MlflowServer:
         people = {user: password for user, password in self.state.passwords().items() if user != ADMIN}
         models = sorted(load_model_configs(self.models_dir).models)
         service = (SERVICE_ACCOUNT, self.state.secrets["mlflow_pipeline_password"])
-        bootstrap(self.url, (ADMIN, self.admin_password), service, people, models)
+        reader = self.state.secrets["mlflow_reader_password"]
+        bootstrap(self.url, (ADMIN, self.admin_password), service, people, models, reader)
+
+    def reader_env(self) -> dict[str, str]:
+        """How the api-server reads the registry (the Model promotion page): the read-only account."""
+        from include.promotion.mlflow_accounts import READER_ACCOUNT
+
+        return {
+            "MLFLOW_TRACKING_USERNAME": READER_ACCOUNT,
+            "MLFLOW_TRACKING_PASSWORD": self.state.secrets["mlflow_reader_password"],
+        }
+
+    @property
+    def running(self) -> bool:
+        proc = self.supervisor.procs.get(NAME)
+        return proc is not None and proc.poll() is None
+
+    def register_webhook(self, url: str) -> None:
+        """MLflow posts registry events to ``url`` (the api-server's receiver), signed with the state's webhook
+        secret; as the service account, an MLflow admin (webhooks are admin-only)."""
+        from include.promotion.mlflow_accounts import SERVICE_ACCOUNT, acting_as
+        from include.promotion.webhooks import ensure_mlflow_webhook
+
+        with acting_as(SERVICE_ACCOUNT, self.state.secrets["mlflow_pipeline_password"]):
+            ensure_mlflow_webhook(self.url, url, self.state.secrets["webhook_secret"])
+        log.info("MLflow posts registry events to %s", url)
+
+    def remove_webhook(self) -> None:
+        from include.promotion.mlflow_accounts import SERVICE_ACCOUNT, acting_as
+        from include.promotion.webhooks import remove_mlflow_webhook
+
+        with acting_as(SERVICE_ACCOUNT, self.state.secrets["mlflow_pipeline_password"]):
+            remove_mlflow_webhook(self.url)
 
     def stop(self) -> None:
         # `mlflow server` does not pass SIGTERM on to its uvicorn child: signal the group

@@ -13,7 +13,7 @@ import psutil
 from scripts.stack.airflow_services import COMPONENTS, AirflowServices
 from scripts.stack.config import StackConfig
 from scripts.stack.mlflow_server import MlflowServer
-from scripts.stack.postgres import APP_ROLE, OWNER_ROLE, Postgres
+from scripts.stack.postgres import APP_ROLE, OWNER_ROLE, READER_ROLE, Postgres
 from scripts.stack.processes import Port, Supervisor
 from scripts.stack.state import StateDir
 
@@ -35,7 +35,14 @@ class ServiceStack:
         )
         airflow_port = Port("airflow", config.airflow_port)
         self.airflow = AirflowServices(
-            config, self.state, airflow_port, self.supervisor, self.postgres, self.package_env, self.timings
+            config,
+            self.state,
+            airflow_port,
+            self.supervisor,
+            self.postgres,
+            self.package_env,
+            self.timings,
+            self.mlflow.reader_env,
         )
         self._stopped = False
         atexit.register(self.stop)
@@ -85,7 +92,11 @@ class ServiceStack:
             "PROMOTION_MLFLOW_UI_URL": self.mlflow_url,
             # the application role: INSERT + SELECT on the audit log, SELECT on the data; never the superuser
             "AIRFLOW_CONN_PROMOTION_DB": self.postgres.role_uri(APP_ROLE),
+            # the reader role (SELECT on the audit log): what the Model promotion page reads it with
+            "AIRFLOW_CONN_PROMOTION_DB_READER": self.postgres.role_uri(READER_ROLE),
             "PROMOTION_SIGNING_KEY": self.state.secrets["signing_key"],
+            # MLflow signs its webhook deliveries with it; among Airflow's processes only the api-server gets it
+            "PROMOTION_WEBHOOK_SECRET": self.state.secrets["webhook_secret"],
             "PYTHONPATH": os.pathsep.join(pythonpath),
         }
         if self.config.models_dir is not None:
@@ -110,6 +121,19 @@ class ServiceStack:
 
     def start_airflow(self, components: Sequence[str] = COMPONENTS) -> None:
         self.airflow.start(components)
+        if "api-server" in components and self.config.mlflow_webhook and self.mlflow.running:
+            self.register_webhook()
+
+    def register_webhook(self) -> None:
+        """MLflow's registry events to the api-server (``include.promotion.webhooks``): the registry watch runs
+        within seconds of a change. Once both are up: MLflow would retry deliveries to a closed port."""
+        from include.promotion.webhooks import RECEIVER_ROUTE, URL_PREFIX
+
+        self.mlflow.register_webhook(f"{self.airflow_url}{URL_PREFIX}{RECEIVER_ROUTE}")
+
+    def remove_webhook(self) -> None:
+        """MLflow stops posting registry events (within ``MLFLOW_WEBHOOK_CACHE_TTL``)."""
+        self.mlflow.remove_webhook()
 
     def health(self) -> dict:
         return self.airflow.health()

@@ -26,6 +26,10 @@ _SECRETS = {
     "signing_key": lambda: secrets.token_urlsafe(48),  # PROMOTION_SIGNING_KEY: workers only
     "mlflow_pipeline_password": lambda: secrets.token_urlsafe(24),  # the MLflow service account
     "mlflow_flask_secret": lambda: secrets.token_urlsafe(32),  # MLflow's basic-auth session signing
+    "webhook_secret": lambda: secrets.token_urlsafe(48),  # PROMOTION_WEBHOOK_SECRET: MLflow signs, api-server checks
+    # what the api-server reads the Model promotion page with: the audit log's read-only role, MLflow's reader
+    "promotion_reader_password": lambda: secrets.token_urlsafe(24),
+    "mlflow_reader_password": lambda: secrets.token_urlsafe(24),
 }
 
 

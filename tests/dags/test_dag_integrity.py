@@ -51,7 +51,7 @@ def test_parsing_is_light_and_opens_no_connection(parsed: dict) -> None:
     assert parsed["seconds"] < 1.0, "parsing the package must stay well under a second"
 
 
-@pytest.mark.parametrize("dag_id", ["model_rollback", "model_promotion__fraud_detector"])
+@pytest.mark.parametrize("dag_id", ["model_rollback", "model_promotion__fraud_detector", "model_registry_watch"])
 def test_dags_document_themselves(parsed: dict, dag_id: str) -> None:
     dag = parsed["dags"][dag_id]
     assert dag["doc_md"], f"{dag_id} has no doc_md"
@@ -75,6 +75,12 @@ def test_promotion_dag_has_the_contract_task_ids(parsed: dict) -> None:
         "promote_to_production",
     ]
     assert dag["max_active_runs"] == 1
+
+
+def test_registry_watch_runs_every_five_minutes_by_default(parsed: dict) -> None:
+    dag = parsed["dags"]["model_registry_watch"]
+    assert dag["task_ids"] == ["reconcile_registry"]
+    assert dag["schedule"] == "*/5 * * * *"
 
 
 def test_rollback_dag_is_manual_with_its_form(parsed: dict) -> None:

@@ -51,7 +51,10 @@ def add_model(models_dir: Path, as_user) -> Callable[..., dict[str, Any]]:
         for key, value in overrides.items():
             cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
         (models_dir / f"{cfg['name']}.yaml").write_text(yaml.safe_dump(cfg))
-        as_user("admin").wait_for_dag(dag_id_for(cfg["name"]))
+        admin = as_user("admin")
+        for dag_file_of in ("model_promotion__fraud_detector", "model_rollback"):  # its DAG, the rollback form
+            admin.reparse(dag_file_of)
+        admin.wait_for_dag(dag_id_for(cfg["name"]))
         return cfg
 
     return add

@@ -143,6 +143,19 @@ def test_make_run_tells_the_whole_story_and_keeps_its_state(tmp_path: Path) -> N
         assert stack.champion() == "1"
         rows = audit_rows(stack.state_dir, ports["postgres"])
         assert rows[-2:] == [("1", "rollback_restore", "carol"), ("2", "rollback_demote", "carol")]
+        # "Model promotion" is in the navigation and shows the demo model, read with the api-server's own accounts
+        views = [v for p in admin.request("GET", "/plugins")["plugins"] for v in p["external_views"]]
+        assert [(v["name"], v["href"]) for v in views] == [("Model promotion", "/promotion/")]
+        base = f"http://127.0.0.1:{ports['airflow']}"
+        login = {"username": "alice", "password": stack.passwords()["alice"]}
+        token = requests.post(f"{base}/auth/token", json=login, timeout=30).json()["access_token"]
+        page = requests.get(f"{base}/promotion/api/models", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        (demo,) = page.json()["models"]
+        assert (demo["name"], demo["champion"]["version"], demo["champion"]["restored"]["actor"]) == (
+            "fraud-detector",
+            "1",
+            "carol",
+        )
         stack.stop()
         with pytest.raises(requests.ConnectionError):
             requests.get(f"http://127.0.0.1:{ports['mlflow']}/health", timeout=5)

@@ -9,7 +9,7 @@ import pytest
 from include.promotion import audit, mlflow_client
 from include.promotion.invariants import verify_invariant
 from scripts.airflow_api import AirflowAPIError
-from tests.support import seed_champion, snapshot
+from tests.support import promote, snapshot
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +29,7 @@ def trigger_rollback(api, conf: dict) -> str:
 
 def test_on_call_rolls_back_step_by_step_and_to_a_named_version(as_user, add_model) -> None:
     name = add_model("rollback")["name"]
-    v1, v2, v3 = seed_champion(name), seed_champion(name), seed_champion(name)
+    v1, v2, v3 = promote(name), promote(name), promote(name)
     carol = as_user("carol")
 
     run_id = trigger_rollback(carol, {"model_name": name, "reason": "v3 flags every card"})
@@ -48,11 +48,13 @@ def test_on_call_rolls_back_step_by_step_and_to_a_named_version(as_user, add_mod
     assert carol.wait_for_run("model_rollback", run_id, timeout=120) == "success"
     assert verify_invariant(name) == v1
 
-    # v2 was rolled back as bad: restoring it takes the form's explicit flag, and is recorded as such
+    # a refusal fails at validate and changes nothing (restoring the rolled-back v2 needs the form's flag)
     before = snapshot(name)
-    run_id = trigger_rollback(carol, {"model_name": name, "target_version": int(v2), "reason": "back to v2"})
+    run_id = trigger_rollback(carol, {"model_name": name, "target_version": 99, "reason": "try"})
     assert carol.wait_for_run("model_rollback", run_id, timeout=120) == "failed"
-    assert "rolled back earlier as bad" in carol.task_log("model_rollback", run_id, "validate")
+    states = carol.task_states("model_rollback", run_id)
+    assert states["validate"] == "failed" and states["restore_previous_champion"] == "upstream_failed"
+    assert "has no version 99" in carol.task_log("model_rollback", run_id, "validate")
     assert snapshot(name) == before
     conf = {"model_name": name, "target_version": int(v2), "reason": "back to v2", "restore_rolled_back": True}
     run_id = trigger_rollback(carol, conf)
@@ -62,17 +64,3 @@ def test_on_call_rolls_back_step_by_step_and_to_a_named_version(as_user, add_mod
     restored = audit.rows(name)[-2]
     assert (restored["version"], restored["action"], restored["actor"]) == (v2, "rollback_restore", "carol")
     assert restored["reason"] == "back to v2 (restores a version that was rolled back earlier)"
-
-
-def test_a_refused_rollback_fails_at_validate_and_changes_nothing(as_user, add_model) -> None:
-    name = add_model("norollback")["name"]
-    seed_champion(name)
-    seed_champion(name)
-    api = as_user("carol")
-    before = snapshot(name)
-    run_id = trigger_rollback(api, {"model_name": name, "target_version": 99, "reason": "try"})
-    assert api.wait_for_run("model_rollback", run_id, timeout=120) == "failed"
-    states = api.task_states("model_rollback", run_id)
-    assert states["validate"] == "failed" and states["restore_previous_champion"] == "upstream_failed"
-    assert "has no version 99" in api.task_log("model_rollback", run_id, "validate")
-    assert snapshot(name) == before

@@ -19,7 +19,7 @@ from include.promotion.config import dag_id_for
 from include.promotion.inputs import MAX_VERSION
 from include.promotion.invariants import verify_invariant
 from scripts.airflow_api import AirflowAPI, AirflowAPIError
-from tests.support import seed_champion, snapshot
+from tests.support import promote, snapshot
 
 pytestmark = pytest.mark.e2e
 
@@ -117,21 +117,32 @@ def test_marking_approve_as_success_promotes_nothing(as_user, run_to_gate, servi
 
 
 # -- c. reasons outside the limits, from a real reviewer ---------------------------------------------------
-def test_an_oversize_answer_is_refused_and_recorded_as_a_rejection(as_user, run_to_gate) -> None:
-    """The form stops at 2,000 characters; the REST API stores any ``params_input``, so the task checks it."""
-    gate = run_to_gate("oversize")
+def test_answers_outside_the_limits_are_refused_and_an_oversize_one_is_recorded_as_a_rejection(
+    as_user, run_to_gate
+) -> None:
+    """A NUL is refused by Airflow's own database (PostgreSQL JSONB): not stored, nothing changes, the question
+    stays open. The form stops at 2,000 characters, but the REST API stores any ``params_input``: the task
+    checks it, and records the refused answer as a rejection."""
+    gate = run_to_gate("limits")
     name, dag_id, run_id, champion, candidate = gate.name, gate.dag_id, gate.run_id, gate.champion, gate.candidate
     bob = as_user("bob")
-    rows_before = len(audit.rows(name))
+    before = snapshot(name)
 
-    bob.answer(dag_id, run_id, "Approve", "x" * 5000)  # accepted by Airflow (200)
+    with pytest.raises(AirflowAPIError) as refused:
+        bob.answer(dag_id, run_id, "Approve", "fine\x00DROP")
+    assert 400 <= refused.value.status_code < 500, refused.value
+    assert bob.task_states(dag_id, run_id)["approve"] == "awaiting_input"
+    assert not bob.hitl_detail(dag_id, run_id)["response_received"]
+    assert snapshot(name) == before
+
+    bob.answer(dag_id, run_id, "Approve", "x" * 5000)  # accepted by Airflow (200): the question was still open
     assert bob.wait_for_run(dag_id, run_id, timeout=180) == "failed"
     states = bob.task_states(dag_id, run_id)
     assert (states["approve"], states["promote_to_production"]) == ("failed", "upstream_failed")
     log = latest_log(bob, dag_id, run_id, "approve")
     assert "5000 characters long" in log and "The candidate was rejected; nothing was promoted." in log, log[-2000:]
 
-    new_rows = audit.rows(name)[rows_before:]
+    new_rows = audit.rows(name)[len(before["audit"]) :]
     assert [(r["version"], r["action"], r["actor"]) for r in new_rows] == [(candidate, "reject", dag_id)]
     assert new_rows[0]["reason"].startswith("answer refused: the reviewer's reason is 5000 characters long")
     mv = mlflow_client.client().get_model_version(name, candidate)
@@ -142,40 +153,11 @@ def test_an_oversize_answer_is_refused_and_recorded_as_a_rejection(as_user, run_
     assert "challenger" not in mlflow_client.client().get_registered_model(name).aliases
 
 
-def test_a_nul_in_an_answer_is_refused_and_the_question_stays_open(as_user, add_model) -> None:
-    """Airflow's own database refuses the NUL (PostgreSQL JSONB): the answer is not stored, nothing changes,
-    and the reviewer can still answer."""
-    cfg = add_model("nul")
-    name, dag_id = cfg["name"], dag_id_for(cfg["name"])
-    alice, bob = as_user("alice"), as_user("bob")
-    run_id = alice.trigger(dag_id)
-    alice.wait_for_gate(dag_id, run_id)
-    candidate = mlflow_client.client().get_model_version_by_alias(name, "challenger").version
-    before = snapshot(name)
-
-    with pytest.raises(AirflowAPIError) as refused:
-        bob.answer(dag_id, run_id, "Approve", "fine\x00DROP")
-    assert 400 <= refused.value.status_code < 500, refused.value
-    assert bob.task_states(dag_id, run_id)["approve"] == "awaiting_input"
-    assert not bob.hitl_detail(dag_id, run_id)["response_received"]
-    assert snapshot(name) == before
-
-    bob.answer(dag_id, run_id, "Reject", "not this one")
-    assert bob.wait_for_run(dag_id, run_id, timeout=180) == "success"
-    last = audit.rows(name)[-1]
-    assert (last["version"], last["action"], last["actor"], last["reason"]) == (
-        candidate,
-        "reject",
-        "bob",
-        "not this one",
-    )
-
-
 # -- d. rollbacks by the wrong person, or outside the limits -----------------------------------------------
 def test_a_rollback_by_someone_not_on_call_is_refused(as_user, add_model) -> None:
     name = add_model("notoncall")["name"]
-    seed_champion(name)
-    champion = seed_champion(name)
+    promote(name)
+    champion = promote(name)
     mallory, carol = as_user("mallory"), as_user("carol")
     before = snapshot(name)
 
@@ -207,13 +189,13 @@ def test_a_rollback_by_someone_not_on_call_is_refused(as_user, add_model) -> Non
 
 def test_replaying_an_old_rollback_run_by_clearing_it_is_refused(as_user, add_model) -> None:
     name = add_model("replay")["name"]
-    v1 = seed_champion(name)
-    v2 = seed_champion(name)
+    v1 = promote(name)
+    v2 = promote(name)
     carol, mallory = as_user("carol"), as_user("mallory")
     old = trigger_rollback(carol, {"model_name": name, "reason": "v2 flags every card"})
     assert carol.wait_for_run(ROLLBACK, old, timeout=120) == "success"
     assert verify_invariant(name) == v1
-    v3 = seed_champion(name)  # fixed and approved later: v3 serves, replacing v1
+    v3 = promote(name)  # fixed and approved later: v3 serves, replacing v1
     assert v2 != v3
     before = snapshot(name)
 

@@ -44,14 +44,20 @@ PORT = re.compile(r"(?:(?P<ip>[\d.]+|\[[^\]]*\]):)?(?:(?:\$\{[^}]*\}|[\d-]+):)?[
 HOLDERS = {
     "PROMOTION_DB_OWNER_PASSWORD": {"postgres", "airflow-init"},
     "PROMOTION_DB_APP_PASSWORD": {"postgres", "airflow-worker"},
+    "PROMOTION_DB_READER_PASSWORD": {"postgres", "airflow-apiserver"},
+    "MLFLOW_READER_PASSWORD": {"airflow-init", "airflow-apiserver"},
     "MLFLOW_AUTH_ADMIN_PASSWORD": {"mlflow", "airflow-init"},
     "MLFLOW_PIPELINE_PASSWORD": {"airflow-init", "airflow-worker"},
     "PROMOTION_SIGNING_KEY": {"airflow-worker"},
+    "PROMOTION_WEBHOOK_SECRET": {"airflow-apiserver", "airflow-init"},
+    "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": {"mlflow"},
 }
 AUDIT_MIGRATION = (
-    "python -m include.promotion.audit_schema upgrade --owner-conn promotion_db_owner --app-role promotion_app"
+    "python -m include.promotion.audit_schema upgrade --owner-conn promotion_db_owner --app-role promotion_app \\\n"
+    "    --reader-role promotion_reader"
 )
 MLFLOW_ACCOUNTS = "python -m include.promotion.mlflow_accounts bootstrap"
+MLFLOW_WEBHOOK = "python -m include.promotion.webhooks register"
 
 
 @pytest.fixture(scope="module")
@@ -214,9 +220,17 @@ def test_credentials_reach_only_the_services_that_need_them(services):
         seen = {name for name, service in services.items() if secret in variables(service)} - {"preflight"}
         assert seen == holders, f"{secret} reaches {sorted(seen)}"
     worker_only = {"AIRFLOW_CONN_PROMOTION_DB", "MLFLOW_TRACKING_PASSWORD", "PROMOTION_SIGNING_KEY"}
+    # the api-server reads for the Model promotion page: its MLflow login is the read-only account's
+    reader = {"MLFLOW_TRACKING_PASSWORD", "AIRFLOW_CONN_PROMOTION_DB_READER"}
     for name in set(AIRFLOW_RUNTIME) - {"airflow-worker"}:
-        leaked = (worker_only | {"AIRFLOW_CONN_PROMOTION_DB_OWNER"}) & set(env(services[name]))
+        allowed = reader if name == "airflow-apiserver" else set()
+        leaked = ((worker_only | {"AIRFLOW_CONN_PROMOTION_DB_OWNER", *reader}) - allowed) & set(env(services[name]))
         assert leaked == set(), f"{name} must not get {sorted(leaked)}"
+    apiserver = env(services["airflow-apiserver"])
+    assert apiserver["MLFLOW_TRACKING_USERNAME"] == "promotion-reader"
+    assert set(variables(apiserver["MLFLOW_TRACKING_PASSWORD"])) == {"MLFLOW_READER_PASSWORD"}
+    reader_db = urlsplit(resolved(apiserver["AIRFLOW_CONN_PROMOTION_DB_READER"]))
+    assert (reader_db.username, reader_db.path) == (env(services["postgres"])["PROMOTION_DB_READER_USER"], "/promotion")
     holders = {name for name, service in services.items() if "/opt/airflow/auth" in mounts(service)}
     assert holders == {"airflow-apiserver", "airflow-init"}, "the Airflow passwords volume"
 
@@ -228,7 +242,9 @@ def test_airflow_settings_that_matter(services):
     for name in AIRFLOW_SERVICES:
         environment = env(services[name])
         assert environment["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
-        assert environment["PYTHONPATH"] == "/opt/airflow", f"{name}: `import include.promotion`"
+        # the package imports everywhere; only the task-running worker preloads (never the dag-processor)
+        preload = ["/opt/airflow/include/preload"] if name == "airflow-worker" else []
+        assert environment["PYTHONPATH"].split(":") == [*preload, "/opt/airflow"], name
         assert {"/opt/airflow/dags", "/opt/airflow/include"} <= set(mounts(services[name])), name
     roles = env(services["postgres"])
     for service, key, role in (
@@ -286,10 +302,29 @@ def test_airflow_init_migrates_before_anything_runs(services):
     init = services["airflow-init"]
     script = ROOT / mounts(init)[str(Path(init["command"][-1]).parent)] / Path(init["command"][-1]).name
     text = script.read_text()
-    steps = [text.find(step) for step in ("airflow db migrate", AUDIT_MIGRATION, MLFLOW_ACCOUNTS)]
-    assert -1 not in steps and steps == sorted(steps), f"{script.name}: db migrate, audit migration, accounts"
+    steps = [text.find(step) for step in ("airflow db migrate", AUDIT_MIGRATION, MLFLOW_ACCOUNTS, MLFLOW_WEBHOOK)]
+    assert -1 not in steps and steps == sorted(steps), f"{script.name}: db migrate, audit migration, accounts, webhook"
     assert "set -euo pipefail" in text
     subprocess.run(["bash", "-n", str(script)], check=True, timeout=30)
+
+
+def test_the_mlflow_webhook_reaches_the_api_server_with_the_secret_it_verifies(services, example_env):
+    from include.promotion.webhooks import RECEIVER_ROUTE, URL_PREFIX
+
+    mlflow, init, apiserver = (env(services[name]) for name in ("mlflow", "airflow-init", "airflow-apiserver"))
+    # MLflow posts over the compose network (http, a private address) and can still sign after a restart
+    assert mlflow["MLFLOW_WEBHOOK_ALLOWED_SCHEMES"].split(",") == ["http", "https"]
+    assert mlflow["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"] == "true"
+    assert variables(mlflow["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"]) == {"MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": {":?"}}
+    # registered by airflow-init with the secret the api-server verifies deliveries with
+    assert variables(init["PROMOTION_WEBHOOK_SECRET"]) == variables(apiserver["PROMOTION_WEBHOOK_SECRET"])
+    for url in (
+        re.sub(r"\$\{PROMOTION_WEBHOOK_URL:-(.*)\}", r"\1", init["PROMOTION_WEBHOOK_URL"]),
+        example_env["PROMOTION_WEBHOOK_URL"],
+    ):
+        target = urlsplit(url)
+        assert (target.hostname, target.port, target.path) == ("airflow-apiserver", 8080, URL_PREFIX + RECEIVER_ROUTE)
+    assert init["MLFLOW_TRACKING_USERNAME"] == "promotion-pipeline"  # an MLflow admin: webhooks are admin-only
 
 
 def test_postgres_init_script_gets_what_it_reads(services):

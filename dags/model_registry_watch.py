@@ -1,0 +1,66 @@
+"""The registry watch: the registry must say what the audit log says, or someone hears about it.
+
+Every 5 minutes (``PROMOTION_WATCH_SCHEDULE``), and at once when MLflow reports a change of a governed
+model through its webhook (the package's plugin triggers a run for that model).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+from include.promotion.airflow_run import RunRef
+from include.promotion.settings import watch_schedule
+
+
+@dag(
+    dag_id="model_registry_watch",
+    schedule=watch_schedule(),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=2,
+    is_paused_upon_creation=False,  # a guard that waits to be switched on guards nothing
+    description="Reconcile the MLflow registry with the audit log; alert on (and optionally repair) drift",
+    doc_md="""
+### Watch the registry
+
+The audit log records every decision the pipeline made; this DAG checks that the MLflow registry still
+agrees, for every governed model (or the one in `model_name`), under each model's lock so a promotion
+or rollback in flight is never mistaken for drift:
+
+* `champion` is the version of the last promotion or rollback, `challenger` the version awaiting
+  approval; exactly one version is in stage Production and it is the champion;
+* every version's `promotion_status` tag is what its last audit row implies; no audited version is gone;
+* the audit log's hash chain is intact.
+
+Each difference is recorded once (audit row `drift_detected`, actor `registry-watch`) and alerted (task
+log; e-mail to `approval.notify_emails`), and the run **fails** while a difference touching production or
+the candidate lasts. Models with `on_drift: restore` get the audited state back (`drift_restore` rows).
+A deleted champion version cannot be restored: the log names the `model_rollback` to run.
+""",
+    tags=["model-promotion", "registry-watch"],
+    default_args={"owner": "ml-platform", "retries": 1},
+    params={
+        "model_name": Param(
+            "",
+            type="string",
+            maxLength=100,
+            title="Model (optional)",
+            description="Check only this governed model; empty: every governed model.",
+        ),
+    },
+)
+def model_registry_watch() -> None:
+    @task
+    def reconcile_registry() -> dict:
+        """Compare registry and audit log; record and alert each difference once; fail while one lasts."""
+        from include.promotion import tasks
+
+        context = get_current_context()
+        return tasks.watch_registry(context["params"].get("model_name"), RunRef.from_context(context))
+
+    reconcile_registry()
+
+
+model_registry_watch()

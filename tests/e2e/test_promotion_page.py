@@ -1,0 +1,259 @@
+"""The "Model promotion" page and the human paths around it, on the real stack: from the attacker's side with plain
+HTTP, and as people use it, in a real browser (Playwright driving Debian's chromium).
+
+One model and one run waiting at its approval gate are shared by the browser tests, in file order, as in life: the
+triggerer and a non-reviewer look at the request and cannot answer it (nothing changes), then a reviewer approves it
+(the page shows the new champion, the reviewer and the reason), then on-call rolls it back from the page (the page
+shows the previous version restored and the rollback in the history). Screenshots go to ``PROMOTION_SCREENSHOTS_DIR``
+(default: the test's temp folder); ``PROMOTION_SCREENSHOTS_DIR=docs`` refreshes the README's.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import requests
+import yaml
+
+from include.promotion import audit, mlflow_client
+from include.promotion.config import dag_id_for
+from scripts.airflow_api import AirflowAPIError
+from tests.support import champion, seed_champion, snapshot, unique
+
+pytestmark = pytest.mark.e2e
+
+DEMO = Path(__file__).resolve().parents[2] / "include" / "models" / "fraud-detector.yaml"
+CHROMIUM_MISSING = "The browser tests need Debian's chromium: run  sudo apt-get install -y chromium"
+# A reason that would run or render as markup anywhere it was not escaped.
+HOSTILE = '<script>window.injected = 1</script><b id="injected">not bold</b> & "quoted"'
+WIDTH, HEIGHT = 1280, 800
+
+
+# -- the shared gate -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    dag_id: str
+    run_id: str
+    champion: str
+    candidate: str
+
+
+@pytest.fixture(scope="module")
+def gate(models_dir: Path, as_user: Callable) -> Gate:
+    """A model whose champion bob approved for a hostile reason, and alice's retraining run waiting at its gate."""
+    cfg = yaml.safe_load(DEMO.read_text())
+    cfg.update(
+        name=unique("page"),
+        schedule=None,
+        data={"source": "builtin", "dataset": "synthetic_transactions", "rows": 3000, "seed": 11},
+        estimator={
+            "class": "sklearn.linear_model.LogisticRegression",
+            "params": {"max_iter": 500, "class_weight": "balanced"},
+        },
+    )
+    (models_dir / f"{cfg['name']}.yaml").write_text(yaml.safe_dump(cfg))
+    dag_id = dag_id_for(cfg["name"])
+    alice = as_user("alice")
+    alice.wait_for_dag(dag_id)
+    seeded = seed_champion(cfg["name"], reason=HOSTILE)
+    run_id = alice.trigger(dag_id)
+    alice.wait_for_gate(dag_id, run_id)
+    candidate = mlflow_client.client().get_model_version_by_alias(cfg["name"], "challenger").version
+    return Gate(cfg["name"], dag_id, run_id, seeded, candidate)
+
+
+# -- the browser ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's chromium under Playwright (its own browser download is not reachable); missing: a failure."""
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail(CHROMIUM_MISSING, pytrace=False)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = Path(os.environ.get("PROMOTION_SCREENSHOTS_DIR") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sign_in(browser, airflow) -> Iterator[Callable[..., Any]]:
+    """``sign_in("bob", login_page=True)``: a page of a new browser context (one per user), signed in as that user:
+    on Airflow's login page, or (quicker, for the paths that are not about signing in) with the session cookie the
+    login page sets, from ``POST /auth/token``."""
+    contexts = []
+    passwords = airflow.passwords()
+
+    def open_as(user: str, login_page: bool = False, dark: bool = False) -> Any:
+        scheme = "dark" if dark else "light"
+        context = browser.new_context(viewport={"width": WIDTH, "height": HEIGHT}, color_scheme=scheme)
+        context.set_default_timeout(20_000)
+        contexts.append(context)
+        page = context.new_page()
+        if login_page:
+            page.goto(f"{airflow.airflow_url}/auth/login")
+            page.get_by_label("Username").fill(user)
+            page.get_by_label("Password").fill(passwords[user])
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(lambda url: "/auth/login" not in url)
+        else:
+            context.add_cookies([{"name": "_token", "value": airflow.api_token(user), "url": airflow.airflow_url}])
+            page.goto(airflow.airflow_url)
+        return page
+
+    yield open_as
+    for context in contexts:
+        context.close()
+
+
+def screenshot(page: Any, path: Path) -> None:
+    """The page as a small PNG (256 colours): what the README shows, and what a failed run leaves to look at."""
+    from PIL import Image
+
+    Image.open(io.BytesIO(page.screenshot())).convert("RGB").quantize(256).save(path, optimize=True)
+    path.chmod(0o644)
+
+
+def promotion_frame(page: Any) -> Any:
+    """The Model promotion page, as the Airflow UI shows it: in its frame."""
+    return page.frame_locator("iframe").first
+
+
+# -- from the attacker's side --------------------------------------------------------------------------------------
+ROUTES = [
+    ("/promotion/", "page"),
+    ("/promotion/models/{name}", "page"),
+    ("/promotion/models/{name}/rollback", "page"),
+    ("/promotion/lineage?data_version=sha256:x", "page"),
+    ("/promotion/api/models", "api"),
+    ("/promotion/api/models/{name}", "api"),
+    ("/promotion/api/lineage?data_version=sha256:x", "api"),
+]
+
+
+def test_every_route_needs_an_airflow_login_with_read_access_to_the_models_dags(airflow) -> None:
+    name = "fraud-detector"
+    base = airflow.airflow_url
+    forged = jwt.encode({"sub": "admin", "role": "admin", "exp": int(time.time()) + 600}, "not-the-secret", "HS512")
+    nobody = airflow.api_token("nobody")  # signed in, with no role: may read no DAG
+    alice = airflow.api_token("alice")
+    for route, kind in ROUTES:
+        url = base + route.format(name=name)
+        anonymous = requests.get(url, allow_redirects=False, timeout=30)
+        if kind == "api":
+            assert anonymous.status_code == 401, url
+        else:
+            assert anonymous.status_code == 303, url
+            assert anonymous.headers["location"].startswith("/auth/login?next=%2Fpromotion%2F"), url
+        for headers in ({"Authorization": f"Bearer {forged}"}, {"Cookie": f"_token={forged}"}):
+            assert requests.get(url, headers=headers, allow_redirects=False, timeout=30).status_code == 403, url
+        assert requests.get(url, headers={"Authorization": f"Bearer {nobody}"}, timeout=30).status_code == 403, url
+        allowed = requests.get(url, headers={"Authorization": f"Bearer {alice}"}, timeout=60)
+        assert allowed.status_code == 200, (url, allowed.text[:300])
+    unknown = requests.get(
+        f"{base}/promotion/api/models/no-such-model", headers={"Authorization": f"Bearer {alice}"}, timeout=30
+    )
+    assert unknown.status_code == 404
+    bad_page = requests.get(
+        f"{base}/promotion/api/models/{name}?page=0", headers={"Authorization": f"Bearer {alice}"}, timeout=30
+    )
+    assert bad_page.status_code == 400 and "between 1 and" in bad_page.json()["detail"]
+    injection = {"data_version": "x' or name != '"}
+    quoted = requests.get(f"{base}/promotion/api/lineage", params=injection, cookies={"_token": alice}, timeout=30)
+    assert quoted.status_code == 400
+
+
+# -- the human paths, in a browser ---------------------------------------------------------------------------------
+def test_the_triggerer_and_a_non_reviewer_see_the_request_but_cannot_answer(gate, sign_in, as_user, airflow) -> None:
+    before = snapshot(gate.name)
+    task = f"/dags/{gate.dag_id}/runs/{gate.run_id}/tasks/approve/required_actions"
+    for user in ("alice", "mallory"):  # alice triggered the run; mallory is no reviewer
+        page = sign_in(user)
+        page.goto(airflow.airflow_url + task)
+        page.get_by_text(f"Promote {gate.name} v{gate.candidate} to production?").first.wait_for()
+        # Airflow 3.3 shows the form to every viewer and refuses an answer from anyone not assigned
+        page.locator("#element_reason").fill(f"{user} approves")
+        page.get_by_test_id("hitl-option-Approve").click()
+        page.get_by_text("You do not have permission to perform this action.").first.wait_for()
+        with pytest.raises(AirflowAPIError) as refused:  # and the REST API refuses it the same way
+            as_user(user).answer(gate.dag_id, gate.run_id, "Approve", f"{user} approves")
+        assert refused.value.status_code == 403
+    assert snapshot(gate.name) == before
+    assert as_user("bob").task_states(gate.dag_id, gate.run_id)["approve"] == "awaiting_input"
+
+
+def test_a_reviewer_approves_in_required_actions_and_the_page_shows_the_new_champion(
+    gate, sign_in, as_user, screenshots
+) -> None:
+    reason = f"recall up 4 points on weekend traffic {HOSTILE}"
+    page = sign_in("bob", login_page=True)
+    page.get_by_role("button", name="Browse").click()
+    page.get_by_role("menuitem", name="Required Actions").click()
+    page.get_by_text(f"Promote {gate.name} v{gate.candidate} to production?").first.click()
+    # the evidence: candidate and champion side by side, the champion's approval reason as text, never as markup
+    page.get_by_role("table").filter(has_text="roc_auc").first.wait_for()
+    page.get_by_text(f"approved by bob: “{HOSTILE}”").first.wait_for()
+    assert page.locator("#injected").count() == 0 and page.evaluate("window.injected") is None
+    screenshot(page, screenshots / "model-promotion-evidence.png")
+    page.locator("#element_reason").fill(reason)
+    page.get_by_test_id("hitl-option-Approve").click()
+    assert as_user("bob").wait_for_run(gate.dag_id, gate.run_id, timeout=120) == "success"
+
+    page.get_by_role("link", name="Model promotion").click()
+    row = promotion_frame(page).locator(f'tr[data-model="{gate.name}"]')
+    row.wait_for()
+    text = row.inner_text()
+    assert f"v{gate.candidate}" in text and "approved by bob" in text and reason in text
+    assert promotion_frame(page).locator("#injected").count() == 0
+    screenshot(page, screenshots / "model-promotion-overview.png")
+    assert champion(gate.name) == gate.candidate
+    assert audit.rows(gate.name)[-2]["reason"] == reason  # what bob typed, kept as typed
+
+
+def test_on_call_rolls_back_from_the_page_and_sees_it_in_the_history(gate, sign_in, as_user, screenshots) -> None:
+    assert champion(gate.name) == gate.candidate, "needs the previous test's approval"
+    reason = f"v{gate.candidate} flags every weekend card; back to v{gate.champion}"
+    page = sign_in("carol", dark=True)
+    page.get_by_role("link", name="Model promotion").click()
+    frame = promotion_frame(page)
+    frame.get_by_role("link", name=gate.name, exact=True).click()
+    frame.get_by_role("link", name="Roll back").click()
+    frame.locator("textarea[name=reason]").fill(reason)
+    frame.get_by_role("button", name="Trigger rollback").click()
+    run_link = frame.locator("#rollback-result a").first
+    run_link.wait_for()
+    run_id = run_link.inner_text()
+    assert as_user("carol").wait_for_run("model_rollback", run_id, timeout=120) == "success"
+
+    frame.get_by_role("link", name="back to the model").click()
+    history = frame.locator("#history tbody tr")
+    history.first.wait_for()
+    rows = [history.nth(i).inner_text() for i in range(2)]
+    assert rows[0].split("\t")[1:5] == [f"v{gate.candidate}", "rollback_demote", "Production → Archived", "carol"]
+    assert rows[1].split("\t")[1:5] == [f"v{gate.champion}", "rollback_restore", "Archived → Production", "carol"]
+    assert all(reason in r for r in rows)
+    assert f"Champion: v{gate.champion}" in frame.locator(".summary").inner_text()
+    restored = frame.locator(f'#versions tr[data-version="{gate.champion}"]').inner_text()
+    assert "production" in restored and "@champion" in restored
+    assert re.search(r"rolled_back", frame.locator(f'#versions tr[data-version="{gate.candidate}"]').inner_text())
+    screenshot(page, screenshots / "model-promotion-rollback.png")
+    assert champion(gate.name) == gate.champion

@@ -1,0 +1,42 @@
+"""The real ``model_registry_watch`` DAG: a champion moved outside the pipeline turns the run red, is on
+record once, alerted in the task log, and put back once the model asks for ``on_drift: restore``."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from include.promotion import audit, mlflow_client
+from include.promotion.invariants import verify_invariant
+from include.promotion.mlflow_accounts import acting_as
+from tests.support import DEMO, promote, unique
+
+pytestmark = pytest.mark.e2e
+WATCH = "model_registry_watch"
+
+
+def test_the_watch_dag_alerts_on_a_moved_champion_and_restores_it_when_asked(services, as_user, models_dir) -> None:
+    cfg = {**yaml.safe_load(DEMO.read_text()), "name": unique("watch"), "schedule": None}
+    name = cfg["name"]
+    (models_dir / f"{name}.yaml").write_text(yaml.safe_dump(cfg))  # the watch reads it when it runs
+    v1, v2 = promote(name), promote(name)
+    with acting_as("admin", services.passwords()["admin"]):  # the MLflow admin, outside the pipeline
+        mlflow_client.client().set_registered_model_alias(name, "champion", v1)
+
+    admin = as_user("admin")
+    admin.wait_for_dag(WATCH)
+    run_id = admin.trigger(WATCH, {"model_name": name})
+    assert admin.wait_for_run(WATCH, run_id, timeout=180) == "failed"
+    log = admin.task_log(WATCH, run_id, "reconcile_registry")
+    reason = f"alias 'champion' points at v{v1}; the audit log records v{v2} as the production version"
+    assert "REGISTRY DRIFT" in log and reason in log
+    detected = [r for r in audit.rows(name) if r["action"] == "drift_detected"]
+    assert [(r["reason"], r["actor"], r["dag_id"], r["run_id"]) for r in detected] == [
+        (reason, "registry-watch", WATCH, run_id)
+    ]
+
+    (models_dir / f"{name}.yaml").write_text(yaml.safe_dump({**cfg, "on_drift": "restore"}))
+    run_id = admin.trigger(WATCH, {"model_name": name})
+    assert admin.wait_for_run(WATCH, run_id, timeout=180) == "success"  # repaired, nothing new to record
+    assert verify_invariant(name) == v2
+    assert [r["action"] for r in audit.rows(name)][-2:] == ["drift_detected", "drift_restore"]

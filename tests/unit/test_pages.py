@@ -1,0 +1,194 @@
+"""The Model promotion pages as HTML (``pages``) and their JSON (``web_pages.SafeJSONResponse``), without a server."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+
+import pytest
+
+from include.promotion import pages
+from include.promotion.approval import champion_note, evidence_markdown, markdown_text
+from include.promotion.config import METRICS, parse_model_config
+from include.promotion.inputs import MAX_REASON_CHARS
+from include.promotion.registry_report import (
+    AuditPage,
+    Challenger,
+    Champion,
+    Event,
+    LastRun,
+    ModelOverview,
+    ModelReport,
+    VersionRow,
+    as_json,
+)
+from include.promotion.web_pages import CONTENT_SECURITY_POLICY, SafeJSONResponse
+from tests.support import DEMO
+
+HOSTILE = '<script>alert("owned")</script> & <img src=x onerror=alert(1)>'
+WHEN = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+LINKS = pages.Links(
+    ui_root="",
+    app_root="/promotion",
+    mlflow_version=lambda model, version: f"http://mlflow.test/#/models/{model}/versions/{version}",
+    approve_task_id="approve",
+)
+
+
+def overview(name: str = "fraud-detector") -> ModelOverview:
+    return ModelOverview(
+        name=name,
+        dag_id="model_promotion__fraud_detector",
+        champion=Champion(
+            "7", WHEN, HOSTILE, HOSTILE, Event("rollback_restore", HOSTILE, WHEN, HOSTILE), "roc_auc", 0.9
+        ),
+        challenger=Challenger("8", WHEN, "model_promotion__fraud_detector", 'manual__<x>"run'),
+        last_run=LastRun("model_promotion__fraud_detector", "manual__1", "success", WHEN, WHEN, "awaiting approval"),
+        alerts=(HOSTILE,),
+    )
+
+
+def report(history_total: int = 120, page: int = 2, before: int | None = None, older: str | None = None) -> ModelReport:
+    version = VersionRow(
+        version="7",
+        status="production",
+        stage="Production",
+        aliases=("champion",),
+        metrics={"roc_auc": 0.91},
+        data_version="sha256:feed",
+        git_commit="0123456789abcdef",
+        dag_id="model_promotion__fraud_detector",
+        run_id="manual__1",
+        created_at=WHEN,
+        promoted=Event("promote", HOSTILE, WHEN, HOSTILE),
+    )
+    row = {
+        "id": 1,
+        "version": "7",
+        "action": "rollback_restore",
+        "from_stage": "Archived",
+        "to_stage": "Production",
+        "actor": HOSTILE,
+        "reason": HOSTILE,
+        "dag_id": "model_rollback",
+        "run_id": "manual__2",
+        "created_at": WHEN,
+    }
+    return ModelReport(
+        name="fraud-detector",
+        dag_id="model_promotion__fraud_detector",
+        description=HOSTILE,
+        reviewers=("alice", "bob"),
+        on_call=("alice", "bob", "carol"),
+        headline_metric="roc_auc",
+        champion="7",
+        challenger=None,
+        versions=(version,),
+        by_status={"production": 1},
+        versions_before=before,
+        older_versions=older,
+        history=AuditPage((row,), page, 50, history_total),
+        alerts=(HOSTILE,),
+    )
+
+
+FORM_SCRIPT_TAG = f"<script>{pages.FORM_SCRIPT}</script>"
+
+
+def assert_only_own_script(html: str) -> None:
+    """The page's one script is its own; every hostile value shows as text."""
+    assert html.count("<script") == 1 and f"<script>{pages.SCRIPT}</script>" in html
+    assert "<img" not in html and 'alert("owned")' not in html
+    assert "&lt;script&gt;alert(&quot;owned&quot;)&lt;/script&gt; &amp; &lt;img src=x onerror=alert(1)&gt;" in html
+
+
+def test_a_hostile_reason_or_name_shows_as_text_on_every_page() -> None:
+    assert_only_own_script(pages.overview_page([overview()], LINKS, "alice"))
+    assert_only_own_script(pages.model_page(report(), LINKS, "carol", METRICS))
+    assert_only_own_script(pages.message_page("Refused", HOSTILE, LINKS, HOSTILE))
+
+
+def test_a_hostile_model_or_run_id_cannot_leave_its_link() -> None:
+    html = pages.overview_page([overview('x"><script>alert(2)</script>')], LINKS, "alice")
+    assert_only_own_script(html)
+    assert 'href="/promotion/models/x%22%3E%3Cscript%3Ealert%282%29%3C%2Fscript%3E"' in html
+    assert (
+        'href="/dags/model_promotion__fraud_detector/runs/manual__%3Cx%3E%22run/tasks/approve/required_actions"' in html
+    )
+
+
+def test_the_content_security_policy_allows_exactly_the_pages_scripts() -> None:
+    digests = [base64.b64encode(hashlib.sha256(code.encode()).digest()).decode() for code in pages.SCRIPTS]
+    assert [f"sha256-{d}" for d in digests] == list(pages.SCRIPT_HASHES)
+    assert all(f"'{h}'" in CONTENT_SECURITY_POLICY for h in pages.SCRIPT_HASHES)
+    assert "default-src 'none'" in CONTENT_SECURITY_POLICY and "unsafe-inline' ;" not in CONTENT_SECURITY_POLICY
+
+
+def test_roll_back_leads_on_call_to_the_rollback_form_of_that_model() -> None:
+    page = pages.model_page(report(), LINKS, "carol", METRICS)
+    assert '<a href="/promotion/models/fraud-detector/rollback" class="button">Roll back</a>' in page
+    assert "Roll back</a>" not in pages.model_page(report(), LINKS, "mallory", METRICS)
+
+    line = overview('a"b&c<d>')
+    form = pages.rollback_page(line, ("carol",), LINKS, "carol")
+    assert form.count("<script") == 2 and FORM_SCRIPT_TAG in form and "<d>" not in form
+    assert 'data-model="a&quot;b&amp;c&lt;d&gt;"' in form and 'data-api="/api/v2/dags/model_rollback/dagRuns"' in form
+    assert 'name="reason"' in form and f'maxlength="{MAX_REASON_CHARS}"' in form
+    refused = pages.rollback_page(line, ("alice", "bob"), LINKS, "mallory")
+    assert 'id="rollback"' not in refused and "Only the model's on-call may roll it back" in refused
+    assert FORM_SCRIPT_TAG not in refused
+
+
+def test_times_are_iso_utc_for_the_viewers_time_zone_script() -> None:
+    html = pages.model_page(report(), LINKS, "carol", METRICS)
+    assert '<time datetime="2026-03-04T05:06:07Z">2026-03-04T05:06:07Z</time>' in html
+    assert "prefers-color-scheme: dark" in html and 'localStorage.getItem("timezone")' in html
+
+
+def test_versions_page_by_a_cursor_that_history_links_keep() -> None:
+    html = pages.model_page(report(page=2, before=300, older="7"), LINKS, "carol", METRICS)
+    assert '<a href="/promotion/models/fraud-detector?page=2">Newest versions</a>' in html
+    assert '<a href="/promotion/models/fraud-detector?page=2&amp;before=7">Older versions</a>' in html
+    assert '<a href="/promotion/models/fraud-detector?page=3&amp;before=300">Older</a>' in html
+    first = pages.model_page(report(page=1), LINKS, "carol", METRICS)
+    assert "Newest versions</a>" not in first and "Older versions</a>" not in first
+
+
+def test_history_pages_link_to_newer_and_older_rows() -> None:
+    html = pages.model_page(report(history_total=120, page=2), LINKS, "carol", METRICS)
+    assert '<a href="/promotion/models/fraud-detector?page=1">Newer</a>' in html
+    assert '<a href="/promotion/models/fraud-detector?page=3">Older</a>' in html
+    assert "page 2 of 3 (120 rows, newest first)" in html
+    last = pages.model_page(report(history_total=120, page=3), LINKS, "carol", METRICS)
+    assert ">Older</a>" not in last
+
+
+def test_json_strings_keep_their_text_but_cannot_open_a_tag() -> None:
+    body = SafeJSONResponse(as_json(report())).body
+    assert b"<" not in body and b">" not in body
+    decoded = json.loads(body)
+    assert decoded["history"]["rows"][0]["reason"] == HOSTILE
+    assert decoded["history"]["rows"][0]["created_at"] == "2026-03-04T05:06:07Z"
+    assert decoded["history"]["pages"] == 3
+
+
+def test_the_approval_body_shows_the_champions_reason_as_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROMOTION_MLFLOW_UI_URL", "http://mlflow.test")
+    assert markdown_text("<script>x</script>\n# not a heading") == r"\<script\>x\<\/script\> \# not a heading"
+    note = champion_note({"approved_by": "bob", "approval_reason": HOSTILE})
+    evaluation = {
+        "passed": True,
+        "reasons": [],
+        "metrics": dict.fromkeys(METRICS, 0.9),
+        "champion_metrics": dict.fromkeys(METRICS, 0.8),
+        "champion_version": "3",
+        "gate_results": [],
+    }
+    trained = {"run_id": "r", "experiment_id": "1", "data_version": "sha256:x"}
+    body = evidence_markdown(parse_model_config(DEMO), {"version": "4"}, evaluation, trained, note)
+    assert r"approved by bob: “\<script\>alert\(\"owned\"\)\<\/script\> \& \<img src\=x onerror\=alert\(1\)\>”" in body
+    assert re.search(r"(?<!\\)[<>]", body) is None, "every angle bracket in the body is escaped"
+    assert champion_note({}) is None
