@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,17 @@ from include.promotion.lifecycle import Change
 from include.promotion.states import CHAMPION_ALIAS
 
 DEMO = Path(__file__).resolve().parents[1] / "include" / "models" / "fraud-detector.yaml"
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A run of a new model waiting at its approval gate, over a champion already in production."""
+
+    name: str
+    dag_id: str
+    run_id: str
+    champion: str
+    candidate: str
 
 
 def unique(prefix: str) -> str:

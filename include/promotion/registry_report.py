@@ -24,7 +24,7 @@ from dataclasses import dataclass, fields, is_dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from include.promotion import mlflow_client
+from include.promotion import audit, mlflow_client
 from include.promotion.audit_schema import AUDIT_TABLE, connect
 from include.promotion.config import METRICS, ModelConfig
 from include.promotion.errors import InputRejected
@@ -51,18 +51,7 @@ _DATA_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._+/=-]*")
 # what ends a version's time in service, and what puts one there (audit actions)
 ENDED_BY = (AuditAction.ARCHIVE, AuditAction.REJECT, AuditAction.SUPERSEDE, AuditAction.ROLLBACK_DEMOTE)
 SERVES_AFTER = (AuditAction.PROMOTE, AuditAction.ROLLBACK_RESTORE, AuditAction.POST_CHECK_ROLLBACK)
-AUDIT_COLUMNS = (
-    "id",
-    "version",
-    "action",
-    "from_stage",
-    "to_stage",
-    "actor",
-    "reason",
-    "dag_id",
-    "run_id",
-    "created_at",
-)
+AUDIT_COLUMNS = ("id", *(c for c in audit.COLUMNS if c != "model_name"), "created_at")
 
 
 # -- what is shown ---------------------------------------------------------------------------------------------

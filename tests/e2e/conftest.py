@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import yaml
 from include.promotion import mlflow_client
 from include.promotion.config import dag_id_for
 from scripts.airflow_api import AirflowAPI
-from tests.support import seed_champion
+from tests.support import Gate, seed_champion
 
 DEMO = Path(__file__).resolve().parents[2] / "include" / "models" / "fraud-detector.yaml"
 
@@ -58,17 +57,6 @@ def add_model(models_dir: Path, as_user) -> Callable[..., dict[str, Any]]:
         return cfg
 
     return add
-
-
-@dataclass(frozen=True)
-class Gate:
-    """A run of a new model waiting at its approval gate, over a champion already in production."""
-
-    name: str
-    dag_id: str
-    run_id: str
-    champion: str
-    candidate: str
 
 
 @pytest.fixture

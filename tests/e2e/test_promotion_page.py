@@ -16,7 +16,6 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ import yaml
 from include.promotion import audit, mlflow_client
 from include.promotion.config import dag_id_for
 from scripts.airflow_api import AirflowAPIError
-from tests.support import champion, seed_champion, snapshot, unique
+from tests.support import Gate, champion, seed_champion, snapshot, unique
 
 pytestmark = pytest.mark.e2e
 
@@ -40,15 +39,6 @@ WIDTH, HEIGHT = 1280, 800
 
 
 # -- the shared gate -----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Gate:
-    name: str
-    dag_id: str
-    run_id: str
-    champion: str
-    candidate: str
-
-
 @pytest.fixture(scope="module")
 def gate(models_dir: Path, as_user: Callable) -> Gate:
     """A model whose champion bob approved for a hostile reason, and alice's retraining run waiting at its gate."""
