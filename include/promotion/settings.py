@@ -78,16 +78,21 @@ def tracking_uri() -> str:
     return uri
 
 
-def signing_key() -> bytes:
-    """The workers' key for values handed between tasks (``PROMOTION_SIGNING_KEY``; see ``signing``)."""
-    key = os.environ.get("PROMOTION_SIGNING_KEY", "")
-    if len(key) < 32:
+def _secret(name: str, holders: str) -> str:
+    """A random secret of at least 32 characters from the environment, or an error saying where it belongs."""
+    value = os.environ.get(name, "")
+    if len(value) < 32:
         raise RuntimeError(
-            "PROMOTION_SIGNING_KEY is not set (or shorter than 32 characters) on this worker: set it to a random "
-            "secret of at least 32 characters in the environment of every Airflow worker, and nowhere else "
+            f"{name} is not set (or shorter than 32 characters) here: set it to a random secret of at least 32 "
+            f"characters in the environment of {holders} "
             '(e.g. python -c "import secrets; print(secrets.token_urlsafe(48))").'
         )
-    return key.encode()
+    return value
+
+
+def signing_key() -> bytes:
+    """The workers' key for values handed between tasks (``PROMOTION_SIGNING_KEY``; see ``signing``)."""
+    return _secret("PROMOTION_SIGNING_KEY", "every Airflow worker, and nowhere else").encode()
 
 
 def webhook_secret() -> str:
@@ -96,14 +101,7 @@ def webhook_secret() -> str:
     Held by the Airflow api-server, which verifies each delivery, and by whoever registers the webhook in
     MLflow (``python -m include.promotion.webhooks register``); the workers do not need it.
     """
-    secret = os.environ.get("PROMOTION_WEBHOOK_SECRET", "")
-    if len(secret) < 32:
-        raise RuntimeError(
-            "PROMOTION_WEBHOOK_SECRET is not set (or shorter than 32 characters) here: set it to a random secret of "
-            "at least 32 characters in the environment of the Airflow api-server and of whoever registers the MLflow "
-            'webhook (e.g. python -c "import secrets; print(secrets.token_urlsafe(48))").'
-        )
-    return secret
+    return _secret("PROMOTION_WEBHOOK_SECRET", "the Airflow api-server and of whoever registers the MLflow webhook")
 
 
 def webhook_url() -> str:
