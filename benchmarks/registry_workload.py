@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Iterator
 from functools import lru_cache
 from typing import Any
 
-from include.promotion import lifecycle, mlflow_client
+from include.promotion import lifecycle, mlflow_client, settings
 
 TINY_MODEL_EXPERIMENT = "workload/tiny-model"
 DATA_VERSION = "sha256:tiny-model"
@@ -24,9 +24,14 @@ def change(actor: str = "workload") -> lifecycle.Change:
     return lifecycle.Change(actor=actor, dag_id="workload", run_id=uuid.uuid4().hex)
 
 
-@lru_cache(maxsize=1)
 def tiny_model_uri() -> str:
-    """One small logged sklearn model; every workload version points at it (the registry is what is measured)."""
+    """One small logged sklearn model per tracking server; every workload version points at it (the registry is
+    what is measured)."""
+    return _tiny_model_uri(settings.tracking_uri())
+
+
+@lru_cache(maxsize=4)  # per server: the tests run a second stack (tests/e2e/test_celery_stack.py) with its own MLflow
+def _tiny_model_uri(tracking_uri: str) -> str:
     import mlflow
     from sklearn.datasets import make_classification
     from sklearn.linear_model import LogisticRegression

@@ -3,6 +3,9 @@
 Starts PostgreSQL, MLflow and Airflow (``scripts.stack``), seeds the demo transactions table
 once, and triggers the demo model's first retraining run, then tells you where to click.
 State lives in ``.state/`` and survives restarts; Ctrl-C stops everything.
+
+``--celery`` (``make run-distributed``): the same on CeleryExecutor, with Redis and two Celery workers that share
+nothing on disk, and MLflow on PostgreSQL, as docker-compose.yaml runs it; state in ``.state-distributed/``.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ def prepare_demo(stack: ServiceStack) -> None:
         print(f"Retraining run of {DEMO_MODEL}: {first_run}")
     else:
         print(f"Triggered the first retraining run of {DEMO_MODEL}: {admin.trigger(dag_id)}")
+    again = "make run-distributed" if stack.config.distributed else "make run"
     print(
         f"""
 Next steps
@@ -67,7 +71,7 @@ Next steps
      (alias 'champion' = production, 'challenger' = awaiting approval).
   4. To undo a promotion (on-call: alice, bob, carol): "Model promotion" -> {DEMO_MODEL} -> Roll back, or
      trigger the DAG 'model_rollback' from its form (model, optional version, reason).
-Press Ctrl-C to stop everything; `make run` again resumes with all the state in .state/.
+Press Ctrl-C to stop everything; `{again}` again resumes with all the state in {stack.state_dir}.
 """
     )
 

@@ -1,5 +1,10 @@
-"""Airflow 3.3 on LocalExecutor: metadata in the stack's PostgreSQL (database ``airflow``), AIRFLOW_HOME in
-``airflow/``, and the api-server, scheduler, dag-processor and triggerer, each a process of its own."""
+"""Airflow 3.3: metadata in the stack's PostgreSQL (database ``airflow``), AIRFLOW_HOME in ``airflow/``, and the
+api-server, scheduler, dag-processor and triggerer, each a process of its own; on LocalExecutor (``make run``) or,
+in the distributed mode, on CeleryExecutor with Celery workers (``celery_workers``) and a Redis broker.
+
+Airflow's settings come from ``docker/airflow.env``, the file docker-compose.yaml's Airflow services read too
+(``shared_settings``), then the few ``DEVELOPMENT_OVERRIDES`` / ``LOCAL_EXECUTOR_OVERRIDES``, then what only this
+machine knows (paths, ports, secrets)."""
 
 from __future__ import annotations
 
@@ -16,14 +21,26 @@ from pathlib import Path
 
 import requests
 
-from scripts.stack.config import LOOPBACK, StackConfig, StackError
+from scripts.stack.celery_workers import CeleryWorkers
+from scripts.stack.config import LOCAL, LOOPBACK, REPO_ROOT, StackConfig, StackError
 from scripts.stack.postgres import Postgres
 from scripts.stack.processes import Port, Supervisor
 from scripts.stack.state import StateDir, tail
 
 log = logging.getLogger(__name__)
 
-PRELOAD_DIR = Path(__file__).resolve().parents[2] / "include" / "preload"
+PRELOAD_DIR = REPO_ROOT / "include" / "preload"
+# Airflow's settings shared with docker-compose.yaml (its Airflow services' `env_file`): no secrets, no paths.
+SHARED_SETTINGS_FILE = REPO_ROOT / "docker" / "airflow.env"
+# What the harness changes from the shared settings, in both modes, and why (tests/unit/test_compose.py allows
+# these and no other difference between the harness's Celery mode and compose).
+DEVELOPMENT_OVERRIDES = {
+    # one person tries or tests the package: the demo model's DAG, the rollback form and the registry watch run
+    # at once (a team unpauses a new model's DAG on purpose)
+    "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+}
+# ... and for `make run` (LocalExecutor): tasks are forked from the scheduler's executor workers, this many.
+LOCAL_EXECUTOR_OVERRIDES = {"AIRFLOW__CORE__EXECUTOR": LOCAL, "AIRFLOW__CORE__PARALLELISM": "4"}
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 # health keys of GET /api/v2/monitor/health per component
 _HEALTH_KEYS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
@@ -34,6 +51,20 @@ WORKER_SECRETS = ("PROMOTION_SIGNING_KEY", "MLFLOW_TRACKING_PASSWORD", "AIRFLOW_
 # What only the api-server may hold: it verifies MLflow's webhook deliveries, and reads the audit log for the Model
 # promotion page (the others get them blank).
 API_SERVER_SECRETS = ("PROMOTION_WEBHOOK_SECRET", "AIRFLOW_CONN_PROMOTION_DB_READER")
+
+
+def shared_settings(path: Path = SHARED_SETTINGS_FILE) -> dict[str, str]:
+    """``KEY=VALUE`` lines of the shared settings file (comments and blank lines skipped), as Compose reads it."""
+    settings: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.isidentifier() or key in settings:
+            raise StackError(f"{path}:{number}: expected one KEY=VALUE per key, got {line!r}")
+        settings[key] = value
+    return settings
 
 
 def _airflow_version() -> str:
@@ -51,6 +82,9 @@ class AirflowServices:
     timings: dict[str, float]
     # the api-server's MLflow account (the Model promotion page reads the registry): read-only
     reader_env: Callable[[], dict[str, str]] = dict
+    # the distributed mode: the Celery broker's URL, and the workers
+    broker_url: Callable[[], str] | None = None
+    workers: CeleryWorkers | None = None
 
     @property
     def home(self) -> Path:
@@ -60,32 +94,38 @@ class AirflowServices:
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port.number}"
 
+    def settings(self) -> dict[str, str]:
+        """Airflow's settings that do not depend on this machine: the shared file, then the harness's overrides."""
+        settings = {**shared_settings(), **DEVELOPMENT_OVERRIDES}
+        if not self.config.distributed:
+            settings.update(LOCAL_EXECUTOR_OVERRIDES)
+        return settings
+
     def env(self) -> dict[str, str]:
         """The package's environment plus Airflow's settings, then ``StackConfig.extra_env``."""
         cfg, secrets = self.config, self.state.secrets
         env = self.package_env()
+        env.update(self.settings())
+        if self.broker_url is not None:
+            env["AIRFLOW__CELERY__BROKER_URL"] = self.broker_url()
+            # Celery's task results in the metadata database, as in docker-compose.yaml
+            results = self.postgres.uri(cfg.airflow_database, "postgresql+psycopg2")
+            env["AIRFLOW__CELERY__RESULT_BACKEND"] = f"db+{results}"
         env.update(
             {
                 "AIRFLOW_HOME": str(self.home),
                 "AIRFLOW__CORE__DAGS_FOLDER": str(cfg.dags_folder),
                 "AIRFLOW__CORE__PLUGINS_FOLDER": str(cfg.plugins_folder),
-                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-                "AIRFLOW__CORE__PARALLELISM": "4",
-                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
                 "AIRFLOW__CORE__FERNET_KEY": secrets["fernet_key"],
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in cfg.users.items()),
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.state.passwords_file),
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.postgres.uri("airflow", "postgresql+psycopg2"),
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.postgres.uri(cfg.airflow_database, "postgresql+psycopg2"),
                 "AIRFLOW__API__HOST": LOOPBACK,
                 "AIRFLOW__API__PORT": str(self.port.number),
                 "AIRFLOW__API__BASE_URL": self.url,
                 "AIRFLOW__API__SECRET_KEY": secrets["api_secret_key"],
                 "AIRFLOW__API_AUTH__JWT_SECRET": secrets["jwt_secret"],
-                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-                "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
-                "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "2",
                 "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.state.logs_dir / "airflow"),
             }
         )
@@ -99,7 +139,7 @@ class AirflowServices:
         if not marker.exists() or marker.read_text().strip() != _airflow_version():
             return False
         try:
-            conn = psycopg2.connect(self.postgres.uri("airflow"), connect_timeout=5)
+            conn = psycopg2.connect(self.postgres.uri(self.config.airflow_database), connect_timeout=5)
             with contextlib.closing(conn), conn.cursor() as cur:
                 cur.execute("SELECT to_regclass('public.alembic_version') IS NOT NULL")
                 return bool(cur.fetchone()[0])
@@ -157,24 +197,16 @@ class AirflowServices:
             self.supervisor.spawn(component, args, env_of(component), cwd=self.state.root)
 
         def env_of(component: str) -> dict[str, str]:
-            """Only the scheduler runs tasks (LocalExecutor): only it gets the workers' secrets; only the api-server
-            gets the webhook secret."""
-            withheld = set() if component == "scheduler" else set(WORKER_SECRETS)
-            if component != "api-server":
-                withheld |= set(API_SERVER_SECRETS)
-            own = {k: ("" if k in withheld else v) for k, v in env.items()}
-            if component == "scheduler" and self.config.preload:
-                # tasks are forked from the scheduler's executor workers: import their heavy libraries once there
-                own["PYTHONPATH"] = os.pathsep.join([str(PRELOAD_DIR), own.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-            if component == "api-server":
-                own.update(self.reader_env())
-            return own
+            return self.component_env(component, env)
 
         # tasks talk to the api-server (execution API): the scheduler and triggerer start once it answers
         first = [c for c in components if c in ("api-server", "dag-processor")]
         later = [c for c in components if c not in first]
         for component in first:
             spawn(component)
+        if self.workers is not None and "scheduler" in components:
+            # they import the tasks' libraries meanwhile, and need the api-server only to run a task
+            self.workers.spawn_all(self.component_env("celery-worker", env))
         if "api-server" not in components:
             for component in later:
                 spawn(component)
@@ -199,10 +231,35 @@ class AirflowServices:
         self.supervisor.wait("Airflow component heartbeats", components_healthy, list(components))
         self.timings["airflow healthy"] = time.monotonic() - t0
         log.info("Airflow %s healthy (%.1fs)", ", ".join(components), self.timings["airflow healthy"])
+        if self.workers is not None and "scheduler" in components:
+            self.workers.wait_ready()
+            ready = self.timings["celery workers ready"] = time.monotonic() - t0
+            log.info("Celery workers %s ready (%.1fs)", ", ".join(self.workers.names), ready)
+
+    def runs_tasks(self, component: str) -> bool:
+        """The processes that run task code: the scheduler on LocalExecutor, the Celery workers otherwise."""
+        return component == ("celery-worker" if self.config.distributed else "scheduler")
+
+    def component_env(self, component: str, env: dict[str, str] | None = None) -> dict[str, str]:
+        """``env()`` as one component gets it: only the processes that run tasks get the workers' secrets (and
+        preload the tasks' libraries: they fork the task processes); only the api-server gets the webhook secret
+        and the Model promotion page's read-only accounts."""
+        env = self.env() if env is None else env
+        withheld = set() if self.runs_tasks(component) else set(WORKER_SECRETS)
+        if component != "api-server":
+            withheld |= set(API_SERVER_SECRETS)
+        own = {k: ("" if k in withheld else v) for k, v in env.items()}
+        if self.runs_tasks(component) and self.config.preload:
+            own["PYTHONPATH"] = os.pathsep.join([str(PRELOAD_DIR), own.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        if component == "api-server":
+            own.update(self.reader_env())
+        return own
 
     def stop(self) -> None:
         """The api-server last: running tasks report their end through it. SIGTERM goes to whole groups (to
         the leader alone, the scheduler sometimes waits out the timeout for an idle worker)."""
+        if self.workers is not None:
+            self.workers.stop()
         others = [name for name in self.supervisor.procs if name in COMPONENTS and name != "api-server"]
         self.supervisor.stop(others, lingering=["triggerer"])
         self.supervisor.stop(["api-server"])

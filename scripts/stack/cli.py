@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from scripts.stack.config import REPO_ROOT, PortInUseError, StackConfig
+from scripts.stack.config import CELERY, LOCAL, REPO_ROOT, PortInUseError, StackConfig
 from scripts.stack.service_stack import ServiceStack
 
 
@@ -25,8 +25,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="start PostgreSQL, MLflow and Airflow in the foreground (Ctrl-C stops)")
-    state_dir = Path(os.environ.get("STATE_DIR") or REPO_ROOT / ".state")
-    run.add_argument("--state-dir", type=Path, default=state_dir)
+    run.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="default: $STATE_DIR, else .state (.state-distributed with --celery: its MLflow stores in PostgreSQL)",
+    )
+    run.add_argument(
+        "--celery",
+        action="store_true",
+        help="the distributed mode: CeleryExecutor, a Redis broker, two Celery workers sharing nothing on disk, "
+        "MLflow on PostgreSQL (what docker-compose.yaml runs, on one machine)",
+    )
+    run.add_argument("--workers", type=int, default=2, help="Celery workers (with --celery)")
+    run.add_argument("--redis-port", type=int, default=_port_arg("REDIS_PORT", 0))
     run.add_argument("--airflow-port", type=int, default=_port_arg("AIRFLOW_PORT", 8080))
     run.add_argument("--mlflow-port", type=int, default=_port_arg("MLFLOW_PORT", 5000))
     run.add_argument("--postgres-port", type=int, default=_port_arg("POSTGRES_PORT", 0))
@@ -37,12 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, after_start: Callable[[ServiceStack], None] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args = build_parser().parse_args(argv)
+    default_state = REPO_ROOT / (".state-distributed" if args.celery else ".state")
     config = StackConfig(
-        state_dir=args.state_dir,
+        state_dir=args.state_dir or Path(os.environ.get("STATE_DIR") or default_state),
         airflow_port=args.airflow_port,
         mlflow_port=args.mlflow_port,
         postgres_port=args.postgres_port,
         models_dir=args.models_dir,
+        executor=CELERY if args.celery else LOCAL,
+        celery_workers=args.workers,
+        redis_port=args.redis_port,
     )
 
     def on_sigterm(signum: int, frame: object) -> None:
@@ -65,6 +81,7 @@ def main(argv: Sequence[str] | None = None, after_start: Callable[[ServiceStack]
             f"\nAirflow  {stack.airflow_url}\nMLflow   {stack.mlflow_url} (sign in with the same users)\n"
             f"Postgres 127.0.0.1:{stack.postgres_port} (credentials: {stack.state_dir / 'secrets.json'})\n"
             f"State    {stack.state_dir} (logs in {stack.logs_dir})\n"
+            f"{stack.distributed_summary()}"
             "Users (Airflow simple auth manager and MLflow):",
             flush=True,
         )

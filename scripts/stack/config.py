@@ -8,6 +8,10 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_USERS = {"admin": "admin", "alice": "user", "bob": "user", "carol": "user"}
 LOOPBACK = "127.0.0.1"
+# The executors a stack runs Airflow with: ``make run`` (one machine) and ``make run-distributed`` (the team
+# stack's shape: Redis, two Celery workers that share nothing on disk, MLflow on PostgreSQL).
+LOCAL, CELERY = "LocalExecutor", "CeleryExecutor"
+EXECUTORS = (LOCAL, CELERY)
 
 
 class StackError(RuntimeError):
@@ -33,7 +37,12 @@ class StackConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
     mlflow_extra_env: dict[str, str] = field(default_factory=dict)
     mlflow_webhook: bool = True  # MLflow posts registry events to the api-server (registered once both are up)
-    preload: bool = True  # the scheduler imports the tasks' heavy libraries once (include/preload)
+    preload: bool = True  # the task-forking processes import the tasks' heavy libraries once (include/preload)
+    executor: str = LOCAL  # CELERY: Redis broker, `celery_workers` workers, MLflow on PostgreSQL
+    celery_workers: int = 2
+    redis_port: int = 0
+    airflow_database: str = "airflow"  # another name lets two stacks share one PostgreSQL server
+    mlflow_database: str = "mlflow"  # MLflow's backend store, on PostgreSQL in CELERY mode (SQLite otherwise)
     startup_timeout: float = 180.0
     stop_timeout: float = 10.0
 
@@ -44,3 +53,12 @@ class StackConfig:
         self.plugins_folder = Path(self.plugins_folder or self.repo_root / "plugins").resolve()
         if self.models_dir is not None:
             self.models_dir = Path(self.models_dir).resolve()
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor {self.executor!r}: use one of {EXECUTORS}")
+        if self.executor == CELERY and self.celery_workers < 1:
+            raise ValueError(f"celery_workers={self.celery_workers}: a Celery stack needs at least one worker")
+
+    @property
+    def distributed(self) -> bool:
+        """Celery mode: tasks run on workers that share nothing on disk, MLflow stores in PostgreSQL."""
+        return self.executor == CELERY

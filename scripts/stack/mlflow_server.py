@@ -1,5 +1,7 @@
 """The MLflow tracking server: SQLite backend ``mlflow/mlflow.db``, artifacts under ``mlflow/artifacts``
 served by the server itself, and authentication (``--app-name basic-auth``, users in ``mlflow/basic_auth.db``).
+In the distributed mode, as in docker-compose.yaml, both stores are PostgreSQL databases instead (``mlflow`` and
+``mlflow_auth`` on the stack's server; credentials through PGUSER/PGPASSWORD, never on the command line).
 
 Anonymous requests get 401; people log in with their Airflow password and may read (``default_permission
 = READ``); the pipeline writes as the service account ``promotion-pipeline``, which creates the governed
@@ -11,7 +13,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
@@ -26,7 +29,7 @@ NAME = "mlflow"
 ADMIN = "admin"
 AUTH_CONFIG = """[mlflow]
 default_permission = READ
-database_uri = sqlite:///{db}
+database_uri = {db}
 admin_username = {admin}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 grant_default_workspace_access = false
@@ -44,6 +47,9 @@ class MlflowServer:
     extra_env: dict[str, str]
     timings: dict[str, float]
     models_dir: Path | None = None
+    # the distributed mode: () -> (backend store URI, auth database URI, libpq environment) on PostgreSQL
+    postgres_stores: Callable[[], tuple[str, str, dict[str, str]]] | None = None
+    _t0: float = field(default=0.0, init=False)
 
     @property
     def admin_password(self) -> str:
@@ -64,16 +70,25 @@ class MlflowServer:
         return f"http://{LOOPBACK}:{self.port.number}"
 
     def start(self) -> None:
-        t0 = time.monotonic()
+        self.spawn()
+        self.wait_ready()
+
+    def spawn(self) -> None:
+        """Start the server without waiting for it (``wait_ready``): the stack migrates Airflow's database meanwhile."""
+        self._t0 = time.monotonic()
         self.port.claim()
         home = self.state.mlflow_dir
         home.mkdir(exist_ok=True)
         (home / "artifacts").mkdir(exist_ok=True)
         auth_config = home / "basic_auth.ini"
-        auth_config.write_text(AUTH_CONFIG.format(db=home / "basic_auth.db", admin=ADMIN))
+        if self.postgres_stores is None:
+            backend, auth_db, store_env = f"sqlite:///{home / 'mlflow.db'}", f"sqlite:///{home / 'basic_auth.db'}", {}
+        else:
+            backend, auth_db, store_env = self.postgres_stores()
+        auth_config.write_text(AUTH_CONFIG.format(db=auth_db, admin=ADMIN))
         args = [sys.executable, "-m", "mlflow", "server", "--host", LOOPBACK, "--port", str(self.port.number)]
         args += ["--app-name", "basic-auth"]
-        args += ["--workers", "1", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}"]
+        args += ["--workers", "1", "--backend-store-uri", backend]
         args += ["--artifacts-destination", str(home / "artifacts"), "--serve-artifacts"]
         env = {
             # the job runner (GenAI scorers etc.) starts seven huey consumers the package never uses
@@ -88,13 +103,17 @@ class MlflowServer:
             "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
             "MLFLOW_AUTH_ADMIN_PASSWORD": self.admin_password,  # read on the first start only
             "MLFLOW_FLASK_SERVER_SECRET_KEY": self.state.secrets["mlflow_flask_secret"],
+            **store_env,
             **self.extra_env,
         }
         self.supervisor.spawn(NAME, args, env, cwd=home)
+
+    def wait_ready(self) -> None:
+        """Wait for the server ``spawn`` started; create the accounts."""
         health = f"{self.url}/health"
         self.supervisor.wait("MLflow", lambda: requests.get(health, timeout=2).status_code == 200, [NAME])
         self._bootstrap_accounts()
-        self.timings["mlflow ready"] = time.monotonic() - t0
+        self.timings["mlflow ready"] = time.monotonic() - self._t0
         log.info("MLflow ready at %s (%.1fs)", self.url, self.timings["mlflow ready"])
 
     def _bootstrap_accounts(self) -> None:

@@ -14,7 +14,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import psutil
 
@@ -54,6 +54,7 @@ class Postgres:
     port: Port
     url: str | None  # an existing server's admin URL: use it instead of starting one
     timings: dict[str, float]
+    databases: tuple[str, ...] = DATABASES  # created when missing (another Airflow database name, MLflow's)
     running: bool = field(default=False, init=False)
     _os_user: str | None = field(default=None, init=False)  # OS user the server runs as (set when we are root)
 
@@ -73,6 +74,17 @@ class Postgres:
             return urlunsplit((driver, url.netloc, f"/{db}", url.query, ""))
         password = quote(self.state.secrets["postgres_password"], safe="")
         return f"{driver}://{PG_USER}:{password}@{LOOPBACK}:{self.port.number}/{db}"
+
+    def address_uri(self, db: str, driver: str = "postgresql") -> str:
+        """``postgresql://host:port/db`` without credentials: for a process that reads them from ``libpq_env``
+        (a URI on a command line would show its password in ``ps``)."""
+        url = urlsplit(self.uri(db))
+        return urlunsplit((driver, f"{url.hostname}:{url.port}", f"/{db}", "", ""))
+
+    def libpq_env(self) -> dict[str, str]:
+        """The superuser's credentials as libpq reads them (PGUSER, PGPASSWORD), for ``address_uri``."""
+        url = urlsplit(self.uri())
+        return {"PGUSER": unquote(url.username or ""), "PGPASSWORD": unquote(url.password or "")}
 
     def _pg(self, tool: str, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -196,7 +208,7 @@ class Postgres:
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
-                for db in DATABASES:
+                for db in self.databases:
                     cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))
                     if cur.fetchone() is None:
                         cur.execute(f'CREATE DATABASE "{db}"')

@@ -29,6 +29,7 @@ _PORT_HINTS = {
     "airflow": "--airflow-port / AIRFLOW_PORT (0 = any free port)",
     "mlflow": "--mlflow-port / MLFLOW_PORT (0 = any free port)",
     "postgres": "--postgres-port / POSTGRES_PORT (0 = any free port)",
+    "redis": "--redis-port / REDIS_PORT (0 = any free port)",
 }
 
 

@@ -1,4 +1,5 @@
-"""``ServiceStack``: PostgreSQL, MLflow and Airflow on one state folder, started and stopped in order."""
+"""``ServiceStack``: PostgreSQL, MLflow and Airflow on one state folder, started and stopped in order; in the
+distributed mode (``StackConfig(executor=CELERY)``) also Redis and the Celery workers, MLflow on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from collections.abc import Sequence
 import psutil
 
 from scripts.stack.airflow_services import COMPONENTS, AirflowServices
+from scripts.stack.celery_workers import CeleryWorkers
 from scripts.stack.config import StackConfig
 from scripts.stack.mlflow_server import MlflowServer
 from scripts.stack.postgres import APP_ROLE, OWNER_ROLE, READER_ROLE, Postgres
 from scripts.stack.processes import Port, Supervisor
+from scripts.stack.redis import Redis
 from scripts.stack.state import StateDir
 
 log = logging.getLogger(__name__)
@@ -28,11 +31,27 @@ class ServiceStack:
         self.scheduler_log = self.state.log("scheduler")
         self.timings: dict[str, float] = {}
         self.supervisor = Supervisor(self.state, config.startup_timeout, config.stop_timeout)
-        self.postgres = Postgres(self.state, Port("postgres", config.postgres_port), config.postgres_url, self.timings)
+        databases = [config.airflow_database, "promotion"]
+        if config.distributed:  # MLflow's stores, as in docker-compose.yaml
+            databases += [config.mlflow_database, f"{config.mlflow_database}_auth"]
+        self.postgres = Postgres(
+            self.state, Port("postgres", config.postgres_port), config.postgres_url, self.timings, tuple(databases)
+        )
         mlflow_port = Port("mlflow", config.mlflow_port)
         self.mlflow = MlflowServer(
-            self.state, mlflow_port, self.supervisor, config.mlflow_extra_env, self.timings, config.models_dir
+            self.state,
+            mlflow_port,
+            self.supervisor,
+            config.mlflow_extra_env,
+            self.timings,
+            config.models_dir,
+            postgres_stores=self.mlflow_postgres_stores if config.distributed else None,
         )
+        self.redis: Redis | None = None
+        self.workers: CeleryWorkers | None = None
+        if config.distributed:
+            self.redis = Redis(self.state, Port("redis", config.redis_port), self.supervisor, self.timings)
+            self.workers = CeleryWorkers(self.state, self.supervisor, config.celery_workers)
         airflow_port = Port("airflow", config.airflow_port)
         self.airflow = AirflowServices(
             config,
@@ -43,6 +62,8 @@ class ServiceStack:
             self.package_env,
             self.timings,
             self.mlflow.reader_env,
+            self.redis.url if self.redis else None,
+            self.workers,
         )
         self._stopped = False
         atexit.register(self.stop)
@@ -67,6 +88,16 @@ class ServiceStack:
     @property
     def mlflow_url(self) -> str:
         return self.mlflow.url
+
+    def mlflow_postgres_stores(self) -> tuple[str, str, dict[str, str]]:
+        """MLflow's backend store and auth database on PostgreSQL; the credentials in libpq's environment.
+
+        psycopg2 by name, as docker-compose.yaml does: SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, on
+        which MLflow 3.17 fails ``transition_model_version_stage(..., archive_existing_versions=True)`` (it binds the
+        version as VARCHAR: ``operator does not exist: integer <> character varying``)."""
+        db, driver = self.config.mlflow_database, "postgresql+psycopg2"
+        stores = self.postgres.address_uri(db, driver), self.postgres.address_uri(f"{db}_auth", driver)
+        return *stores, self.postgres.libpq_env()
 
     def postgres_uri(self, db: str = "postgres", driver: str = "postgresql") -> str:
         """The superuser's URI (for the harness and tests: data tables, databases); never given to Airflow."""
@@ -98,6 +129,9 @@ class ServiceStack:
             # MLflow signs its webhook deliveries with it; among Airflow's processes only the api-server gets it
             "PROMOTION_WEBHOOK_SECRET": self.state.secrets["webhook_secret"],
             "PYTHONPATH": os.pathsep.join(pythonpath),
+            # MLflow's usage telemetry sets and unsets an environment variable from a background thread; a task
+            # reading os.environ meanwhile (requests does, for proxies) failed: KeyError '_MLFLOW_TELEMETRY_SESSION_ID'
+            "MLFLOW_DISABLE_TELEMETRY": "true",
         }
         if self.config.models_dir is not None:
             env["PROMOTION_MODELS_DIR"] = str(self.config.models_dir)
@@ -119,6 +153,10 @@ class ServiceStack:
     def migrate_airflow_db(self) -> None:
         self.airflow.migrate_db()
 
+    def start_redis(self) -> None:
+        if self.redis is not None:
+            self.redis.start()
+
     def start_airflow(self, components: Sequence[str] = COMPONENTS) -> None:
         self.airflow.start(components)
         if "api-server" in components and self.config.mlflow_webhook and self.mlflow.running:
@@ -138,6 +176,17 @@ class ServiceStack:
     def health(self) -> dict:
         return self.airflow.health()
 
+    def distributed_summary(self) -> str:
+        """What ``make run-distributed`` adds (empty on LocalExecutor), for the start-up banner."""
+        if self.redis is None or self.workers is None:
+            return ""
+        workers = ", ".join(f"{self.workers.node_name(n)} ({self.state.workers_dir / n})" for n in self.workers.names)
+        db = self.config.mlflow_database
+        return (
+            f"Executor CeleryExecutor; Redis 127.0.0.1:{self.redis.port.number}; workers {workers}\n"
+            f"MLflow   stores in PostgreSQL (databases {db}, {db}_auth)\n"
+        )
+
     def api_token(self, user: str) -> str:
         return self.airflow.api_token(user)
 
@@ -153,12 +202,16 @@ class ServiceStack:
         # fail before starting anything when a port is taken
         self.postgres.port.claim()
         self.mlflow.port.claim()
+        if self.redis is not None:
+            self.redis.port.claim()
         if "api-server" in components:
             self.airflow.port.claim()
         try:
             self.start_postgres()
-            self.start_mlflow()
-            self.migrate_airflow_db()
+            self.start_redis()
+            self.mlflow.spawn()
+            self.migrate_airflow_db()  # while MLflow starts
+            self.mlflow.wait_ready()
             self.start_airflow(components)
         except BaseException:
             self.stop()
@@ -176,6 +229,8 @@ class ServiceStack:
             self.airflow.stop()
             t1 = time.monotonic()
             self.mlflow.stop()
+            if self.redis is not None:
+                self.redis.stop()
             t2 = time.monotonic()
             self.supervisor.reap()
         finally:

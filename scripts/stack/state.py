@@ -1,9 +1,10 @@
 """The state folder: its layout, the generated secrets and the Airflow users' passwords.
 
 ``state_dir`` holds ``postgres/`` (the data directory), ``mlflow/`` (``mlflow.db``, ``artifacts/``),
-``airflow/`` (AIRFLOW_HOME), ``logs/<component>.log``, ``secrets.json`` (generated once: database password,
-Fernet key, JWT secret...), ``airflow_passwords.json`` (the simple auth manager's users and passwords) and
-``pids.json`` (what is running, to stop it after a ``make run`` that was killed).
+``airflow/`` (AIRFLOW_HOME), ``redis/`` and ``workers/<name>/`` (Celery mode: the broker's config, each
+worker's own working directory, HOME and temp dir), ``logs/<component>.log``, ``secrets.json`` (generated once:
+database password, Fernet key, JWT secret...), ``airflow_passwords.json`` (the simple auth manager's users and
+passwords) and ``pids.json`` (what is running, to stop it after a ``make run`` that was killed).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ _SECRETS = {
     # what the api-server reads the Model promotion page with: the audit log's read-only role, MLflow's reader
     "promotion_reader_password": lambda: secrets.token_urlsafe(24),
     "mlflow_reader_password": lambda: secrets.token_urlsafe(24),
+    "redis_password": lambda: secrets.token_urlsafe(24),  # the Celery broker (make run-distributed)
 }
 
 
@@ -58,6 +60,8 @@ class StateDir:
         self.pgdata = root / "postgres"
         self.mlflow_dir = root / "mlflow"
         self.airflow_home = root / "airflow"
+        self.redis_dir = root / "redis"
+        self.workers_dir = root / "workers"
         self.passwords_file = root / "airflow_passwords.json"
         self.pids_file = root / "pids.json"
         self.users = users

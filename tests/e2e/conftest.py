@@ -18,23 +18,34 @@ from tests.support import Gate, seed_champion
 DEMO = Path(__file__).resolve().parents[2] / "include" / "models" / "fraud-detector.yaml"
 
 
-@pytest.fixture(scope="session")
-def as_user(airflow) -> Callable[[str], AirflowAPI]:
-    """``as_user("bob")``: the REST API as that simple-auth-manager user."""
+def users_of(stack) -> Callable[[str], AirflowAPI]:
+    """``users_of(stack)("bob")``: the REST API of that stack's Airflow as that simple-auth-manager user."""
     cache: dict[str, AirflowAPI] = {}
-    passwords = airflow.passwords()
+    passwords = stack.passwords()
 
     def get(user: str) -> AirflowAPI:
         if user not in cache:
-            cache[user] = AirflowAPI(airflow.airflow_url, user, passwords[user], airflow.scheduler_log)
+            cache[user] = AirflowAPI(stack.airflow_url, user, passwords[user], stack.scheduler_log)
         return cache[user]
 
     return get
 
 
+@pytest.fixture(scope="session")
+def as_user(airflow) -> Callable[[str], AirflowAPI]:
+    """``as_user("bob")``: the REST API as that simple-auth-manager user (a test module running another stack
+    overrides this fixture with ``users_of(its stack)``; ``add_model`` and ``run_to_gate`` then use that one)."""
+    return users_of(airflow)
+
+
 @pytest.fixture
 def add_model(models_dir: Path, as_user) -> Callable[..., dict[str, Any]]:
     """Write a new model config (a fast built-in dataset by default) and wait for its DAG."""
+    return model_adder(models_dir, as_user)
+
+
+def model_adder(models_dir: Path, as_user: Callable[[str], AirflowAPI]) -> Callable[..., dict[str, Any]]:
+    """``add_model`` for any scope: ``add(prefix, **overrides)`` writes the config and waits for its DAG."""
 
     def add(prefix: str = "e2e", **overrides: Any) -> dict[str, Any]:
         cfg = yaml.safe_load(DEMO.read_text())

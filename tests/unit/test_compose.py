@@ -98,6 +98,21 @@ def env(service: dict) -> dict[str, str]:
     return environment
 
 
+def env_files(service: dict) -> list[Path]:
+    files = service.get("env_file") or []
+    return [ROOT / path for path in ([files] if isinstance(files, str) else files)]
+
+
+def resolved_env(service: dict) -> dict[str, str]:
+    """The environment Compose gives a service's container: its env files, then `environment` over them."""
+    from scripts.stack.airflow_services import shared_settings
+
+    merged: dict[str, str] = {}
+    for path in env_files(service):
+        merged.update(shared_settings(path))
+    return merged | {key: str(value) for key, value in env(service).items()}
+
+
 def mounts(service: dict) -> dict[str, str]:
     """{target: source} of a service's short-syntax volumes."""
     return {spec.split(":")[1]: spec.split(":")[0] for spec in service.get("volumes", [])}
@@ -240,7 +255,7 @@ def test_credentials_reach_only_the_services_that_need_them(services):
 
 def test_airflow_settings_that_matter(services):
     for name in AIRFLOW_SERVICES:
-        environment = env(services[name])
+        environment = resolved_env(services[name])
         assert environment["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
         # the package imports everywhere; only the task-running worker preloads (never the dag-processor)
         preload = ["/opt/airflow/include/preload"] if name == "airflow-worker" else []
@@ -275,7 +290,9 @@ def test_mlflow_requires_a_login_and_listens_on_loopback_only(services):
     assert (auth["default_permission"], auth["admin_username"]) == ("READ", "admin")
     assert "admin_password" not in auth, "the admin password comes from .env, not from the repository"
     database = urlsplit(auth["database_uri"])
-    assert database.scheme == "postgresql" and database.password is None
+    # psycopg2 named: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3 (see scripts/stack/service_stack.py)
+    assert database.scheme == "postgresql+psycopg2" and database.password is None
+    assert urlsplit(env(mlflow)["MLFLOW_BACKEND_STORE_URI"]).scheme == "postgresql+psycopg2"
     assert host_ips(mlflow) and set(host_ips(mlflow)) == {"127.0.0.1"}
     for name, service in services.items():
         if name != "airflow-apiserver":
@@ -335,3 +352,116 @@ def test_postgres_init_script_gets_what_it_reads(services):
         subprocess.run(["bash", "-n", str(script)], check=True, timeout=30)
         read = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", script.read_text())) - {"POSTGRES_DB"}
         assert read <= set(env(postgres)), f"{script.name} reads {sorted(read - set(env(postgres)))}, unset"
+
+
+# ------------------------------------------------------------------------ one source of Airflow's settings
+
+
+@pytest.fixture(scope="module")
+def shared() -> dict[str, str]:
+    from scripts.stack.airflow_services import SHARED_SETTINGS_FILE, shared_settings
+
+    return shared_settings(SHARED_SETTINGS_FILE)
+
+
+def harness_env(tmp_path: Path, executor: str) -> dict[str, str]:
+    """What the harness gives its Airflow processes (scripts/stack), built without starting anything."""
+    from scripts.stack import ServiceStack, StackConfig
+
+    stack = ServiceStack(StackConfig(state_dir=tmp_path, executor=executor, airflow_port=0, mlflow_port=0))
+    try:
+        return stack.airflow_env()
+    finally:
+        stack._stopped = True  # nothing was started: nothing to stop at exit
+
+
+def test_every_airflow_service_reads_the_shared_settings_and_none_overrides_them(services, shared):
+    from scripts.stack.airflow_services import SHARED_SETTINGS_FILE
+
+    assert shared["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    for name in AIRFLOW_SERVICES:
+        assert env_files(services[name]) == [SHARED_SETTINGS_FILE], name
+        again = set(shared) & set(env(services[name]))
+        assert again == set(), f"{name} sets {sorted(again)} again: change them in {SHARED_SETTINGS_FILE.name} only"
+    for name in set(services) - set(AIRFLOW_SERVICES):
+        assert SHARED_SETTINGS_FILE not in env_files(services[name]), f"{name} is no Airflow service"
+    # Compose and the harness read the file alike: plain KEY=VALUE, nothing either would interpret
+    for key, value in shared.items():
+        assert key.startswith("AIRFLOW__") and key == key.upper(), key
+        assert not re.search(r"[$'\"`]|\s#", value), f"{key}={value}: no quotes, variables or inline comments"
+        assert not SECRET_NAME.search(key) and "://" not in value, f"{key}: secrets and URIs belong in .env"
+
+
+def test_the_harness_celery_mode_runs_what_compose_runs(services, shared, tmp_path):
+    """The drift test: `make run-distributed` (and the Celery e2e tests) get every shared setting as compose does,
+    except the harness's documented overrides; `make run` differs only in its executor's own."""
+    from scripts.stack.airflow_services import DEVELOPMENT_OVERRIDES, LOCAL_EXECUTOR_OVERRIDES
+    from scripts.stack.config import CELERY, LOCAL
+
+    assert set(DEVELOPMENT_OVERRIDES) == {"AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"}, "say why in airflow_services"
+    assert set(LOCAL_EXECUTOR_OVERRIDES) == {"AIRFLOW__CORE__EXECUTOR", "AIRFLOW__CORE__PARALLELISM"}
+    celery, local = harness_env(tmp_path / "celery", CELERY), harness_env(tmp_path / "local", LOCAL)
+    for name in ("airflow-scheduler", "airflow-worker", "airflow-apiserver"):
+        composed = resolved_env(services[name])
+        differ = {key for key in shared if celery.get(key) != composed.get(key)}
+        assert differ == set(DEVELOPMENT_OVERRIDES), f"{name}: {sorted(differ)}"
+    assert {key for key in shared if local.get(key) != celery.get(key)} == set(LOCAL_EXECUTOR_OVERRIDES)
+    # the Celery settings that hold secrets or addresses: set in both, pointing at the same kinds of services
+    composed = resolved_env(services["airflow-worker"])
+    for key, scheme in (("AIRFLOW__CELERY__BROKER_URL", "redis"), ("AIRFLOW__CELERY__RESULT_BACKEND", "db+postgresql")):
+        assert urlsplit(resolved(composed[key])).scheme.startswith(scheme), key
+        assert urlsplit(celery[key]).scheme == urlsplit(resolved(composed[key])).scheme, key
+    assert "AIRFLOW__CELERY__BROKER_URL" not in local
+
+
+# What only the harness can know (paths, ports, addresses, secrets): every other Airflow setting it gives its processes
+# comes from docker/airflow.env.
+MACHINE_SPECIFIC = {
+    "AIRFLOW__API_AUTH__JWT_SECRET",
+    "AIRFLOW__API__BASE_URL",
+    "AIRFLOW__API__HOST",
+    "AIRFLOW__API__PORT",
+    "AIRFLOW__API__SECRET_KEY",
+    "AIRFLOW__CELERY__BROKER_URL",
+    "AIRFLOW__CELERY__RESULT_BACKEND",
+    "AIRFLOW__CORE__DAGS_FOLDER",
+    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+    "AIRFLOW__CORE__FERNET_KEY",
+    "AIRFLOW__CORE__PLUGINS_FOLDER",
+    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE",
+    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+    "AIRFLOW__LOGGING__BASE_LOG_FOLDER",
+}
+
+
+def test_the_harness_sets_no_airflow_setting_of_its_own(shared, tmp_path):
+    from scripts.stack.config import CELERY
+
+    own = {key for key in harness_env(tmp_path, CELERY) if key.startswith("AIRFLOW__")} - set(shared)
+    assert own - MACHINE_SPECIFIC == set(), "put shared settings in docker/airflow.env (compose reads it too)"
+
+
+def test_the_harness_celery_mode_gives_credentials_as_compose_does(tmp_path):
+    """Like compose's airflow-worker, only the Celery workers get the pipeline's credentials and preload the tasks'
+    libraries; the scheduler, which runs no task there, gets neither."""
+    from scripts.stack import ServiceStack, StackConfig
+    from scripts.stack.airflow_services import PRELOAD_DIR, WORKER_SECRETS
+    from scripts.stack.config import CELERY
+
+    stack = ServiceStack(StackConfig(state_dir=tmp_path, executor=CELERY, airflow_port=0, mlflow_port=0))
+    stack._stopped = True  # nothing is started
+    airflow = stack.airflow
+    worker = airflow.component_env("celery-worker")
+    assert all(worker[key] for key in WORKER_SECRETS)
+    assert worker["PYTHONPATH"].split(":")[0] == str(PRELOAD_DIR)
+    for component in ("scheduler", "dag-processor", "triggerer", "api-server"):
+        own = airflow.component_env(component)
+        leaked = {key for key in WORKER_SECRETS if own[key]} - {"MLFLOW_TRACKING_PASSWORD"}
+        assert leaked == set(), f"{component} gets {sorted(leaked)}"
+        assert str(PRELOAD_DIR) not in own["PYTHONPATH"], component
+        assert own["MLFLOW_TRACKING_PASSWORD"] in ("", stack.state.secrets["mlflow_reader_password"]), component
+    # each worker: its own HOME, TMPDIR and host name
+    envs = [stack.workers.env(name, worker) for name in stack.workers.names]
+    for key in ("HOME", "TMPDIR", "STACK_WORKER_HOSTNAME"):
+        assert len({env[key] for env in envs}) == len(envs), key
