@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import warnings
 
 PRELOADED = (
+    # First: importing skops.io scans every loaded module once per scipy/numpy ufunc to build its trusted-type
+    # lists (about 1.3 s in a task process, where each getattr on Airflow's deprecated modules also logs a
+    # warning); train and evaluate (de)serialize models with skops.
+    "skops.io",
     "mlflow",
     "mlflow.sklearn",
     "mlflow.tracking",
@@ -26,6 +31,10 @@ PRELOADED = (
     "sklearn.metrics",
     "sklearn.model_selection",
     "psycopg2",
+    # mlflow.server and its auth app (about 1.9 s; no connection at import): train and register claim the
+    # experiment and the registered model through MLflow's auth client (include/promotion/mlflow_accounts.py).
+    "mlflow.server",
+    "mlflow.server.auth.client",
     "include.promotion.tasks",
     "include.promotion.training",
     "include.promotion.evaluation",
@@ -35,7 +44,10 @@ PRELOADED = (
 def _preload() -> None:
     for name in PRELOADED:
         try:
-            importlib.import_module(name)
+            with warnings.catch_warnings():
+                # import-time deprecation noise (e.g. skops probing Airflow's deprecated modules) is not ours to fix
+                warnings.simplefilter("ignore")
+                importlib.import_module(name)
         except Exception:  # a missing optional library must not stop the scheduler: the task imports it itself
             logging.getLogger(__name__).warning("could not preload %s", name, exc_info=True)
 

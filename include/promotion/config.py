@@ -8,6 +8,7 @@ A malformed file raises ``ModelConfigError`` naming the file, the field and the 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -98,6 +99,18 @@ class Rollback(_Strict):
         return None if names is None else _user_names(names)
 
 
+class PostPromotion(_Strict):
+    """The check after a promotion: the champion loaded as a server would, compared with what evaluate saw."""
+
+    check: bool = Field(default=True, description="Run verify_in_production after every promotion.")
+    auto_rollback: bool = Field(
+        default=True, description="On a failed check, restore the version the promotion replaced (else: alert only)."
+    )
+    latency_ms_p95: float = Field(
+        default=50.0, gt=0, le=60_000, description="Maximum 95th percentile of one single-row prediction, in ms."
+    )
+
+
 def _user_names(names: list[str]) -> list[str]:
     cleaned = [n.strip() for n in names]
     if any(not n for n in cleaned):
@@ -105,6 +118,48 @@ def _user_names(names: list[str]) -> list[str]:
     if len(set(cleaned)) != len(cleaned):
         raise ValueError("user names must be distinct")
     return cleaned
+
+
+_CONN_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+MAX_DEPLOY_WEBHOOKS = 10
+
+
+class DeployNotifications(_Strict):
+    """Who hears that production changed (``include/promotion/deploy_events.py``): Airflow connection ids only.
+
+    The URLs and secrets live in the connections, never in this file.
+    """
+
+    webhook_conn_ids: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_DEPLOY_WEBHOOKS,
+        description="Connections (type http) whose host is the receiver's URL and whose password is the signing "
+        "secret: each gets a signed event per production change.",
+    )
+    slack_conn_id: str | None = Field(
+        default=None, description="A Slack incoming-webhook connection (type slackwebhook) to post a message to."
+    )
+
+    @field_validator("webhook_conn_ids")
+    @classmethod
+    def _distinct_ids(cls, ids: list[str]) -> list[str]:
+        if len(set(ids)) != len(ids):
+            raise ValueError("connection ids must be distinct")
+        return [_conn_id(i) for i in ids]
+
+    @field_validator("slack_conn_id")
+    @classmethod
+    def _slack_id(cls, conn_id: str | None) -> str | None:
+        return None if conn_id is None else _conn_id(conn_id)
+
+
+def _conn_id(conn_id: str) -> str:
+    if not _CONN_ID.match(conn_id):
+        raise ValueError(
+            f"{conn_id!r} is not an Airflow connection id: use 1-100 letters, digits, '_', '.' or '-' (the URL and "
+            "the secret belong in the connection, not here)"
+        )
+    return conn_id
 
 
 class ModelConfig(_Strict):
@@ -129,6 +184,12 @@ class ModelConfig(_Strict):
         default="alert",
         description="What the registry watch does when the registry differs from the audit log: record and alert, "
         "or also put the audited champion back.",
+    )
+    post_promotion: PostPromotion = Field(default_factory=PostPromotion)
+    deploy_notifications: DeployNotifications = Field(
+        default_factory=DeployNotifications,
+        description="Signed webhooks and Slack told of every production change (promotion, rollback, automatic "
+        "rollback).",
     )
 
     @field_validator("name")
@@ -207,14 +268,27 @@ def _format_validation_error(path: Path, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+# libyaml's parser (PyYAML's wheels ship it): about 15x faster than the pure-Python one on a model file (14 ms), with
+# the same safe constructor, so the same YAML 1.1 types. The pure-Python loader where PyYAML was built without it.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def parse_model_config(path: Path) -> ModelConfig:
     """Read and validate one model file; raise ``ModelConfigError`` naming the file and field."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ModelConfigError(f"{path.name}: not valid YAML ({exc}); fix the syntax.") from exc
+        content = path.read_bytes()
     except OSError as exc:
         raise ModelConfigError(f"{path.name}: cannot be read ({exc}).") from exc
+    return _validate_content(path, content)
+
+
+def _validate_content(path: Path, content: bytes) -> ModelConfig:
+    try:
+        raw = yaml.load(content.decode("utf-8"), Loader=_YAML_LOADER)  # a safe loader either way
+    except UnicodeDecodeError as exc:
+        raise ModelConfigError(f"{path.name}: not UTF-8 text ({exc}); save the file as UTF-8.") from None
+    except yaml.YAMLError as exc:
+        raise ModelConfigError(f"{path.name}: not valid YAML ({exc}); fix the syntax.") from exc
     if not isinstance(raw, dict):
         raise ModelConfigError(f"{path.name}: expected a mapping of fields at the top level, got {type(raw).__name__}.")
     try:
@@ -231,26 +305,37 @@ class LoadedConfigs:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-_cache: dict[Path, tuple[tuple[tuple[str, int, int], ...], LoadedConfigs]] = {}
+_cache: dict[Path, tuple[tuple[Any, ...], LoadedConfigs]] = {}
 
 
 def load_model_configs(directory: Path | None = None) -> LoadedConfigs:
     """Load every ``*.yaml``/``*.yml`` file; a bad file is reported in ``errors`` and skipped.
 
     Two files that claim the same model (or the same DAG id) are both refused: neither can take over the
-    other's DAG. Parsed once per change of the folder (the DAG files of one parse share the result).
+    other's DAG. Parsed once per content of the folder's files (the DAG files parsed in one process share the
+    result; a task process parses only its own DAG file).
     """
     directory = (directory or settings.models_dir()).resolve()
     paths = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
-    stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
+    files: dict[Path, tuple[bytes, str]] = {}
+    unreadable: dict[str, str] = {}
+    for path in paths:
+        try:
+            content = path.read_bytes()
+        except OSError as exc:
+            unreadable[path.name] = f"{path.name}: cannot be read ({exc})."
+            continue
+        files[path] = (content, hashlib.sha256(content).hexdigest())
+    # by content, not modification time: an edit within the file system's time resolution is still an edit
+    stamp = (tuple((p.name, digest) for p, (_, digest) in files.items()), tuple(unreadable.items()))
     cached = _cache.get(directory)
     if cached is not None and cached[0] == stamp:
         return cached[1]
     parsed: dict[str, ModelConfig] = {}
-    errors: dict[str, str] = {}
-    for path in paths:
+    errors: dict[str, str] = dict(unreadable)
+    for path, (content, _) in files.items():
         try:
-            parsed[path.name] = parse_model_config(path)
+            parsed[path.name] = _validate_content(path, content)
         except ModelConfigError as exc:
             errors[path.name] = str(exc)
     claims: dict[str, list[str]] = {}

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,21 @@ def test_an_unknown_model_lists_the_configured_ones(tmp_path: Path, demo: dict) 
     write(tmp_path, "good.yaml", demo)
     with pytest.raises(UnknownModel, match=r"unknown model 'nope'.*Configured models: fraud-detector"):
         get_model_config("nope", tmp_path)
+
+
+def test_an_edit_that_keeps_size_and_modification_time_is_still_read(tmp_path: Path, demo: dict) -> None:
+    path = write(tmp_path, "m.yaml", {**demo, "owner": "team-a"})
+    before = path.stat()
+    assert load_model_configs(tmp_path).models["fraud-detector"].owner == "team-a"
+    path.write_text(path.read_text().replace("team-a", "team-b"))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size and path.stat().st_mtime_ns == before.st_mtime_ns
+    assert load_model_configs(tmp_path).models["fraud-detector"].owner == "team-b"
+
+
+def test_a_file_that_is_not_utf8_is_reported_and_does_not_hide_the_others(tmp_path: Path, demo: dict) -> None:
+    write(tmp_path, "good.yaml", demo)
+    (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    loaded = load_model_configs(tmp_path)
+    assert list(loaded.models) == ["fraud-detector"]
+    assert "latin1.yaml: not UTF-8 text" in loaded.errors["latin1.yaml"]
