@@ -1,14 +1,15 @@
 """One governed promotion DAG per model config in ``include/models/``.
 
 The DAG id is ``model_promotion__<model>``; the tasks read like the flow they run:
-``load_data → train → evaluate → register → promote_to_staging → approve → promote_to_production``.
+``load_data → train → evaluate → register → promote_to_staging → approve → promote_to_production →
+verify_in_production``, and ``notify_deployers`` once production changed.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag, get_current_context, get_parsing_context, task
 
 from include.promotion.airflow_run import RunRef
 from include.promotion.approval_gate import build_approval_task
@@ -23,14 +24,21 @@ DOC_MD = """
    has a missing target or a single class; it fingerprints what it accepted (`data_version`).
 2. **train** fits `{estimator}` and logs it to MLflow with its lineage.
 3. **evaluate** scores the candidate and the current champion on the same holdout and applies the
-   gates {gates} and "beat the champion's `{metric}` by {improvement}". A candidate that fails ends
-   the run as **not promoted**: nothing is registered.
+   gates {gates} and "beat the champion's `{metric}` by {improvement}". A candidate that fails, or that
+   is identical to the champion (same data version and training config), ends the run as
+   **not promoted**: nothing is registered.
 4. **register** creates the model version (once, even if retried) with its tags.
 5. **promote_to_staging** makes it the `challenger` (stage Staging) and writes an audit row.
 6. **approve** waits for one of {reviewers} under *Required Actions* (never the user who triggered
    the run); no answer within {timeout:g} h is a rejection.
 7. **promote_to_production** makes it the `champion`, archives the previous one, and checks that
    exactly one version is in production.
+8. **verify_in_production** loads `models:/{name}@champion` in a fresh interpreter through the serving
+   loader, checks its signature, predicts the holdout sample `evaluate` logged (identical within 1e-9)
+   and times single-row predictions (p95 under {latency:g} ms). {on_failure}
+9. **notify_deployers** sends one event per production change of this run (the promotion, and an
+   automatic rollback) to the model's deploy targets; it runs only when something was promoted, and its
+   failure never undoes the promotion.
 
 Undo a bad promotion with the `model_rollback` DAG.
 """
@@ -38,6 +46,17 @@ Undo a bad promotion with the `model_rollback` DAG.
 
 def _run() -> RunRef:
     return RunRef.from_context(get_current_context())
+
+
+def _on_failure(cfg: ModelConfig) -> str:
+    if not cfg.post_promotion.check:
+        return "The check is **off** for this model (`post_promotion.check: false`): the task only says so."
+    if not cfg.post_promotion.auto_rollback:
+        return "A failure alerts and fails the run; rolling back is left to on-call (`auto_rollback: false`)."
+    return (
+        "A failure rolls back **automatically** to the version it replaced (actor `post-promotion-check`), "
+        "alerts, and fails the run."
+    )
 
 
 def build_promotion_dag(cfg: ModelConfig) -> None:
@@ -59,6 +78,8 @@ def build_promotion_dag(cfg: ModelConfig) -> None:
             improvement=cfg.champion_comparison.min_improvement,
             reviewers=", ".join(cfg.approval.reviewers),
             timeout=cfg.approval.timeout_hours,
+            latency=cfg.post_promotion.latency_ms_p95,
+            on_failure=_on_failure(cfg),
         ),
         tags=["model-promotion", model, *cfg.tags],
         default_args={"owner": cfg.owner, "retries": 2, "retry_delay": timedelta(seconds=10)},
@@ -106,13 +127,41 @@ def build_promotion_dag(cfg: ModelConfig) -> None:
 
             return tasks.promote_to_production(model, staged, _run())
 
+        @task
+        def verify_in_production() -> dict:
+            """Load the champion as a server would; on failure roll back to the version it replaced, and fail."""
+            from include.promotion import tasks
+
+            return tasks.verify_in_production(model, _run())
+
+        @task
+        def notify_deployers() -> dict:
+            """Tell the deploy targets of each production change this run made (promotion, automatic rollback)."""
+            from include.promotion import deploy_events
+
+            return deploy_events.notify_deployers(model, _run())
+
         trained = train(load_data())
         verdict = evaluate(trained)
         staged = promote_to_staging(register(trained, verdict))
-        build_approval_task(cfg, staged, verdict, trained, task_id="approve") >> promote_to_production(staged)
+        approved = build_approval_task(cfg, staged, verdict, trained, task_id="approve")
+        promoted = promote_to_production(staged)
+        approved >> promoted
+        verified = verify_in_production()
+        promoted >> verified
+        # A teardown of the promotion: it runs once verify_in_production is done, passed or failed (an automatic
+        # rollback is a production change too), and is skipped when nothing was promoted. Being a teardown, its own
+        # state does not decide the run's: a failed check keeps the run red, and a deploy target that stays down
+        # never undoes a promotion that held (the task fails and alerts by itself). on_failure_fail_dagrun would make
+        # the teardown a leaf whose success turns a failed check's run green.
+        verified >> notify_deployers().as_teardown(setups=promoted)
 
     promotion()
 
 
+# A task process re-parses this file for its one DAG, which Airflow names in the parsing context: build only that one
+# (with 1,000 models, about 10 s less per task); the dag-processor (no DAG named) builds them all.
+_only_dag_id = get_parsing_context().dag_id
 for _cfg in load_model_configs().models.values():
-    build_promotion_dag(_cfg)
+    if _only_dag_id is None or _cfg.dag_id == _only_dag_id:
+        build_promotion_dag(_cfg)

@@ -1,7 +1,7 @@
 """On-call's undo button: put a model's previous production version back, at once and on record.
 
 Triggered by hand from the Airflow UI form (never scheduled):
-``validate → restore_previous_champion → verify``.
+``validate → restore_previous_champion → verify → notify_deployers``.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ Use this when the current champion misbehaves. Pick the model, optionally a vers
   reason and name, and writes one audit row per changed version.
 * **verify** checks that exactly one version is in production and that `models:/<name>@champion`
   resolves to the target.
+* **notify_deployers** sends a signed `model.rolled_back` event to the model's deploy webhooks and Slack
+  (`deploy_notifications` in its config). A target that stays down fails this task only: the rollback stands;
+  clearing the task resends the same delivery ids.
 
 Triggering again rolls back one more step.
 """,
@@ -101,8 +104,16 @@ def model_rollback() -> None:
 
         return tasks.verify_rollback(plan, RunRef.from_context(get_current_context()))
 
+    @task
+    def notify_deployers() -> dict:
+        """Tell the model's deployers this run's production change, from its audit rows; never undoes it."""
+        from include.promotion import deploy_events
+
+        context = get_current_context()
+        return deploy_events.notify_deployers(context["params"]["model_name"], RunRef.from_context(context))
+
     plan = validate()
-    restore_previous_champion(plan) >> verify(plan)
+    restore_previous_champion(plan) >> verify(plan) >> notify_deployers()
 
 
 model_rollback()

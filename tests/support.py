@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from benchmarks.registry_workload import change, new_run, promote, register, tiny_model_uri
-from include.promotion import audit, lifecycle, mlflow_client, tasks
+from include.promotion import audit, lifecycle, mlflow_client, settings, tasks
 from include.promotion.airflow_run import RunRef
 from include.promotion.lifecycle import Change
 from include.promotion.states import CHAMPION_ALIAS
@@ -37,12 +43,35 @@ def run_ref(triggered_by: str | None = None, dag_id: str = "tests") -> RunRef:
     return RunRef(dag_id=dag_id, run_id=f"run-{uuid.uuid4().hex[:8]}", triggered_by=triggered_by)
 
 
+@contextlib.contextmanager
+def earlier_snapshot(name: str) -> Iterator[None]:
+    """Within the block, this process reads model ``name`` as trained on an earlier data snapshot (its built-in
+    dataset drawn with the next seed), so a retrain on today's data is not a copy of it (the no-op rule)."""
+    cfg = yaml.safe_load((settings.models_dir() / f"{name}.yaml").read_text())
+    if cfg["data"]["source"] != "builtin":
+        raise ValueError(f"seed_champion needs a model on a built-in dataset; '{name}' reads {cfg['data']['source']}")
+    cfg["data"] = {**cfg["data"], "seed": cfg["data"].get("seed", 7) + 1}
+    saved = os.environ.get("PROMOTION_MODELS_DIR")
+    with tempfile.TemporaryDirectory(prefix="seed-models-") as folder:
+        (Path(folder) / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        os.environ["PROMOTION_MODELS_DIR"] = folder  # this process only: the DAGs keep reading the real folder
+        try:
+            yield
+        finally:
+            if saved is None:
+                os.environ.pop("PROMOTION_MODELS_DIR", None)
+            else:
+                os.environ["PROMOTION_MODELS_DIR"] = saved
+
+
 def seed_champion(name: str, reason: str = "seed") -> str:
     """Put a real trained version of a configured model in production in-process (the tasks' own code), approved by
-    bob for ``reason``."""
+    bob for ``reason``; trained on an earlier snapshot of its data, as last week's champion would be."""
     run = run_ref(dag_id="seed")
-    trained = tasks.train(name, tasks.load_data(name, run), run)
-    staged = tasks.promote_to_staging(name, tasks.register(name, trained, tasks.evaluate(name, trained, run), run), run)
+    with earlier_snapshot(name):
+        trained = tasks.train(name, tasks.load_data(name, run), run)
+        verdict = tasks.evaluate(name, trained, run)
+        staged = tasks.promote_to_staging(name, tasks.register(name, trained, verdict, run), run)
     version = staged["version"]
     approval = Change("bob", run.dag_id, run.run_id)
     lifecycle.record_approval(name, version, "bob", reason, approval)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 
@@ -13,9 +14,17 @@ class RunRef:
     dag_id: str
     run_id: str
     triggered_by: str | None = None
+    # when the run was created (Airflow's run_after; kept when the run is cleared): older audit rows under the same
+    # run id belong to an earlier run that reused it
+    run_after: datetime | None = None
 
     @classmethod
     def from_context(cls, context: Any) -> RunRef:
         ti = context["ti"]
         dag_run = context.get("dag_run")
-        return cls(ti.dag_id, ti.run_id, getattr(dag_run, "triggering_user_name", None) or None)
+        return cls(
+            ti.dag_id,
+            ti.run_id,
+            getattr(dag_run, "triggering_user_name", None) or None,
+            getattr(dag_run, "run_after", None),
+        )

@@ -69,11 +69,32 @@ class RegistryDrift(PromotionError):
     """The registry differs from what the audit log records (found by the registry watch)."""
 
 
+class PostPromotionCheckFailed(PromotionError):
+    """The champion did not pass the post-promotion check (the message says what failed and what was restored)."""
+
+
 class WebhookRefused(PromotionError):
     """A delivery to the MLflow webhook receiver that is not acted on; ``status_code`` is the HTTP answer.
 
     401: not signed by MLflow with the shared secret, outside the time window, or a replay; 413: too large;
     400: signed but not a registry event; 503: nothing can act on it now (MLflow retries).
+    """
+
+    def __init__(self, message: str, status_code: int = 401):
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class DeployNotificationFailed(PromotionError):
+    """A deploy target did not take a production-change event after retries; the change itself stands."""
+
+
+class DeliveryRefused(PromotionError):
+    """A deploy event a receiver must not act on (``deploy_events.verify_delivery``); ``status_code`` is the answer.
+
+    401: unsigned, mis-signed, outside the time window or for another target; 409: an event already applied (a
+    replay, or the sender's retry of a delivery that got through: the sender counts 409 as delivered); 413: too
+    large; 400: not a deploy event.
     """
 
     def __init__(self, message: str, status_code: int = 401):

@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from include.promotion import mlflow_client
 from include.promotion.config import METRICS, ModelConfig
+from include.promotion.post_promotion import EXPECTED_COLUMN, SAMPLE_ARTIFACT, SAMPLE_DIGEST_PARAM, SAMPLE_ROWS
 from include.promotion.states import CHAMPION_ALIAS
-from include.promotion.training import holdout_split
+from include.promotion.training import TRAINING_FINGERPRINT, holdout_split
 
 if TYPE_CHECKING:
     import pandas as pd
+    from mlflow import MlflowClient
 
 
 @dataclass
@@ -117,12 +119,47 @@ def _log_plots(client: Any, run_id: str, y_true: Any, curves: dict[str, Any]) ->
         plt.close(fig)
 
 
+def identical_to_champion(client: MlflowClient, fingerprint: str | None, champion: Any) -> bool:
+    """Whether the champion's own MLflow run was trained with this training fingerprint (its run param, which only
+    the pipeline writes; never a version tag, which people with EDIT can change)."""
+    from mlflow.exceptions import MlflowException
+
+    if not fingerprint or not champion.run_id:
+        return False  # a champion registered before fingerprints existed, or created by hand: not provably a copy
+    try:
+        champion_run = client.get_run(champion.run_id)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return champion_run.data.params.get(TRAINING_FINGERPRINT) == fingerprint
+
+
+def log_holdout_sample(client: MlflowClient, run_id: str, x_test: pd.DataFrame, proba: Any) -> str:
+    """Log the fixed sample of the holdout with the candidate's probabilities, and its digest as a param."""
+    import hashlib
+    import tempfile
+    from pathlib import Path
+
+    sample = x_test.head(SAMPLE_ROWS).reset_index(drop=True).copy()
+    sample[EXPECTED_COLUMN] = proba[: len(sample)]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, Path(SAMPLE_ARTIFACT).name)
+        sample.to_parquet(path, index=False)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        client.log_artifact(run_id, str(path), str(Path(SAMPLE_ARTIFACT).parent))
+    client.log_param(run_id, SAMPLE_DIGEST_PARAM, digest)
+    return digest
+
+
 def evaluate_candidate(cfg: ModelConfig, frame: pd.DataFrame, trained: dict[str, str]) -> Evaluation:
     """Score candidate and champion on the same holdout, log the evidence, return the verdict."""
     import mlflow
     from mlflow.entities import Metric, RunTag
 
     client = mlflow_client.client()
+    run_id = trained["run_id"]
+    candidate_params = client.get_run(run_id).data.params
     split = holdout_split(cfg, frame)
     candidate = mlflow.sklearn.load_model(trained["model_uri"])
     candidate_proba = candidate.predict_proba(split.x_test)[:, 1]
@@ -139,6 +176,9 @@ def evaluate_candidate(cfg: ModelConfig, frame: pd.DataFrame, trained: dict[str,
         curves[f"champion v{champion.version}"] = champion_proba
 
     gate_results, reasons = apply_gates(cfg, metrics, champion_metrics)
+    if champion is not None and identical_to_champion(client, candidate_params.get(TRAINING_FINGERPRINT), champion):
+        # a retrain on unchanged data and config: reviewers would be asked to approve a copy of the champion
+        reasons.insert(0, f"identical to champion v{champion.version} (same data version and training config)")
     evaluation = Evaluation(
         passed=not reasons,
         metrics=metrics,
@@ -148,7 +188,6 @@ def evaluate_candidate(cfg: ModelConfig, frame: pd.DataFrame, trained: dict[str,
         champion_metrics=champion_metrics,
     )
     # The client API, not the fluent one: it writes to this run whatever experiment the process has active.
-    run_id = trained["run_id"]
     logged = {f"holdout_{k}": v for k, v in metrics.items()}
     if champion_metrics:
         logged |= {f"champion_holdout_{k}": v for k, v in champion_metrics.items()}
@@ -164,4 +203,6 @@ def evaluate_candidate(cfg: ModelConfig, frame: pd.DataFrame, trained: dict[str,
     client.log_text(run_id, comparison_markdown(evaluation), "evaluation/comparison.md")
     client.log_text(run_id, json.dumps(evaluation.as_dict(), indent=2), "evaluation/evaluation.json")
     _log_plots(client, run_id, split.y_test, curves)
+    if SAMPLE_DIGEST_PARAM not in candidate_params:  # a retried evaluate keeps the sample it logged first
+        log_holdout_sample(client, run_id, split.x_test, candidate_proba)
     return evaluation

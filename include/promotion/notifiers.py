@@ -1,4 +1,4 @@
-"""Who hears what: a candidate awaits approval, or the registry differs from the audit log.
+"""Who hears what: a candidate awaits approval, the registry differs from the audit log, a promotion did not hold.
 
 The task log always; e-mail when the model configures ``approval.notify_emails`` (Airflow's ``smtp_default``).
 """
@@ -53,17 +53,51 @@ def alert_drift(cfg: ModelConfig, lines: list[str]) -> None:
     """Tell the model's people that its registry differs from the audit log (the watch's alert)."""
     for line in lines:
         log.error("REGISTRY DRIFT %s", line)
+    _mail_alert(
+        cfg,
+        f"[registry drift] {cfg.name}: the registry differs from the audit log",
+        "The registry watch found:",
+        lines,
+    )
+
+
+def alert_post_promotion(cfg: ModelConfig, lines: list[str]) -> None:
+    """Tell the model's people that a promotion did not hold (the post-promotion check's alert)."""
+    for line in lines:
+        log.error("POST-PROMOTION CHECK FAILED %s", line)
+    _mail_alert(
+        cfg,
+        f"[post-promotion check failed] {cfg.name}: the new champion did not pass its check in production",
+        "The post-promotion check found:",
+        lines,
+    )
+
+
+def alert_deploy_notification(cfg: ModelConfig, lines: list[str]) -> None:
+    """Tell the model's people that deployers were not told of a production change (``notify_deployers``)."""
+    for line in lines:
+        log.error("DEPLOY NOTIFICATION FAILED %s", line)
+    _mail_alert(
+        cfg,
+        f"[deploy notification failed] {cfg.name}: deployers were not told of a production change",
+        "The production change stands, but these deploy targets did not take its event:",
+        lines,
+    )
+
+
+def _mail_alert(cfg: ModelConfig, subject: str, intro: str, lines: list[str]) -> None:
+    """E-mail an alert to ``approval.notify_emails`` through ``smtp_default``; no addresses: the log only."""
     if not cfg.approval.notify_emails:
         return
     from airflow.providers.smtp.hooks.smtp import SmtpHook
 
-    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)  # tag values reach these lines
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)  # tag values and errors reach these lines
     try:
         with SmtpHook(smtp_conn_id="smtp_default") as hook:
             hook.send_email_smtp(
                 to=list(cfg.approval.notify_emails),
-                subject=f"[registry drift] {cfg.name}: the registry differs from the audit log",
-                html_content=f"<p>The registry watch found:</p><ul>{items}</ul>",
+                subject=subject,
+                html_content=f"<p>{html.escape(intro)}</p><ul>{items}</ul>",
             )
-    except Exception:  # the alert is also in the log and the run fails: a mail outage must not hide the drift
-        log.exception("could not e-mail the drift alert for %s to %s", cfg.name, cfg.approval.notify_emails)
+    except Exception:  # the alert is also in the log and the run fails: a mail outage must not hide it
+        log.exception("could not e-mail the alert '%s' to %s", subject, cfg.approval.notify_emails)

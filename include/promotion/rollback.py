@@ -147,8 +147,11 @@ def restore_champion(client: MlflowClient, name: str, version: str) -> None:
     set_tags(client, name, version, {"promotion_status": Status.PRODUCTION})
 
 
-def rollback(plan: RollbackPlan, reason: str, change: Change) -> None:
+def rollback(plan: RollbackPlan, reason: str, change: Change, action: AuditAction | None = None) -> None:
     """Restore ``plan.target_version`` as champion and mark the current one ``rolled_back``.
+
+    The audit rows are ``rollback_restore`` and ``rollback_demote``, or both ``action`` when given (the
+    post-promotion check's ``post_check_rollback``: the stages tell the restored version from the demoted one).
 
     The target's own ``promoted_over`` is left as it was, so a second rollback goes one step further
     back. Resumes a crashed attempt of the same change; refuses if the champion moved meanwhile.
@@ -194,6 +197,7 @@ def rollback(plan: RollbackPlan, reason: str, change: Change) -> None:
         else:
             reason = f"{reason} (v{current} was deleted from the registry)"
         restore_champion(client, name, target)  # who and why: the audit rows
-        log.record(change.entry(name, target, AuditAction.ROLLBACK_RESTORE, Stage.ARCHIVED, Stage.PRODUCTION, reason))
-        log.record(change.entry(name, current, AuditAction.ROLLBACK_DEMOTE, Stage.PRODUCTION, Stage.ARCHIVED, reason))
+        restore, demote = (action, action) if action else (AuditAction.ROLLBACK_RESTORE, AuditAction.ROLLBACK_DEMOTE)
+        log.record(change.entry(name, target, restore, Stage.ARCHIVED, Stage.PRODUCTION, reason))
+        log.record(change.entry(name, current, demote, Stage.PRODUCTION, Stage.ARCHIVED, reason))
         verify_invariant(name, client)

@@ -21,6 +21,7 @@ from include.promotion import (
     lifecycle,
     mlflow_client,
     notifiers,
+    post_promotion,
     rollback,
     training,
     watch,
@@ -117,6 +118,12 @@ def promote_to_production(model_name: str, staged: dict[str, Any], run: RunRef) 
     approver, previous = lifecycle.promote_to_production(model_name, version, _change(run), four_eyes)
     log.info("%s v%s is the champion (approved by %s); archived: %s", model_name, version, approver, previous)
     return {"model_name": model_name, "version": version, "archived": previous, "approver": approver}
+
+
+def verify_in_production(model_name: str, run: RunRef) -> dict[str, Any]:
+    """Load the new champion in a fresh interpreter as a server would; on any failure roll back to the version
+    it replaced (``post_promotion.auto_rollback``), alert, and fail. A retry never rolls back twice."""
+    return post_promotion.verify_in_production(get_model_config(model_name), run)
 
 
 # -- the rollback DAG --------------------------------------------------------------------------------------
@@ -239,6 +246,7 @@ __all__ = [
     "restore_previous_champion",
     "train",
     "validate_rollback",
+    "verify_in_production",
     "verify_rollback",
     "watch_registry",
 ]

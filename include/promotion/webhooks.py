@@ -38,7 +38,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -129,31 +129,59 @@ def verify(headers: Mapping[str, str], body: bytes, secret: str, now: float | No
     Anything else raises ``WebhookRefused`` (401; 413 for a body over ``MAX_BODY_BYTES``). The signature is
     compared in constant time, over the raw body as received.
     """
-    if len(body) > MAX_BODY_BYTES:
-        raise WebhookRefused(f"the body is over {MAX_BODY_BYTES} bytes; MLflow's registry events are far smaller", 413)
+    return verify_signed(
+        headers,
+        body,
+        secret,
+        now,
+        names=(DELIVERY_ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER),
+        refused=WebhookRefused,
+        sender="MLflow with PROMOTION_WEBHOOK_SECRET",
+        max_body=MAX_BODY_BYTES,
+    )
+
+
+def verify_signed(
+    headers: Mapping[str, str],
+    body: bytes,
+    secret: str,
+    now: float | None,
+    *,
+    names: tuple[str, str, str],
+    refused: Callable[[str, int], Exception],
+    sender: str,
+    max_body: int,
+) -> tuple[str, int]:
+    """The checks of MLflow's signing scheme under any header ``names`` (delivery id, timestamp, signature).
+
+    Shared by this receiver and ``deploy_events.verify_delivery``; ``refused(message, status)`` is raised.
+    """
+    delivery_header, timestamp_header, signature_header = names
+    if len(body) > max_body:
+        raise refused(f"the body is over {max_body} bytes; these events are far smaller", 413)
     lowered = {key.lower(): value for key, value in headers.items()}
-    delivery_id = lowered.get(DELIVERY_ID_HEADER.lower(), "")
-    timestamp = lowered.get(TIMESTAMP_HEADER.lower(), "")
-    signature = lowered.get(SIGNATURE_HEADER.lower(), "")
+    delivery_id = lowered.get(delivery_header.lower(), "")
+    timestamp = lowered.get(timestamp_header.lower(), "")
+    signature = lowered.get(signature_header.lower(), "")
     if not _DELIVERY_ID.fullmatch(delivery_id):
-        raise WebhookRefused(f"missing or malformed {DELIVERY_ID_HEADER} header")
+        raise refused(f"missing or malformed {delivery_header} header", 401)
     if not _TIMESTAMP.fullmatch(timestamp):
-        raise WebhookRefused(f"missing or malformed {TIMESTAMP_HEADER} header (unix seconds)")
+        raise refused(f"missing or malformed {timestamp_header} header (unix seconds)", 401)
     version, comma, encoded = signature.partition(",")
     try:
         given = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         given = b""
     if version != SIGNATURE_VERSION or not comma or not given:
-        raise WebhookRefused(f"missing or malformed {SIGNATURE_HEADER} header (expected {SIGNATURE_VERSION},<base64>)")
+        raise refused(f"missing or malformed {signature_header} header (expected {SIGNATURE_VERSION},<base64>)", 401)
     age = (time.time() if now is None else now) - int(timestamp)
     if age > MAX_AGE_SECONDS:
-        raise WebhookRefused(f"the delivery is {age:.0f} s old (at most {MAX_AGE_SECONDS} s): late or replayed")
+        raise refused(f"the delivery is {age:.0f} s old (at most {MAX_AGE_SECONDS} s): late or replayed", 401)
     if age < -MAX_AHEAD_SECONDS:
-        raise WebhookRefused(f"the delivery is dated {-age:.0f} s ahead (at most {MAX_AHEAD_SECONDS} s)")
+        raise refused(f"the delivery is dated {-age:.0f} s ahead (at most {MAX_AHEAD_SECONDS} s)", 401)
     expected = hmac.new(secret.encode(), f"{delivery_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
     if not hmac.compare_digest(given, expected):
-        raise WebhookRefused("the signature does not match: not sent by MLflow with PROMOTION_WEBHOOK_SECRET")
+        raise refused(f"the signature does not match: not sent by {sender}", 401)
     return delivery_id, int(timestamp)
 
 

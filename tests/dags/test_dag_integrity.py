@@ -73,6 +73,8 @@ def test_promotion_dag_has_the_contract_task_ids(parsed: dict) -> None:
         "promote_to_staging",
         "approve",
         "promote_to_production",
+        "verify_in_production",
+        "notify_deployers",
     ]
     assert dag["max_active_runs"] == 1
 
@@ -87,6 +89,7 @@ def test_rollback_dag_is_manual_with_its_form(parsed: dict) -> None:
     dag = parsed["dags"]["model_rollback"]
     assert dag["schedule"] == "None"
     assert dag["params"] == ["model_name", "reason", "restore_rolled_back", "target_version"]
+    assert dag["task_ids"] == ["validate", "restore_previous_champion", "verify", "notify_deployers"]
 
 
 def test_a_malformed_config_is_reported_and_does_not_hide_other_models(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""`make run` as a user starts it: the whole story through the REST API, a restart, and a clean stop."""
+"""`make run` as a user starts it: the demo run approved through the REST API, the page, a restart, and a clean stop."""
 
 from __future__ import annotations
 
@@ -134,15 +134,16 @@ def test_make_run_tells_the_whole_story_and_keeps_its_state(tmp_path: Path) -> N
         admin = stack.api("admin")
         (first,) = admin.request("GET", f"/dags/{DAG_ID}/dagRuns")["dag_runs"]  # the run make run started
         approve_next_run(stack, first["dag_run_id"])
-        approve_next_run(stack, stack.api("alice").trigger(DAG_ID))
-        assert stack.champion() == "2"
-
-        carol = stack.api("carol")
-        rollback = carol.trigger("model_rollback", {"model_name": "fraud-detector", "reason": "demo rollback"})
-        assert carol.wait_for_run("model_rollback", rollback, timeout=120) == "success"
         assert stack.champion() == "1"
         rows = audit_rows(stack.state_dir, ports["postgres"])
-        assert rows[-2:] == [("1", "rollback_restore", "carol"), ("2", "rollback_demote", "carol")]
+        assert rows == [
+            ("1", "register", DAG_ID),
+            ("1", "stage", DAG_ID),
+            ("1", "approve", "bob"),
+            ("1", "promote", "bob"),
+        ]
+        # (a second retrain on the same data would be a copy of the champion: not promoted; and rollbacks have their own
+        # tests on both executors: tests/e2e/test_rollback_dag.py, tests/e2e/test_celery_stack.py)
         # "Model promotion" is in the navigation and shows the demo model, read with the api-server's own accounts
         views = [v for p in admin.request("GET", "/plugins")["plugins"] for v in p["external_views"]]
         assert [(v["name"], v["href"]) for v in views] == [("Model promotion", "/promotion/")]
@@ -151,11 +152,7 @@ def test_make_run_tells_the_whole_story_and_keeps_its_state(tmp_path: Path) -> N
         token = requests.post(f"{base}/auth/token", json=login, timeout=30).json()["access_token"]
         page = requests.get(f"{base}/promotion/api/models", headers={"Authorization": f"Bearer {token}"}, timeout=60)
         (demo,) = page.json()["models"]
-        assert (demo["name"], demo["champion"]["version"], demo["champion"]["restored"]["actor"]) == (
-            "fraud-detector",
-            "1",
-            "carol",
-        )
+        assert (demo["name"], demo["champion"]["version"]) == ("fraud-detector", "1")
         stack.stop()
         with pytest.raises(requests.ConnectionError):
             requests.get(f"http://127.0.0.1:{ports['mlflow']}/health", timeout=5)
@@ -164,7 +161,7 @@ def test_make_run_tells_the_whole_story_and_keeps_its_state(tmp_path: Path) -> N
         assert stack.champion() == "1"
         assert audit_rows(stack.state_dir, ports["postgres"]) == rows
         runs = stack.api("admin").request("GET", f"/dags/{DAG_ID}/dagRuns")["dag_runs"]
-        assert len(runs) == 2, "make run must not trigger again when the demo model already has runs"
+        assert len(runs) == 1, "make run must not trigger again when the demo model already has runs"
         assert stack.log.read_text().count("Seeded demo.transactions") == 1, "the restart must keep the data"
     finally:
         stack.stop()

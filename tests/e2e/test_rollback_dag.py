@@ -9,6 +9,7 @@ import pytest
 from include.promotion import audit, mlflow_client
 from include.promotion.invariants import verify_invariant
 from scripts.airflow_api import AirflowAPIError
+from tests.deploy_receiver import DeployReceiver
 from tests.support import promote, snapshot
 
 pytestmark = pytest.mark.e2e
@@ -28,13 +29,20 @@ def trigger_rollback(api, conf: dict) -> str:
 
 
 def test_on_call_rolls_back_step_by_step_and_to_a_named_version(as_user, add_model) -> None:
-    name = add_model("rollback")["name"]
+    # the deployers' receiver, behind a connection in Airflow's database (created through the API, as an admin would)
+    receiver = DeployReceiver()
+    as_user("admin").request("POST", "/connections", json={"connection_id": "deploy_e2e", **receiver.connection()})
+    name = add_model("rollback", deploy_notifications={"webhook_conn_ids": ["deploy_e2e"]})["name"]
     v1, v2, v3 = promote(name), promote(name), promote(name)
     carol = as_user("carol")
 
     run_id = trigger_rollback(carol, {"model_name": name, "reason": "v3 flags every card"})
     assert carol.wait_for_run("model_rollback", run_id, timeout=120) == "success"
     assert verify_invariant(name) == v2
+    [event] = receiver.events  # signed with the connection's secret, checked by the receiver
+    assert (event["type"], event["version"], event["previous_version"]) == ("model.rolled_back", v2, v3)
+    assert (event["actor"], event["reason"], event["run_id"]) == ("carol", "v3 flags every card", run_id)
+    assert receiver.refusals == []
     bad = mlflow_client.client().get_model_version(name, v3)
     assert bad.tags["promotion_status"] == "rolled_back" and bad.tags["rollback_reason"] == "v3 flags every card"
     assert bad.tags["rolled_back_by"] == "carol"
@@ -64,3 +72,6 @@ def test_on_call_rolls_back_step_by_step_and_to_a_named_version(as_user, add_mod
     restored = audit.rows(name)[-2]
     assert (restored["version"], restored["action"], restored["actor"]) == (v2, "rollback_restore", "carol")
     assert restored["reason"] == "back to v2 (restores a version that was rolled back earlier)"
+    # one event per production change: the refused run sent none
+    assert [e["version"] for e in receiver.events] == [v2, v1, v2]
+    receiver.close()

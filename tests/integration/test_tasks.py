@@ -136,3 +136,38 @@ def test_data_that_changed_after_load_data_is_refused(services, models_dir: Path
     conn.close()
     with pytest.raises(DataValidationError, match="changed since load_data"):
         data.load_expected(parse_model_config(models_dir / f"{name}.yaml"), loaded["data_version"])
+
+
+def test_a_retrain_identical_to_the_champion_is_not_registered(models_dir: Path) -> None:
+    """Same data version and training config as the champion's own MLflow run: reviewers are not asked to approve
+    a copy. The comparison reads the champion's run param (MLflow never lets it change), not a version tag."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from include.promotion import lifecycle
+    from include.promotion.lifecycle import Change
+
+    fast = {"source": "builtin", "dataset": "synthetic_transactions", "rows": 3000, "seed": 11}
+    estimator = {
+        "class": "sklearn.linear_model.LogisticRegression",
+        "params": {"max_iter": 500, "class_weight": "balanced"},
+    }
+    name = model_file(models_dir, unique("noop"), data=fast, estimator=estimator)
+    first = run_ref()
+    trained = tasks.train(name, tasks.load_data(name, first), first)
+    staged = tasks.promote_to_staging(
+        name, tasks.register(name, trained, tasks.evaluate(name, trained, first), first), first
+    )
+    lifecycle.record_approval(name, staged["version"], "bob", "lgtm", Change("bob", first.dag_id, first.run_id))
+    lifecycle.promote_to_production(name, staged["version"], Change("bob", first.dag_id, first.run_id))
+
+    run = run_ref()
+    again = tasks.train(name, tasks.load_data(name, run), run)
+    verdict = tasks.evaluate(name, again, run)
+    identical = f"identical to champion v{staged['version']} (same data version and training config)"
+    assert not verdict["passed"] and verdict["reasons"][0] == identical
+    before = snapshot(name)
+    with pytest.raises(AirflowSkipException, match=re.escape(f"not promoted: {identical}")):
+        tasks.register(name, again, verdict, run)
+    assert snapshot(name) == before
+    run_tags = mlflow_client.client().get_run(again["run_id"]).data.tags
+    assert run_tags["promotion_decision"] == "not_promoted" and run_tags["promotion_reason"].startswith(identical)

@@ -1,0 +1,61 @@
+"""The post-promotion check in real DAG runs: a champion that does not hold is rolled back without a human, one that
+does passes, and the deployers hear of each production change through a signed webhook."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from include.promotion import audit
+from include.promotion.invariants import verify_invariant
+from include.promotion.post_promotion import CHECK_ACTOR
+from tests.deploy_receiver import DeployReceiver
+from tests.integration.test_post_promotion import overwrite_model_file
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def deployers(as_user) -> Iterator[tuple[DeployReceiver, str]]:
+    """A deployers' receiver on loopback, behind a connection in Airflow's database (created as an admin would)."""
+    receiver = DeployReceiver()
+    conn_id = f"deploy_pc_{uuid.uuid4().hex[:6]}"
+    as_user("admin").request("POST", "/connections", json={"connection_id": conn_id, **receiver.connection()})
+    yield receiver, conn_id
+    receiver.close()
+
+
+def test_a_champion_that_does_not_hold_is_rolled_back_by_the_check(airflow, as_user, run_to_gate, deployers) -> None:
+    receiver, conn_id = deployers
+    gate = run_to_gate("pcbad", deploy_notifications={"webhook_conn_ids": [conn_id]})
+    # someone with write access to the artifact store swaps the candidate's model after evaluate scored it
+    overwrite_model_file(airflow, gate.name, gate.candidate)
+    bob = as_user("bob")
+    bob.answer(gate.dag_id, gate.run_id, "Approve", "metrics beat the gates")
+
+    assert bob.wait_for_run(gate.dag_id, gate.run_id, timeout=300) == "failed"  # the promotion did not hold
+    states = bob.task_states(gate.dag_id, gate.run_id)
+    assert (states["promote_to_production"], states["verify_in_production"]) == ("success", "failed")
+    assert states["notify_deployers"] == "success"
+    assert verify_invariant(gate.name) == gate.champion  # restored with no human involved
+    rows = [(r["version"], r["action"], r["to_stage"], r["actor"]) for r in audit.rows(gate.name)][-4:]
+    assert rows == [
+        (gate.candidate, "promote", "Production", "bob"),
+        (gate.champion, "archive", "Archived", "bob"),
+        (gate.champion, "post_check_rollback", "Production", CHECK_ACTOR),
+        (gate.candidate, "post_check_rollback", "Archived", CHECK_ACTOR),
+    ]
+    log = bob.task_log(gate.dag_id, gate.run_id, "verify_in_production")
+    assert "POST-PROMOTION CHECK FAILED" in log and "differ from the ones evaluate logged" in log
+    assert f"v{gate.champion} is the champion again" in log
+    events = [e for e in receiver.wait_for_events(2) if e["model"] == gate.name]
+    assert [(e["type"], e["version"]) for e in events] == [
+        ("model.promoted", gate.candidate),
+        ("model.auto_rolled_back", gate.champion),
+    ]
+    assert events[1]["actor"] == CHECK_ACTOR and receiver.refusals == []
+
+
+# A champion that holds, and its one signed event: tests/e2e/test_celery_stack.py (the story run).
