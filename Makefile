@@ -35,8 +35,11 @@ browser:
 	    echo "The browser tests need Debian's chromium: run  sudo apt-get install -y chromium" >&2; exit 1; \
 	  fi; }
 
+# Two test processes (pytest-xdist): the end-to-end tests beside the integration tests, on 2 cores (tests/conftest.py
+# keeps the tests that share a stack in one process). PYTEST_WORKERS=0 runs everything in this process.
+PYTEST_WORKERS ?= 2
 test: $(STAMP) browser
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -51,6 +51,9 @@ _DATA_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._+/=-]*")
 # what ends a version's time in service, and what puts one there (audit actions)
 ENDED_BY = (AuditAction.ARCHIVE, AuditAction.REJECT, AuditAction.SUPERSEDE, AuditAction.ROLLBACK_DEMOTE)
 SERVES_AFTER = (AuditAction.PROMOTE, AuditAction.ROLLBACK_RESTORE, AuditAction.POST_CHECK_ROLLBACK)
+# The post-promotion check's rollback writes two rows of one action: the restored version's (to Production) puts it in
+# service, the failed version's (out of Production) ends its time there. Events key the second one apart.
+CHECK_DEMOTED = f"{AuditAction.POST_CHECK_ROLLBACK} (demoted)"
 AUDIT_COLUMNS = ("id", *(c for c in audit.COLUMNS if c != "model_name"), "created_at")
 
 
@@ -251,7 +254,10 @@ def latest_events(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], Ev
     """{(version, action): its latest Event} from audit rows (any order; the newest id wins)."""
     newest: dict[tuple[str, str], Mapping[str, Any]] = {}
     for row in rows:
-        key = (str(row["version"]), str(row["action"]))
+        action = str(row["action"])
+        if action == AuditAction.POST_CHECK_ROLLBACK and row.get("to_stage") != Stage.PRODUCTION:
+            action = CHECK_DEMOTED
+        key = (str(row["version"]), action)
         if key not in newest or row["id"] > newest[key]["id"]:
             newest[key] = row
     return {k: Event(str(r["action"]), r["actor"], r["created_at"], r["reason"]) for k, r in newest.items()}
@@ -279,7 +285,7 @@ def version_row(mv: ModelVersion, aliases: Mapping[str, str], events: Mapping[tu
         created_at=_millis(mv.creation_timestamp),
         promoted=_latest(events, version, SERVES_AFTER),
         approved=events.get((version, str(AuditAction.APPROVE))),
-        ended=_latest(events, version, ENDED_BY),
+        ended=_latest(events, version, (*ENDED_BY, CHECK_DEMOTED)),
     )
 
 
@@ -397,7 +403,8 @@ def version_events(conn: Any, model: str, versions: Sequence[str]) -> dict[tuple
     """The latest row of each (version, action) of the given versions of one model: one query."""
     rows = _fetch(
         conn,
-        f"SELECT DISTINCT ON (version, action) id, version, action, actor, reason, created_at FROM {AUDIT_TABLE} "
+        f"SELECT DISTINCT ON (version, action) id, version, action, to_stage, actor, reason, created_at "
+        f"FROM {AUDIT_TABLE} "
         "WHERE model_name = %s AND version = ANY(%s) ORDER BY version, action, id DESC",
         (model, list(versions)),
     )
@@ -410,7 +417,8 @@ def pair_events(conn: Any, pairs: Sequence[tuple[str, str]]) -> dict[str, dict[t
         return {}
     rows = _fetch(
         conn,
-        f"SELECT DISTINCT ON (a.model_name, a.version, a.action) a.id, a.model_name, a.version, a.action, a.actor, "
+        f"SELECT DISTINCT ON (a.model_name, a.version, a.action) a.id, a.model_name, a.version, a.action, a.to_stage, "
+        "a.actor, "
         f"a.reason, a.created_at FROM {AUDIT_TABLE} a JOIN unnest(%s::text[], %s::text[]) AS w(model_name, version) "
         "ON a.model_name = w.model_name AND a.version = w.version "
         "ORDER BY a.model_name, a.version, a.action, a.id DESC",

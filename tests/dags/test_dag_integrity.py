@@ -16,8 +16,11 @@ MODELS = REPO / "include" / "models"
 
 
 def parse(tmp_path: Path, models_dir: Path) -> dict:
+    # a parse as the dag-processor of a fresh deployment does it: none of the test session's stack settings
+    # (e.g. PROMOTION_WATCH_SCHEDULE=none), whichever tests ran before in this process
+    own = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW", "PROMOTION"))}
     env = {
-        **os.environ,
+        **own,
         "AIRFLOW_HOME": str(tmp_path / "airflow"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "PROMOTION_MODELS_DIR": str(models_dir),

@@ -54,6 +54,27 @@ def test_data_versions_are_fingerprints_only() -> None:
             clean_data_version(bad)
 
 
+def test_a_version_the_post_promotion_check_took_out_ended_there_and_its_predecessor_serves_again() -> None:
+    def check_row(id_: int, version: str, to_stage: str, minutes: int) -> dict:
+        return {
+            **row(id_, version, "post_check_rollback", "post-promotion-check", minutes, "predictions differ"),
+            "to_stage": to_stage,
+        }
+
+    events = latest_events(
+        [
+            row(1, "4", "promote", "bob", 0, "lgtm"),
+            check_row(2, "3", "Production", 1),
+            check_row(3, "4", "Archived", 1),
+        ]
+    )
+    bad = version_row(ModelVersion("m", "4", int(T0.timestamp() * 1000), current_stage="Archived"), {}, events)
+    assert (bad.promoted.action, bad.promoted.actor) == ("promote", "bob")  # its own promotion, not the rollback
+    assert (bad.ended.actor, bad.ended.reason) == ("post-promotion-check", "predictions differ")
+    good = version_row(ModelVersion("m", "3", int(T0.timestamp() * 1000), current_stage="Production"), {}, events)
+    assert good.promoted.actor == "post-promotion-check" and good.ended is None
+
+
 def test_metrics_come_from_the_registration_tags_and_skip_garbage() -> None:
     assert metrics_of({"metric_roc_auc": "0.91", "metric_f1": "n/a", "metric_bogus": "1", "other": "2"}) == {
         "roc_auc": 0.91
