@@ -35,11 +35,11 @@ browser:
 	    echo "The browser tests need Debian's chromium: run  sudo apt-get install -y chromium" >&2; exit 1; \
 	  fi; }
 
-# Two test processes (pytest-xdist): the end-to-end tests beside the integration tests, on 2 cores (tests/conftest.py
-# keeps the tests that share a stack in one process). PYTEST_WORKERS=0 runs everything in this process.
+# Two test processes (pytest-xdist): much of an end-to-end test is waiting for a scheduler, so two of them share 2
+# cores well. Each process starts the stacks its tests need. PYTEST_WORKERS=0 runs everything in this process.
 PYTEST_WORKERS ?= 2
 test: $(STAMP) browser
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist load $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -49,6 +49,8 @@ benchmark: $(STAMP)
 	$(PY) -m benchmarks.pipeline
 	$(PY) -m benchmarks.rollback
 	$(PY) -m benchmarks.post_promotion
+	$(PY) -m benchmarks.scale --parse
+	@echo "(50 simultaneous runs on the Celery stack, about 15 min: python -m benchmarks.scale --celery)"
 	$(PY) -m benchmarks.watch
 	$(PY) -m benchmarks.page
 

@@ -79,28 +79,6 @@ def airflow(services):
     return services
 
 
-# `make test` runs the suite in two processes (pytest-xdist, `--dist loadgroup`). Each process starts the stacks its
-# tests need, so the tests that share the session's Airflow stay in one process, and every other file keeps its own
-# module fixtures (e.g. a throwaway MLflow server) in one process too.
-SESSION_AIRFLOW_FILES = {
-    "test_post_promotion.py",
-    "test_promotion_dag.py",
-    "test_promotion_page.py",
-    "test_registry_watch.py",
-    "test_registry_webhook.py",
-    "test_rollback_dag.py",
-    "test_trust_boundary.py",
-}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        path = Path(str(item.fspath))
-        shares_airflow = path.parent.name == "e2e" and path.name in SESSION_AIRFLOW_FILES
-        group = "session-airflow" if shares_airflow else str(path.relative_to(REPO))
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     item.stash[STARTED] = time.time()
