@@ -36,10 +36,11 @@ browser:
 	  fi; }
 
 # Two test processes (pytest-xdist): much of an end-to-end test is waiting for a scheduler, so two of them share 2
-# cores well. Each process starts the stacks its tests need. PYTEST_WORKERS=0 runs everything in this process.
+# cores well. A test file stays in one process (its module fixtures, e.g. the Celery stack, start once); each process
+# starts the session stacks its files need. PYTEST_WORKERS=0 runs everything in this process.
 PYTEST_WORKERS ?= 2
 test: $(STAMP) browser
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist load $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
