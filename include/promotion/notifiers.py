@@ -51,10 +51,9 @@ def approval_notifiers(cfg: ModelConfig) -> list[Any]:
 
 def alert_drift(cfg: ModelConfig, lines: list[str]) -> None:
     """Tell the model's people that its registry differs from the audit log (the watch's alert)."""
-    for line in lines:
-        log.error("REGISTRY DRIFT %s", line)
-    _mail_alert(
+    _alert(
         cfg,
+        "REGISTRY DRIFT",
         f"[registry drift] {cfg.name}: the registry differs from the audit log",
         "The registry watch found:",
         lines,
@@ -63,10 +62,9 @@ def alert_drift(cfg: ModelConfig, lines: list[str]) -> None:
 
 def alert_post_promotion(cfg: ModelConfig, lines: list[str]) -> None:
     """Tell the model's people that a promotion did not hold (the post-promotion check's alert)."""
-    for line in lines:
-        log.error("POST-PROMOTION CHECK FAILED %s", line)
-    _mail_alert(
+    _alert(
         cfg,
+        "POST-PROMOTION CHECK FAILED",
         f"[post-promotion check failed] {cfg.name}: the new champion did not pass its check in production",
         "The post-promotion check found:",
         lines,
@@ -75,14 +73,20 @@ def alert_post_promotion(cfg: ModelConfig, lines: list[str]) -> None:
 
 def alert_deploy_notification(cfg: ModelConfig, lines: list[str]) -> None:
     """Tell the model's people that deployers were not told of a production change (``notify_deployers``)."""
-    for line in lines:
-        log.error("DEPLOY NOTIFICATION FAILED %s", line)
-    _mail_alert(
+    _alert(
         cfg,
+        "DEPLOY NOTIFICATION FAILED",
         f"[deploy notification failed] {cfg.name}: deployers were not told of a production change",
         "The production change stands, but these deploy targets did not take its event:",
         lines,
     )
+
+
+def _alert(cfg: ModelConfig, marker: str, subject: str, intro: str, lines: list[str]) -> None:
+    """Each line in the task log as an error after ``marker`` (what people grep for), then the e-mail."""
+    for line in lines:
+        log.error("%s %s", marker, line)
+    _mail_alert(cfg, subject, intro, lines)
 
 
 def _mail_alert(cfg: ModelConfig, subject: str, intro: str, lines: list[str]) -> None:
