@@ -22,11 +22,13 @@ import yaml
 
 from benchmarks.registry_workload import fill, promote, proxied_client
 from benchmarks.services import benchmark_services
-from include.promotion import audit, pages, registry_report
-from include.promotion.audit import AuditEntry
+from include.promotion.audit import log as audit
+from include.promotion.audit.log import AuditEntry
 from include.promotion.config import METRICS, load_model_configs
 from include.promotion.states import AuditAction
-from include.promotion.web_pages import SafeJSONResponse
+from include.promotion.web import pages
+from include.promotion.web import report as registry_report
+from include.promotion.web.routes import SafeJSONResponse
 
 DEMO = Path(__file__).resolve().parents[1] / "include" / "models" / "fraud-detector.yaml"
 QUIET = {"PROMOTION_SCHEDULE_OVERRIDE": "none", "PROMOTION_WATCH_SCHEDULE": "none"}

@@ -17,8 +17,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from include.promotion import demo_data, mlflow_client
 from include.promotion.config import ModelConfig, dag_id_for
+from include.promotion.pipeline import demo_data
+from include.promotion.registry import client as mlflow_client
 from scripts.airflow_api import APPROVE_TASK_ID, AirflowAPI
 from scripts.stack import ServiceStack, StackConfig
 

@@ -21,10 +21,12 @@ from pathlib import Path
 import yaml
 
 from benchmarks.services import benchmark_services
-from include.promotion import lifecycle, mlflow_client, tasks
 from include.promotion.airflow_run import RunRef
 from include.promotion.errors import PostPromotionCheckFailed
-from include.promotion.mlflow_accounts import acting_as
+from include.promotion.registry import client as mlflow_client
+from include.promotion.registry import lifecycle
+from include.promotion.registry.accounts import acting_as
+from include.promotion.tasks import promotion as tasks
 
 DEMO = Path(__file__).resolve().parents[1] / "include" / "models" / "fraud-detector.yaml"
 MANUAL_RUNS_ONLY = {"PROMOTION_SCHEDULE_OVERRIDE": "none"}
@@ -58,7 +60,7 @@ def swap_model_file(admin_password: str, name: str, version: str) -> None:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from include.promotion.demo_data import TRANSACTION_FEATURES, synthetic_transactions
+    from include.promotion.pipeline.demo_data import TRANSACTION_FEATURES, synthetic_transactions
 
     model_id = mlflow_client.client().get_model_version(name, version).source.removeprefix("models:/")  # a LoggedModel
     frame = synthetic_transactions(rows=300, seed=99)

@@ -13,7 +13,9 @@ from collections.abc import Callable, Collection, Iterator
 from functools import lru_cache
 from typing import Any
 
-from include.promotion import lifecycle, mlflow_client, settings
+from include.promotion import settings
+from include.promotion.registry import client as mlflow_client
+from include.promotion.registry import lifecycle
 
 TINY_MODEL_EXPERIMENT = "workload/tiny-model"
 DATA_VERSION = "sha256:tiny-model"
@@ -36,7 +38,7 @@ def _tiny_model_uri(tracking_uri: str) -> str:
     from sklearn.datasets import make_classification
     from sklearn.linear_model import LogisticRegression
 
-    from include.promotion.training import pip_requirements
+    from include.promotion.pipeline.training import pip_requirements
 
     x, y = make_classification(n_samples=60, n_features=4, random_state=0)
     experiment_id = mlflow_client.get_or_create_experiment(mlflow_client.client(), TINY_MODEL_EXPERIMENT)

@@ -20,7 +20,8 @@ import yaml
 
 from benchmarks.registry_workload import change, fill, promote, proxied_client
 from benchmarks.services import benchmark_services
-from include.promotion import mlflow_client, rollback
+from include.promotion.registry import client as mlflow_client
+from include.promotion.registry import rollback
 from scripts.airflow_api import AirflowAPI
 
 DEMO = Path(__file__).resolve().parents[1] / "include" / "models" / "fraud-detector.yaml"

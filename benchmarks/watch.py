@@ -22,9 +22,11 @@ import yaml
 
 from benchmarks.registry_workload import fill, promote, proxied_client
 from benchmarks.services import benchmark_services
-from include.promotion import audit, mlflow_client, watch
-from include.promotion.lifecycle import Change
-from include.promotion.mlflow_accounts import acting_as
+from include.promotion.audit import log as audit
+from include.promotion.registry import client as mlflow_client
+from include.promotion.registry.accounts import acting_as
+from include.promotion.registry.lifecycle import Change
+from include.promotion.watch import reconcile as watch
 from scripts.airflow_api import AirflowAPI
 from scripts.stack import ServiceStack
 

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import dag, get_current_context, get_parsing_context, task
 
 from include.promotion.airflow_run import RunRef
-from include.promotion.approval_gate import build_approval_task
+from include.promotion.approval.gate import build_approval_task
 from include.promotion.config import ModelConfig, load_model_configs
 
 DOC_MD = """
@@ -88,56 +88,56 @@ def build_promotion_dag(cfg: ModelConfig) -> None:
         @task
         def load_data() -> dict:
             """Fetch and check the training data; fingerprint it."""
-            from include.promotion import tasks
+            from include.promotion.tasks import promotion as steps
 
-            return tasks.load_data(model, _run())
+            return steps.load_data(model, _run())
 
         @task
         def train(loaded: dict) -> dict:
             """Fit the candidate on the checked snapshot and log it to MLflow."""
-            from include.promotion import tasks
+            from include.promotion.tasks import promotion as steps
 
-            return tasks.train(model, loaded, _run())
+            return steps.train(model, loaded, _run())
 
         @task
         def evaluate(trained: dict) -> dict:
             """Score candidate and champion on the same holdout; apply the gates."""
-            from include.promotion import tasks
+            from include.promotion.tasks import promotion as steps
 
-            return tasks.evaluate(model, trained, _run())
+            return steps.evaluate(model, trained, _run())
 
         @task
         def register(trained: dict, verdict: dict) -> dict:
             """Register the candidate once, only if it passed; otherwise end the run as not promoted."""
-            from include.promotion import tasks
+            from include.promotion.tasks import promotion as steps
 
-            return tasks.register(model, trained, verdict, _run())
+            return steps.register(model, trained, verdict, _run())
 
         @task
         def promote_to_staging(registered: dict) -> dict:
             """Make the new version the challenger in Staging, with an audit row."""
-            from include.promotion import tasks
+            from include.promotion.tasks import promotion as steps
 
-            return tasks.promote_to_staging(model, registered, _run())
+            return steps.promote_to_staging(model, registered, _run())
 
         @task
         def promote_to_production(staged: dict) -> dict:
             """Make the approved version the champion and archive the previous one."""
-            from include.promotion import tasks
+            from include.promotion.tasks import promotion as steps
 
-            return tasks.promote_to_production(model, staged, _run())
+            return steps.promote_to_production(model, staged, _run())
 
         @task
         def verify_in_production() -> dict:
             """Load the champion as a server would; on failure roll back to the version it replaced, and fail."""
-            from include.promotion import tasks
+            from include.promotion.tasks import promotion as steps
 
-            return tasks.verify_in_production(model, _run())
+            return steps.verify_in_production(model, _run())
 
         @task
         def notify_deployers() -> dict:
             """Tell the deploy targets of each production change this run made (promotion, automatic rollback)."""
-            from include.promotion import deploy_events
+            from include.promotion.notify import deploy_events
 
             return deploy_events.notify_deployers(model, _run())
 

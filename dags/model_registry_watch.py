@@ -55,7 +55,7 @@ def model_registry_watch() -> None:
     @task
     def reconcile_registry() -> dict:
         """Compare registry and audit log; record and alert each difference once; fail while one lasts."""
-        from include.promotion import tasks
+        from include.promotion.tasks import watch as tasks
 
         context = get_current_context()
         return tasks.watch_registry(context["params"].get("model_name"), RunRef.from_context(context))

@@ -84,7 +84,7 @@ def model_rollback() -> None:
     @task
     def validate() -> dict:
         """Check who asks and what; refuse with what to do instead, changing nothing."""
-        from include.promotion import tasks
+        from include.promotion.tasks import rollback as tasks
 
         context = get_current_context()
         return tasks.validate_rollback(context["params"], RunRef.from_context(context))
@@ -93,21 +93,21 @@ def model_rollback() -> None:
     @task(retries=2, retry_delay=timedelta(seconds=15))
     def restore_previous_champion(plan: dict) -> dict:
         """Make the target the champion and mark the current one rolled back, with audit rows."""
-        from include.promotion import tasks
+        from include.promotion.tasks import rollback as tasks
 
         return tasks.restore_previous_champion(plan, RunRef.from_context(get_current_context()))
 
     @task
     def verify(plan: dict) -> str:
         """Exactly one production version, and the champion alias resolves to the target."""
-        from include.promotion import tasks
+        from include.promotion.tasks import rollback as tasks
 
         return tasks.verify_rollback(plan, RunRef.from_context(get_current_context()))
 
     @task
     def notify_deployers() -> dict:
         """Tell the model's deployers this run's production change, from its audit rows; never undoes it."""
-        from include.promotion import deploy_events
+        from include.promotion.notify import deploy_events
 
         context = get_current_context()
         return deploy_events.notify_deployers(context["params"]["model_name"], RunRef.from_context(context))

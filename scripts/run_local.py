@@ -15,8 +15,8 @@ import time
 
 import psycopg2
 
-from include.promotion import demo_data
 from include.promotion.config import dag_id_for
+from include.promotion.pipeline import demo_data
 from scripts.airflow_api import AirflowAPI
 from scripts.stack import ServiceStack, main
 

@@ -39,7 +39,7 @@ def services(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, models_dir: Path
 ) -> Iterator[object]:
     """PostgreSQL and MLflow, started once; the package's environment points at them."""
-    from include.promotion import demo_data
+    from include.promotion.pipeline import demo_data
     from scripts.stack import ServiceStack, StackConfig
 
     stack = ServiceStack(

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from include.promotion.deploy_events import MAX_BODY_BYTES, RecentDeliveries, verify_delivery
 from include.promotion.errors import DeliveryRefused
+from include.promotion.notify.deploy_events import MAX_BODY_BYTES, RecentDeliveries, verify_delivery
 
 SLACK_PREFIX = "/services/"
 

@@ -14,10 +14,14 @@ from typing import Any
 import yaml
 
 from benchmarks.registry_workload import change, new_run, promote, register, tiny_model_uri
-from include.promotion import audit, lifecycle, mlflow_client, settings, tasks
+from include.promotion import settings
 from include.promotion.airflow_run import RunRef
-from include.promotion.lifecycle import Change
+from include.promotion.audit import log as audit
+from include.promotion.registry import client as mlflow_client
+from include.promotion.registry import lifecycle
+from include.promotion.registry.lifecycle import Change
 from include.promotion.states import CHAMPION_ALIAS
+from include.promotion.tasks import promotion as tasks
 
 DEMO = Path(__file__).resolve().parents[1] / "include" / "models" / "fraud-detector.yaml"
 

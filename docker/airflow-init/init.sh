@@ -22,7 +22,7 @@ echo "airflow-init: migrating the Airflow metadata database"
 # the application role the workers log in as INSERT + SELECT on them, nothing more, and the reader role the
 # api-server's Model promotion page reads with SELECT only.
 echo "airflow-init: migrating the audit log schema"
-python -m include.promotion.audit_schema upgrade --owner-conn promotion_db_owner --app-role promotion_app \
+python -m include.promotion.audit.schema upgrade --owner-conn promotion_db_owner --app-role promotion_app \
     --reader-role promotion_reader
 
 if [[ "${PROMOTION_SEED_DEMO_DATA:-true}" == "true" ]]; then
@@ -38,12 +38,12 @@ python -c 'from airflow.api_fastapi.auth.managers.simple.simple_auth_manager imp
 # Signed in as the MLflow admin: the pipeline's service account (the only account that writes governed
 # models), a read account for each Airflow user with their Airflow password, and the api-server's `promotion-reader`.
 echo "airflow-init: MLflow accounts"
-python -m include.promotion.mlflow_accounts bootstrap --people-file "${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE}"
+python -m include.promotion.registry.accounts bootstrap --people-file "${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE}"
 
 # As the service account (an MLflow admin: webhooks are admin-only): MLflow posts registry events to the
 # api-server, which wakes the DAG model_registry_watch for the model at once. Created, or updated in place.
 echo "airflow-init: MLflow webhook"
-python -m include.promotion.webhooks register
+python -m include.promotion.watch.mlflow_webhook register
 
 echo "airflow-init: handing the shared volumes to uid ${AIRFLOW_UID:-50000} (group 0)"
 mkdir -p /opt/airflow/logs /opt/airflow/auth

@@ -13,7 +13,7 @@ import os
 import psycopg2
 from psycopg2 import sql
 
-from include.promotion import demo_data
+from include.promotion.pipeline import demo_data
 
 
 def main() -> None:

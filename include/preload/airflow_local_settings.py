@@ -32,12 +32,14 @@ PRELOADED = (
     "sklearn.model_selection",
     "psycopg2",
     # mlflow.server and its auth app (about 1.9 s; no connection at import): train and register claim the
-    # experiment and the registered model through MLflow's auth client (include/promotion/mlflow_accounts.py).
+    # experiment and the registered model through MLflow's auth client (include/promotion/registry/accounts.py).
     "mlflow.server",
     "mlflow.server.auth.client",
-    "include.promotion.tasks",
-    "include.promotion.training",
-    "include.promotion.evaluation",
+    "include.promotion.tasks.promotion",
+    "include.promotion.tasks.rollback",
+    "include.promotion.tasks.watch",
+    "include.promotion.pipeline.training",
+    "include.promotion.pipeline.evaluation",
 )
 
 

@@ -125,7 +125,7 @@ MAX_DEPLOY_WEBHOOKS = 10
 
 
 class DeployNotifications(_Strict):
-    """Who hears that production changed (``include/promotion/deploy_events.py``): Airflow connection ids only.
+    """Who hears that production changed (``include/promotion/notify/deploy_events.py``): Airflow connection ids only.
 
     The URLs and secrets live in the connections, never in this file.
     """

@@ -49,7 +49,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from include.promotion import mlflow_client, settings
+from include.promotion import settings
+from include.promotion.registry import client as mlflow_client
 from include.promotion.states import CHAMPION_ALIAS
 
 if TYPE_CHECKING:

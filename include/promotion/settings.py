@@ -99,7 +99,7 @@ def webhook_secret() -> str:
     """The secret MLflow signs its registry webhook deliveries with (``PROMOTION_WEBHOOK_SECRET``; see ``webhooks``).
 
     Held by the Airflow api-server, which verifies each delivery, and by whoever registers the webhook in
-    MLflow (``python -m include.promotion.webhooks register``); the workers do not need it.
+    MLflow (``python -m include.promotion.watch.mlflow_webhook register``); the workers do not need it.
     """
     return _secret("PROMOTION_WEBHOOK_SECRET", "the Airflow api-server and of whoever registers the MLflow webhook")
 

@@ -5,7 +5,7 @@ In the distributed mode, as in docker-compose.yaml, both stores are PostgreSQL d
 
 Anonymous requests get 401; people log in with their Airflow password and may read (``default_permission
 = READ``); the pipeline writes as the service account ``promotion-pipeline``, which creates the governed
-models before anyone else can (``include.promotion.mlflow_accounts``).
+models before anyone else can (``include.promotion.registry.accounts``).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class MlflowServer:
 
     def service_env(self) -> dict[str, str]:
         """How the pipeline (workers, and test code in-process) authenticates: the service account."""
-        from include.promotion.mlflow_accounts import SERVICE_ACCOUNT
+        from include.promotion.registry.accounts import SERVICE_ACCOUNT
 
         return {
             "MLFLOW_TRACKING_USERNAME": SERVICE_ACCOUNT,
@@ -118,7 +118,7 @@ class MlflowServer:
 
     def _bootstrap_accounts(self) -> None:
         from include.promotion.config import load_model_configs
-        from include.promotion.mlflow_accounts import SERVICE_ACCOUNT, bootstrap
+        from include.promotion.registry.accounts import SERVICE_ACCOUNT, bootstrap
 
         people = {user: password for user, password in self.state.passwords().items() if user != ADMIN}
         models = sorted(load_model_configs(self.models_dir).models)
@@ -128,7 +128,7 @@ class MlflowServer:
 
     def reader_env(self) -> dict[str, str]:
         """How the api-server reads the registry (the Model promotion page): the read-only account."""
-        from include.promotion.mlflow_accounts import READER_ACCOUNT
+        from include.promotion.registry.accounts import READER_ACCOUNT
 
         return {
             "MLFLOW_TRACKING_USERNAME": READER_ACCOUNT,
@@ -143,16 +143,16 @@ class MlflowServer:
     def register_webhook(self, url: str) -> None:
         """MLflow posts registry events to ``url`` (the api-server's receiver), signed with the state's webhook
         secret; as the service account, an MLflow admin (webhooks are admin-only)."""
-        from include.promotion.mlflow_accounts import SERVICE_ACCOUNT, acting_as
-        from include.promotion.webhooks import ensure_mlflow_webhook
+        from include.promotion.registry.accounts import SERVICE_ACCOUNT, acting_as
+        from include.promotion.watch.mlflow_webhook import ensure_mlflow_webhook
 
         with acting_as(SERVICE_ACCOUNT, self.state.secrets["mlflow_pipeline_password"]):
             ensure_mlflow_webhook(self.url, url, self.state.secrets["webhook_secret"])
         log.info("MLflow posts registry events to %s", url)
 
     def remove_webhook(self) -> None:
-        from include.promotion.mlflow_accounts import SERVICE_ACCOUNT, acting_as
-        from include.promotion.webhooks import remove_mlflow_webhook
+        from include.promotion.registry.accounts import SERVICE_ACCOUNT, acting_as
+        from include.promotion.watch.mlflow_webhook import remove_mlflow_webhook
 
         with acting_as(SERVICE_ACCOUNT, self.state.secrets["mlflow_pipeline_password"]):
             remove_mlflow_webhook(self.url)

@@ -224,7 +224,7 @@ class Postgres:
         import psycopg2
         from psycopg2 import sql
 
-        from include.promotion import audit_schema
+        from include.promotion.audit import schema as audit_schema
 
         with psycopg2.connect(self.uri("postgres")) as conn, conn.cursor() as cur:
             conn.autocommit = True

@@ -163,9 +163,9 @@ class ServiceStack:
             self.register_webhook()
 
     def register_webhook(self) -> None:
-        """MLflow's registry events to the api-server (``include.promotion.webhooks``): the registry watch runs
-        within seconds of a change. Once both are up: MLflow would retry deliveries to a closed port."""
-        from include.promotion.webhooks import RECEIVER_ROUTE, URL_PREFIX
+        """MLflow's registry events to the api-server (``include.promotion.watch.mlflow_webhook``): the registry watch
+        runs within seconds of a change. Once both are up: MLflow would retry deliveries to a closed port."""
+        from include.promotion.watch.mlflow_webhook import RECEIVER_ROUTE, URL_PREFIX
 
         self.mlflow.register_webhook(f"{self.airflow_url}{URL_PREFIX}{RECEIVER_ROUTE}")
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from include.promotion import mlflow_client
 from include.promotion.config import dag_id_for
+from include.promotion.registry import client as mlflow_client
 from scripts.airflow_api import AirflowAPI
 from tests.support import Gate, seed_champion
 

@@ -20,9 +20,10 @@ import psutil
 import psycopg2
 import pytest
 
-from include.promotion import audit, mlflow_client
+from include.promotion.audit import log as audit
 from include.promotion.config import dag_id_for
-from include.promotion.invariants import verify_invariant
+from include.promotion.registry import client as mlflow_client
+from include.promotion.registry.invariants import verify_invariant
 from scripts.airflow_api import AirflowAPI
 from scripts.stack import ServiceStack, StackConfig
 from scripts.stack.config import CELERY

@@ -15,7 +15,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from include.promotion.mlflow_accounts import acting_as
+from include.promotion.registry.accounts import acting_as
 from scripts.airflow_api import AirflowAPI
 from scripts.stack import ServiceStack, StackConfig, free_port
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from include.promotion import audit
-from include.promotion.invariants import verify_invariant
-from include.promotion.post_promotion import CHECK_ACTOR
+from include.promotion.audit import log as audit
+from include.promotion.post_promotion.check import CHECK_ACTOR
+from include.promotion.registry.invariants import verify_invariant
 from tests.deploy_receiver import DeployReceiver
 from tests.integration.test_post_promotion import overwrite_model_file
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from include.promotion import audit, mlflow_client
+from include.promotion.audit import log as audit
 from include.promotion.config import dag_id_for
-from include.promotion.invariants import verify_invariant
+from include.promotion.registry import client as mlflow_client
+from include.promotion.registry.invariants import verify_invariant
 from scripts.airflow_api import AirflowAPIError
 from tests.support import snapshot
 

@@ -24,8 +24,9 @@ import pytest
 import requests
 import yaml
 
-from include.promotion import audit, mlflow_client
+from include.promotion.audit import log as audit
 from include.promotion.config import dag_id_for
+from include.promotion.registry import client as mlflow_client
 from scripts.airflow_api import AirflowAPIError
 from tests.support import Gate, champion, seed_champion, snapshot, unique
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from include.promotion import audit, mlflow_client
-from include.promotion.invariants import verify_invariant
-from include.promotion.mlflow_accounts import acting_as
+from include.promotion.audit import log as audit
+from include.promotion.registry import client as mlflow_client
+from include.promotion.registry.accounts import acting_as
+from include.promotion.registry.invariants import verify_invariant
 from tests.support import DEMO, promote, unique
 
 pytestmark = pytest.mark.e2e

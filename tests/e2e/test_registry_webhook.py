@@ -19,7 +19,14 @@ import pytest
 import requests
 import yaml
 
-from include.promotion.webhooks import LOG_EVENT, RECEIVER_ROUTE, URL_PREFIX, WATCH_DAG_ID, WEBHOOK_ACTOR, sign
+from include.promotion.watch.mlflow_webhook import (
+    LOG_EVENT,
+    RECEIVER_ROUTE,
+    URL_PREFIX,
+    WATCH_DAG_ID,
+    WEBHOOK_ACTOR,
+    sign,
+)
 from scripts.airflow_api import AirflowAPI
 from tests.support import register
 

@@ -6,8 +6,9 @@ import time
 
 import pytest
 
-from include.promotion import audit, mlflow_client
-from include.promotion.invariants import verify_invariant
+from include.promotion.audit import log as audit
+from include.promotion.registry import client as mlflow_client
+from include.promotion.registry.invariants import verify_invariant
 from scripts.airflow_api import AirflowAPIError
 from tests.deploy_receiver import DeployReceiver
 from tests.support import promote, snapshot

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 import requests
 
-from include.promotion import audit, mlflow_client
+from include.promotion.audit import log as audit
 from include.promotion.config import dag_id_for
 from include.promotion.inputs import MAX_VERSION
-from include.promotion.invariants import verify_invariant
+from include.promotion.registry import client as mlflow_client
+from include.promotion.registry.invariants import verify_invariant
 from scripts.airflow_api import AirflowAPI, AirflowAPIError
 from tests.support import promote, snapshot
 

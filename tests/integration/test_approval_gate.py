@@ -14,9 +14,10 @@ import pytest
 import yaml
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.promotion import audit, lifecycle
-from include.promotion.approval_gate import build_approval_task
+from include.promotion.approval.gate import build_approval_task
+from include.promotion.audit import log as audit
 from include.promotion.config import parse_model_config
+from include.promotion.registry import lifecycle
 from include.promotion.signing import Kind, sign
 from tests.support import DEMO, change, promote, register, run_ref, snapshot, unique
 

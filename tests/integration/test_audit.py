@@ -13,9 +13,9 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from include.promotion import audit_schema
-from include.promotion.audit import AuditEntry, AuditLog, ensure_schema
-from include.promotion.audit_schema import AUDIT_TABLE, CURRENT_VERSION, applied_version, upgrade, verify_chain
+from include.promotion.audit import schema as audit_schema
+from include.promotion.audit.log import AuditEntry, AuditLog, ensure_schema
+from include.promotion.audit.schema import AUDIT_TABLE, CURRENT_VERSION, applied_version, upgrade, verify_chain
 from include.promotion.errors import AuditLogError
 
 pytestmark = pytest.mark.usefixtures("services")

@@ -18,17 +18,19 @@ import pytest
 import requests
 import yaml
 
-from include.promotion import audit, deploy_events, lifecycle, rollback
 from include.promotion.airflow_run import RunRef
+from include.promotion.audit import log as audit
 from include.promotion.config import DeployNotifications
-from include.promotion.deploy_events import (
+from include.promotion.errors import DeployNotificationFailed
+from include.promotion.notify import deploy_events
+from include.promotion.notify.deploy_events import (
     RetryPolicy,
     encode,
     events_from_rows,
     send_production_changes,
     signed_headers,
 )
-from include.promotion.errors import DeployNotificationFailed
+from include.promotion.registry import lifecycle, rollback
 from include.promotion.states import AuditAction
 from tests.deploy_receiver import DeployReceiver
 from tests.support import DEMO, change, promote, register, snapshot, unique
@@ -233,7 +235,7 @@ def test_notify_deployers_reads_the_models_config(monkeypatch, receiver, models_
     assert result["events"] == [f"model.promoted v1 (audit row {receiver.events[0]['audit_id']})"]
     assert result["deliveries"][0].startswith("webhook 'deploy_cfg_hook': HTTP 200")
     # nothing configured: said, and nothing sent; a run that changed nothing: nothing sent
-    with caplog.at_level(logging.INFO, logger="include.promotion.deploy_events"):
+    with caplog.at_level(logging.INFO, logger="include.promotion.notify.deploy_events"):
         assert deploy_events.notify_deployers(quiet, run_of_last(quiet, "promote")) == {"events": [], "deliveries": []}
         assert deploy_events.notify_deployers(name, RunRef("model_rollback", "nothing")) == {
             "events": [],
@@ -259,7 +261,7 @@ def test_a_notify_task_cleared_after_a_rollback_does_not_undo_it_at_the_receiver
     requests_before = len(receiver.requests)
 
     # hours later someone clears the promotion's notify task: its event is stale, nothing is sent
-    with caplog.at_level(logging.WARNING, logger="include.promotion.deploy_events"):
+    with caplog.at_level(logging.WARNING, logger="include.promotion.notify.deploy_events"):
         assert send_production_changes(name, promotion, targets, QUICK) == []
     assert "changed production since; that run announces it" in caplog.text
     assert len(receiver.requests) == requests_before and receiver.deployed[name] == v1

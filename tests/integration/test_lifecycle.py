@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from benchmarks.registry_workload import proxied_client
-from include.promotion import audit, lifecycle, mlflow_client, rollback, tasks
+from include.promotion.audit import log as audit
 from include.promotion.errors import (
     ApprovalRefused,
     InputRejected,
@@ -16,7 +16,10 @@ from include.promotion.errors import (
     RollbackTargetInvalid,
     UnknownModel,
 )
-from include.promotion.invariants import verify_invariant
+from include.promotion.registry import client as mlflow_client
+from include.promotion.registry import lifecycle, rollback
+from include.promotion.registry.invariants import verify_invariant
+from include.promotion.tasks import rollback as rollback_tasks
 from tests.support import champion, change, promote, register, run_ref, snapshot, state, unique
 
 pytestmark = pytest.mark.usefixtures("services")
@@ -334,7 +337,7 @@ def test_a_target_version_outside_its_limits_is_refused_before_any_call(target) 
 def test_the_rollback_form_refuses_bad_requests_and_strangers(params, user, error, message: str) -> None:
     before = snapshot(params["model_name"])
     with pytest.raises(error, match=message):
-        tasks.validate_rollback({"target_version": None, **params}, run_ref(user))
+        rollback_tasks.validate_rollback({"target_version": None, **params}, run_ref(user))
     assert snapshot(params["model_name"]) == before
 
 
@@ -363,7 +366,7 @@ def test_promotion_refuses_an_approval_by_the_runs_triggerer() -> None:
     before = snapshot(name)
 
     def four_eyes(approver: str) -> None:
-        from include.promotion.approval import check_responder
+        from include.promotion.approval.review import check_responder
 
         check_responder(approver, ["alice", "bob"], "alice")
 

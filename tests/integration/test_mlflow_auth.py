@@ -15,11 +15,14 @@ import pytest
 import requests
 import yaml
 
-from include.promotion import data, lifecycle, mlflow_client, tasks, training
 from include.promotion.config import ModelConfig, get_model_config
 from include.promotion.errors import PromotionError
-from include.promotion.mlflow_accounts import SERVICE_ACCOUNT, acting_as
-from include.promotion.rollback import plan_rollback
+from include.promotion.pipeline import data, training
+from include.promotion.registry import client as mlflow_client
+from include.promotion.registry import lifecycle
+from include.promotion.registry.accounts import SERVICE_ACCOUNT, acting_as
+from include.promotion.registry.rollback import plan_rollback
+from include.promotion.tasks import promotion as tasks
 from tests.support import DEMO, change, promote, run_ref, snapshot, unique
 
 API = "/api/2.0/mlflow"
@@ -229,7 +232,7 @@ def log_tiny_model(experiment_id: str) -> dict[str, str]:
     from sklearn.datasets import make_classification
     from sklearn.linear_model import LogisticRegression
 
-    from include.promotion.training import pip_requirements
+    from include.promotion.pipeline.training import pip_requirements
 
     x, y = make_classification(n_samples=60, n_features=4, random_state=0)
     with mlflow.start_run(experiment_id=experiment_id) as run:

@@ -15,13 +15,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from include.promotion import audit, lifecycle, mlflow_client, tasks
 from include.promotion.airflow_run import RunRef
+from include.promotion.audit import log as audit
 from include.promotion.errors import PostPromotionCheckFailed
-from include.promotion.invariants import verify_invariant
-from include.promotion.lifecycle import Change
-from include.promotion.mlflow_accounts import acting_as
-from include.promotion.post_promotion import CHECK_ACTOR, SAMPLE_ARTIFACT, SAMPLE_DIGEST_PARAM
+from include.promotion.post_promotion.check import CHECK_ACTOR, SAMPLE_ARTIFACT, SAMPLE_DIGEST_PARAM
+from include.promotion.registry import client as mlflow_client
+from include.promotion.registry import lifecycle
+from include.promotion.registry.accounts import acting_as
+from include.promotion.registry.invariants import verify_invariant
+from include.promotion.registry.lifecycle import Change
+from include.promotion.tasks import promotion as tasks
 from tests.support import DEMO, champion, run_ref, seed_champion, snapshot, unique
 
 pytestmark = pytest.mark.usefixtures("services")
@@ -62,7 +65,7 @@ def overwrite_model_file(services, name: str, version: str, content: bytes | Non
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from include.promotion.demo_data import TRANSACTION_FEATURES, synthetic_transactions
+    from include.promotion.pipeline.demo_data import TRANSACTION_FEATURES, synthetic_transactions
 
     model_id = mlflow_client.client().get_model_version(name, version).source.removeprefix("models:/")  # a LoggedModel
     with acting_as("admin", services.passwords()["admin"]), tempfile.TemporaryDirectory() as tmp:

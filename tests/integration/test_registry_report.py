@@ -8,11 +8,13 @@ from collections import Counter
 import pytest
 
 from benchmarks.registry_workload import DATA_VERSION, fill, proxied_client
-from include.promotion import mlflow_client, registry_report, rollback
-from include.promotion.audit import AuditEntry, model_lock
-from include.promotion.audit_schema import AUDIT_TABLE, connect
+from include.promotion.audit.log import AuditEntry, model_lock
+from include.promotion.audit.schema import AUDIT_TABLE, connect
 from include.promotion.config import ModelConfig, parse_model_config
-from include.promotion.mlflow_accounts import READER_ACCOUNT, acting_as
+from include.promotion.registry import client as mlflow_client
+from include.promotion.registry import rollback
+from include.promotion.registry.accounts import READER_ACCOUNT, acting_as
+from include.promotion.web import report as registry_report
 from tests.support import DEMO, change, promote, register, unique
 
 pytestmark = pytest.mark.usefixtures("services")
@@ -84,7 +86,7 @@ def test_the_overview_reads_champion_and_challenger_only_and_says_who_approved(s
     promote(cfg.name, approver="alice")
     champion = promote(cfg.name, approver="bob")
     waiting = register(cfg.name)
-    from include.promotion import lifecycle
+    from include.promotion.registry import lifecycle
 
     lifecycle.promote_to_staging(cfg.name, waiting, change())
     empty = governed("overview-empty")

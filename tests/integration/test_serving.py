@@ -189,7 +189,7 @@ def log_like_the_pipeline(cfg: Any, split: Any) -> tuple[Any, Any]:
     import mlflow
     from mlflow.models import infer_signature
 
-    from include.promotion import training
+    from include.promotion.pipeline import training
 
     pipeline = training.build_pipeline(cfg)
     pipeline.fit(split.x_train, split.y_train)
@@ -211,7 +211,7 @@ def registry(throwaway: ThrowawayMlflow) -> Registry:
     """Versions 1 and 2 of a model (two random forests that predict differently); @champion on v1."""
     from mlflow import MlflowClient
 
-    from include.promotion import demo_data, training
+    from include.promotion.pipeline import demo_data, training
 
     cfg = demo_config(n_estimators=10, max_depth=4, random_state=0)
     frame = demo_data.builtin_frame("synthetic_transactions", rows=600, seed=7)
@@ -802,8 +802,8 @@ def test_a_lagging_process_sharing_the_folder_neither_prunes_nor_rewinds_another
 def data_the_run_trained_on(raw: dict[str, Any], data_version: str) -> pd.DataFrame:
     """The built-in data a seeded champion was trained and evaluated on, found by its ``data_version`` tag (the
     seeding helper may draw it with the next seed, as an earlier snapshot)."""
-    from include.promotion import data
     from include.promotion.config import ModelConfig
+    from include.promotion.pipeline import data
 
     for seed in (raw["data"]["seed"], raw["data"]["seed"] + 1):
         cfg = ModelConfig.model_validate({**raw, "data": {**raw["data"], "seed": seed}})
@@ -820,9 +820,10 @@ def test_a_champion_the_package_put_in_production_loads_for_a_read_only_client(
     read-only account serves it with exactly the probabilities the evaluation scored; an anonymous one gets nothing."""
     import mlflow
 
-    from include.promotion import evaluation, mlflow_client, training
     from include.promotion.config import get_model_config
-    from include.promotion.mlflow_accounts import acting_as
+    from include.promotion.pipeline import evaluation, training
+    from include.promotion.registry import client as mlflow_client
+    from include.promotion.registry.accounts import acting_as
     from tests.support import seed_champion, unique
 
     raw = yaml.safe_load(DEMO.read_text())

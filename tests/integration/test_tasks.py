@@ -10,9 +10,12 @@ import psycopg2
 import pytest
 import yaml
 
-from include.promotion import audit, data, mlflow_client, tasks
+from include.promotion.audit import log as audit
 from include.promotion.config import parse_model_config
 from include.promotion.errors import DataValidationError, EstimatorError, UntrustedValue
+from include.promotion.pipeline import data
+from include.promotion.registry import client as mlflow_client
+from include.promotion.tasks import promotion as tasks
 from tests.support import DEMO, run_ref, snapshot, unique
 
 pytestmark = pytest.mark.usefixtures("services")
@@ -143,8 +146,8 @@ def test_a_retrain_identical_to_the_champion_is_not_registered(models_dir: Path)
     a copy. The comparison reads the champion's run param (MLflow never lets it change), not a version tag."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from include.promotion import lifecycle
-    from include.promotion.lifecycle import Change
+    from include.promotion.registry import lifecycle
+    from include.promotion.registry.lifecycle import Change
 
     fast = {"source": "builtin", "dataset": "synthetic_transactions", "rows": 3000, "seed": 11}
     estimator = {

@@ -17,13 +17,15 @@ import psycopg2
 import pytest
 
 from benchmarks.registry_workload import proxied_client
-from include.promotion import audit, lifecycle, mlflow_client, rollback
-from include.promotion.audit_schema import AUDIT_TABLE
+from include.promotion.audit import log as audit
+from include.promotion.audit.schema import AUDIT_TABLE
 from include.promotion.errors import RollbackTargetInvalid
-from include.promotion.invariants import verify_invariant
-from include.promotion.lifecycle import Change
-from include.promotion.mlflow_accounts import acting_as
-from include.promotion.watch import NO_LONGER_FOUND, WATCH_ACTOR, WatchReport, watch_model
+from include.promotion.registry import client as mlflow_client
+from include.promotion.registry import lifecycle, rollback
+from include.promotion.registry.accounts import acting_as
+from include.promotion.registry.invariants import verify_invariant
+from include.promotion.registry.lifecycle import Change
+from include.promotion.watch.reconcile import NO_LONGER_FOUND, WATCH_ACTOR, WatchReport, watch_model
 from tests.integration.test_lifecycle import WRITES, crash_at
 from tests.support import champion, change, promote, register, snapshot, state, tiny_model_uri, unique
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from include.promotion.approval import check_responder, eligible_reviewers, evidence_markdown
+from include.promotion.approval.review import check_responder, eligible_reviewers, evidence_markdown
 from include.promotion.config import parse_model_config
 from include.promotion.errors import ApprovalRefused
 from tests.support import DEMO

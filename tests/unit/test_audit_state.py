@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from include.promotion.audit_state import audited_state
+from include.promotion.audit.replay import audited_state
 from include.promotion.states import Status
 
 

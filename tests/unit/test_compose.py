@@ -53,11 +53,11 @@ HOLDERS = {
     "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": {"mlflow"},
 }
 AUDIT_MIGRATION = (
-    "python -m include.promotion.audit_schema upgrade --owner-conn promotion_db_owner --app-role promotion_app \\\n"
+    "python -m include.promotion.audit.schema upgrade --owner-conn promotion_db_owner --app-role promotion_app \\\n"
     "    --reader-role promotion_reader"
 )
-MLFLOW_ACCOUNTS = "python -m include.promotion.mlflow_accounts bootstrap"
-MLFLOW_WEBHOOK = "python -m include.promotion.webhooks register"
+MLFLOW_ACCOUNTS = "python -m include.promotion.registry.accounts bootstrap"
+MLFLOW_WEBHOOK = "python -m include.promotion.watch.mlflow_webhook register"
 
 
 @pytest.fixture(scope="module")
@@ -326,7 +326,7 @@ def test_airflow_init_migrates_before_anything_runs(services):
 
 
 def test_the_mlflow_webhook_reaches_the_api_server_with_the_secret_it_verifies(services, example_env):
-    from include.promotion.webhooks import RECEIVER_ROUTE, URL_PREFIX
+    from include.promotion.watch.mlflow_webhook import RECEIVER_ROUTE, URL_PREFIX
 
     mlflow, init, apiserver = (env(services[name]) for name in ("mlflow", "airflow-init", "airflow-apiserver"))
     # MLflow posts over the compose network (http, a private address) and can still sign after a restart

@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from include.promotion import data, demo_data
 from include.promotion.config import parse_model_config
 from include.promotion.errors import DataValidationError
+from include.promotion.pipeline import data, demo_data
 from tests.support import DEMO
 
 CFG = parse_model_config(DEMO)
@@ -62,7 +62,7 @@ def test_bad_data_is_refused_with_what_to_fix(frame, spoil, message: str) -> Non
 
 def test_a_row_keeps_its_side_of_the_holdout_as_the_table_grows() -> None:
     """The champion was trained on last week's rows: none of them may land in this week's holdout."""
-    from include.promotion.training import holdout_split
+    from include.promotion.pipeline.training import holdout_split
 
     last_week = data.validate(CFG, demo_data.synthetic_transactions(rows=1000, seed=3))
     this_week = data.validate(CFG, demo_data.synthetic_transactions(rows=3000, seed=3))  # the same 1000 rows + 2000

@@ -15,7 +15,8 @@ from pydantic import ValidationError
 
 from include.promotion.airflow_run import RunRef
 from include.promotion.config import DeployNotifications, parse_model_config
-from include.promotion.deploy_events import (
+from include.promotion.errors import DeliveryRefused, ModelConfigError
+from include.promotion.notify.deploy_events import (
     DELIVERY_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -29,7 +30,6 @@ from include.promotion.deploy_events import (
     stale,
     verify_delivery,
 )
-from include.promotion.errors import DeliveryRefused, ModelConfigError
 
 SECRET = "k" * 40
 NOW = 1_790_000_000.0
@@ -216,7 +216,7 @@ def test_another_secret_an_old_or_future_timestamp_a_big_or_non_json_body_are_re
 
 
 def test_the_signature_is_mlflows_scheme_over_the_exact_bytes_sent() -> None:
-    from include.promotion import webhooks
+    from include.promotion.watch import mlflow_webhook as webhooks
 
     headers, body = signed()
     assert headers[SIGNATURE_HEADER] == webhooks.sign(SECRET, "d-1", str(int(NOW)), body)
@@ -294,7 +294,7 @@ def test_a_receivers_answer_reaches_logs_short_without_control_characters_or_url
 
 
 def test_slack_sdks_logger_prints_nothing_even_after_a_logging_reconfiguration(caplog) -> None:
-    from include.promotion.deploy_events import _SLACK_LOG
+    from include.promotion.notify.deploy_events import _SLACK_LOG
 
     # Airflow's logging setup: dictConfig re-enables and re-levels the loggers it knows of
     logging.config.dictConfig({"version": 1, "disable_existing_loggers": False, "root": {"level": "DEBUG"}})
@@ -338,8 +338,8 @@ def test_deploy_notifications_config_takes_connection_ids_only(tmp_path: Path) -
 
 
 def test_a_webhook_connection_gives_an_http_url_and_a_long_secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    from include.promotion.deploy_events import WebhookTarget
     from include.promotion.errors import DeployNotificationFailed
+    from include.promotion.notify.deploy_events import WebhookTarget
 
     def conn(conn_id: str, **fields) -> str:
         monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": "http", **fields}))

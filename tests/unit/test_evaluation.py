@@ -5,9 +5,9 @@ import pytest
 
 from include.promotion.config import parse_model_config
 from include.promotion.errors import EstimatorError
-from include.promotion.evaluation import apply_gates, score
-from include.promotion.mlflow_client import quote
-from include.promotion.training import build_pipeline
+from include.promotion.pipeline.evaluation import apply_gates, score
+from include.promotion.pipeline.training import build_pipeline
+from include.promotion.registry.client import quote
 from tests.support import DEMO
 
 CFG = parse_model_config(DEMO)

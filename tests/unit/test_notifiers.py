@@ -10,8 +10,8 @@ from email.message import Message
 
 import pytest
 
-from include.promotion import notifiers
 from include.promotion.config import ModelConfig
+from include.promotion.notify import alerts as notifiers
 
 
 class _SmtpSession(socketserver.StreamRequestHandler):

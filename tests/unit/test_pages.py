@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from include.promotion import pages
-from include.promotion.approval import champion_note, evidence_markdown, markdown_text
+from include.promotion.approval.review import champion_note, evidence_markdown, markdown_text
 from include.promotion.config import METRICS, parse_model_config
 from include.promotion.inputs import MAX_REASON_CHARS
-from include.promotion.registry_report import (
+from include.promotion.web import pages
+from include.promotion.web.report import (
     AuditPage,
     Challenger,
     Champion,
@@ -25,7 +25,7 @@ from include.promotion.registry_report import (
     VersionRow,
     as_json,
 )
-from include.promotion.web_pages import CONTENT_SECURITY_POLICY, SafeJSONResponse
+from include.promotion.web.routes import CONTENT_SECURITY_POLICY, SafeJSONResponse
 from tests.support import DEMO
 
 HOSTILE = '<script>alert("owned")</script> & <img src=x onerror=alert(1)>'

@@ -8,7 +8,7 @@ import pytest
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 
 from include.promotion.errors import InputRejected
-from include.promotion.registry_report import (
+from include.promotion.web.report import (
     LastRun,
     alerts_for,
     as_json,

@@ -17,9 +17,10 @@ with warnings.catch_warnings():  # Starlette 1.10 would rather the test client u
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from include.promotion import settings, webhooks
+from include.promotion import settings
 from include.promotion.errors import WebhookRefused
-from include.promotion.webhooks import Delivery, receive, sign, verify
+from include.promotion.watch import mlflow_webhook as webhooks
+from include.promotion.watch.mlflow_webhook import Delivery, receive, sign, verify
 
 SECRET = "s" * 40
 NOW = 1_790_000_000.0
@@ -213,7 +214,7 @@ def test_verify_returns_the_delivery_id_and_timestamp() -> None:
 # -- the receiver app, for what it answers before touching Airflow's database --------------------------------
 @pytest.fixture
 def client(monkeypatch) -> TestClient:
-    from include.promotion.web import app
+    from include.promotion.web.app import app
 
     monkeypatch.setenv("PROMOTION_WEBHOOK_SECRET", SECRET)
     return TestClient(app())

@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from include.promotion import audit, mlflow_client, settings
-from include.promotion.audit_schema import chain_break
-from include.promotion.audit_state import STAGE_OF, AuditedState, audited_state, version_order
-from include.promotion.lifecycle import Change
-from include.promotion.mlflow_client import set_stage, set_tags
-from include.promotion.rollback import restore_champion
+from include.promotion import settings
+from include.promotion.audit import log as audit
+from include.promotion.audit.replay import STAGE_OF, AuditedState, audited_state, version_order
+from include.promotion.audit.schema import chain_break
+from include.promotion.registry import client as mlflow_client
+from include.promotion.registry.client import set_stage, set_tags
+from include.promotion.registry.lifecycle import Change
+from include.promotion.registry.rollback import restore_champion
 from include.promotion.states import CHALLENGER_ALIAS, CHAMPION_ALIAS, AuditAction, Stage, Status
 
 if TYPE_CHECKING:
@@ -261,7 +263,7 @@ def watch_model(name: str, change: Change, restore: bool, client: MlflowClient |
                     str(row["version"]),
                     message,
                     advice="the audit log was edited through a privileged database role: investigate; the watch "
-                    "restores nothing from an edited log (`python -m include.promotion.audit_schema verify`).",
+                    "restores nothing from an edited log (`python -m include.promotion.audit.schema verify`).",
                     blocks_repair=True,
                 ),
             )

@@ -2,7 +2,7 @@
 
 MLflow (3.3+) posts an event to a URL when a model version is created, a version tag is set or deleted, or
 an alias is set or deleted. The package registers one such webhook in MLflow (``ensure_mlflow_webhook``;
-``python -m include.promotion.webhooks register``), pointing at the Airflow api-server's
+``python -m include.promotion.watch.mlflow_webhook register``), pointing at the Airflow api-server's
 ``/promotion/api/mlflow-webhook`` (the plugin's app, ``web``). MLflow cannot log in to Airflow, so a
 delivery is authenticated by its signature instead, exactly as MLflow 3.17 signs it
 (``mlflow.webhooks.delivery._generate_hmac_signature``)::
@@ -367,7 +367,9 @@ def _ours(tracking_uri: str) -> tuple[MlflowClient, list[Webhook]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m include.promotion.webhooks", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m include.promotion.watch.mlflow_webhook", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser(
         "register",

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from include.promotion import mlflow_client, settings
+from include.promotion import settings
 from include.promotion.errors import InvariantViolation
+from include.promotion.registry import client as mlflow_client
 from include.promotion.states import CHAMPION_ALIAS, Stage, Status
 
 if TYPE_CHECKING:

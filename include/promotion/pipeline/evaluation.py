@@ -13,11 +13,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from include.promotion import mlflow_client
 from include.promotion.config import METRICS, ModelConfig
-from include.promotion.post_promotion import EXPECTED_COLUMN, SAMPLE_ARTIFACT, SAMPLE_DIGEST_PARAM, SAMPLE_ROWS
+from include.promotion.pipeline.training import TRAINING_FINGERPRINT, holdout_split
+from include.promotion.post_promotion.check import EXPECTED_COLUMN, SAMPLE_ARTIFACT, SAMPLE_DIGEST_PARAM, SAMPLE_ROWS
+from include.promotion.registry import client as mlflow_client
 from include.promotion.states import CHAMPION_ALIAS
-from include.promotion.training import TRAINING_FINGERPRINT, holdout_split
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -17,11 +17,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from include.promotion import audit, mlflow_accounts, mlflow_client
-from include.promotion.audit import AuditEntry
+from include.promotion.airflow_run import RunRef
+from include.promotion.audit import log as audit
+from include.promotion.audit.log import AuditEntry
 from include.promotion.errors import RegistryStateError
-from include.promotion.invariants import verify_invariant
-from include.promotion.mlflow_client import delete_alias_if, get_alias, set_stage, set_tags, status_of
+from include.promotion.registry import accounts as mlflow_accounts
+from include.promotion.registry import client as mlflow_client
+from include.promotion.registry.client import delete_alias_if, get_alias, set_stage, set_tags, status_of
+from include.promotion.registry.invariants import verify_invariant
 from include.promotion.states import CHALLENGER_ALIAS, CHAMPION_ALIAS, AuditAction, Stage, Status
 
 if TYPE_CHECKING:
@@ -36,6 +39,11 @@ class Change:
     actor: str
     dag_id: str
     run_id: str
+
+    @classmethod
+    def by(cls, run: RunRef, actor: str | None = None) -> Change:
+        """A change made from ``run``, by ``actor`` (default: the DAG itself, for automatic steps)."""
+        return cls(actor=actor or run.dag_id, dag_id=run.dag_id, run_id=run.run_id)
 
     @property
     def change_id(self) -> str:

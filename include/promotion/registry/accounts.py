@@ -7,7 +7,7 @@ the MLflow admin can write a governed model, because the service account creates
 registered model and its experiment before anyone else can claim the names (and the pipeline refuses
 to adopt one that someone else created first: ``claim_for_pipeline``)::
 
-    python -m include.promotion.mlflow_accounts bootstrap [--people-file users.json]
+    python -m include.promotion.registry.accounts bootstrap [--people-file users.json]
 
 reads ``MLFLOW_TRACKING_URI``, ``MLFLOW_AUTH_ADMIN_USERNAME`` (default ``admin``),
 ``MLFLOW_AUTH_ADMIN_PASSWORD`` and the service account's ``MLFLOW_TRACKING_USERNAME`` /
@@ -77,7 +77,7 @@ def claim(tracking_uri: str, resource_type: str, resource_id: str) -> list[str]:
     from mlflow.server import get_app_client
     from mlflow.utils.rest_utils import http_request
 
-    from include.promotion.mlflow_client import host_creds
+    from include.promotion.registry.client import host_creds
 
     response = http_request(host_creds(tracking_uri), "/api/2.0/mlflow/users/list", "GET")
     if response.status_code == 404:
@@ -111,8 +111,9 @@ def claim_for_pipeline(resource_type: str, resource_id: str, what: str) -> None:
     run (tag ``claim_refused``, which only an admin can remove): nothing is trained, evaluated or registered
     until an MLflow admin has deleted or renamed it.
     """
-    from include.promotion import mlflow_client, settings
+    from include.promotion import settings
     from include.promotion.errors import RegistryStateError
+    from include.promotion.registry import client as mlflow_client
 
     client = mlflow_client.client()
     if resource_type == "experiment":
@@ -145,7 +146,7 @@ def bootstrap(
     from mlflow import MlflowClient
     from mlflow.server import get_app_client
 
-    from include.promotion.mlflow_client import ensure_registered_model, experiment_name, get_or_create_experiment
+    from include.promotion.registry.client import ensure_registered_model, experiment_name, get_or_create_experiment
 
     with acting_as(*admin):
         auth = get_app_client("basic-auth", tracking_uri=tracking_uri)
@@ -164,7 +165,7 @@ def bootstrap(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m include.promotion.mlflow_accounts", description=__doc__.split("\n")[0]
+        prog="python -m include.promotion.registry.accounts", description=__doc__.split("\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
     boot = sub.add_parser("bootstrap", help="create the service account, people's accounts and governed models")

@@ -22,9 +22,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from include.promotion import settings, web_pages, webhooks
+from include.promotion import settings
 from include.promotion.config import load_model_configs
 from include.promotion.errors import WebhookRefused
+from include.promotion.watch import mlflow_webhook as webhooks
+from include.promotion.web import routes as web_pages
 
 log = logging.getLogger(__name__)
 

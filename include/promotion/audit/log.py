@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from include.promotion import audit_schema
-from include.promotion.audit_schema import AUDIT_TABLE, DEFAULT_CONN_ID, chain_hash, connect
+from include.promotion.audit import schema as audit_schema
+from include.promotion.audit.schema import AUDIT_TABLE, DEFAULT_CONN_ID, chain_hash, connect
 from include.promotion.errors import AuditLogError, RegistryStateError
 from include.promotion.states import AuditAction
 
@@ -50,7 +50,7 @@ def ensure_schema(conn: Any) -> None:
         raise AuditLogError(
             f"the audit schema is at v{audit_schema.applied_version(conn)}, this package needs "
             f"v{audit_schema.CURRENT_VERSION}, and the role of connection '{DEFAULT_CONN_ID}' may not change it "
-            "(as intended). Run `python -m include.promotion.audit_schema upgrade --owner-conn promotion_db_owner "
+            "(as intended). Run `python -m include.promotion.audit.schema upgrade --owner-conn promotion_db_owner "
             "--app-role <application role>` as the schema owner."
         ) from None
 

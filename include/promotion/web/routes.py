@@ -25,10 +25,12 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 
-from include.promotion import mlflow_client, pages, registry_report
 from include.promotion.config import METRICS, ModelConfig, load_model_configs
 from include.promotion.errors import InputRejected
-from include.promotion.webhooks import URL_PREFIX  # where the plugin mounts the package's app
+from include.promotion.registry import client as mlflow_client
+from include.promotion.watch.mlflow_webhook import URL_PREFIX  # where the plugin mounts the package's app
+from include.promotion.web import pages
+from include.promotion.web import report as registry_report
 
 log = logging.getLogger(__name__)
 

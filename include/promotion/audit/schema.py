@@ -5,9 +5,9 @@ step applied. Every step is idempotent, so a database created by any earlier rel
 (even one that predates this table of versions) is brought to the current schema without losing a
 row. Steps run as the schema's owner, never as the application role that writes audit rows::
 
-    python -m include.promotion.audit_schema upgrade --owner-conn promotion_db_owner --app-role promotion_app
-    python -m include.promotion.audit_schema status
-    python -m include.promotion.audit_schema verify [--model NAME]
+    python -m include.promotion.audit.schema upgrade --owner-conn promotion_db_owner --app-role promotion_app
+    python -m include.promotion.audit.schema status
+    python -m include.promotion.audit.schema verify [--model NAME]
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def applied_version(conn: Any) -> int:
             f"the audit log table {AUDIT_TABLE} is gone, but {VERSION_TABLE} says it was created (schema "
             f"v{version}): someone dropped it. The package will not start a new, empty log over a deleted one. "
             "Restore the table from a backup; only if the history is knowingly abandoned, run "
-            "`python -m include.promotion.audit_schema upgrade --start-new-log`."
+            "`python -m include.promotion.audit.schema upgrade --start-new-log`."
         )
     return version
 
@@ -270,7 +270,7 @@ def upgrade(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m include.promotion.audit_schema", description=__doc__.split("\n")[0]
+        prog="python -m include.promotion.audit.schema", description=__doc__.split("\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("upgrade", help="apply pending migrations (as the schema owner)")

@@ -48,10 +48,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from include.promotion.airflow_run import RunRef
-from include.promotion.audit_state import audited_state, status_after
+from include.promotion.audit.replay import audited_state, status_after
 from include.promotion.errors import DeliveryRefused, DeployNotificationFailed
 from include.promotion.states import CHAMPION_ALIAS, AuditAction, Status
-from include.promotion.webhooks import sign, verify_signed
+from include.promotion.watch.mlflow_webhook import sign, verify_signed
 
 if TYPE_CHECKING:
     from include.promotion.config import DeployNotifications
@@ -188,7 +188,7 @@ def stale(event: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], run: RunR
 
 def production_changes(model_name: str, run: RunRef) -> list[dict[str, Any]]:
     """The events to send: the production changes this run recorded, less those another run superseded since."""
-    from include.promotion import audit
+    from include.promotion.audit import log as audit
 
     rows = audit.rows(model_name)
     events = []
@@ -616,8 +616,8 @@ def notify_deployers(model_name: str, run: RunRef) -> dict[str, Any]:
     e-mail to ``approval.notify_emails``), then fails the task: in the promotion DAG it is a teardown, whose
     failure alone would leave the run green.
     """
-    from include.promotion import notifiers
     from include.promotion.config import get_model_config
+    from include.promotion.notify import alerts as notifiers
 
     cfg = get_model_config(model_name)
     try:

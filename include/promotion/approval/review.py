@@ -10,12 +10,13 @@ import logging
 import re
 from typing import Any
 
-from include.promotion import lifecycle, mlflow_client
 from include.promotion.airflow_run import RunRef
 from include.promotion.config import ModelConfig
 from include.promotion.errors import ApprovalRefused
-from include.promotion.evaluation import Evaluation, comparison_markdown
 from include.promotion.inputs import clean_reason
+from include.promotion.pipeline.evaluation import Evaluation, comparison_markdown
+from include.promotion.registry import client as mlflow_client
+from include.promotion.registry import lifecycle
 from include.promotion.retries import retry_transient
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from html import escape
 from urllib.parse import quote, urlencode
 
 from include.promotion.inputs import MAX_REASON_CHARS, MAX_VERSION
-from include.promotion.registry_report import (
+from include.promotion.web.report import (
     AuditPage,
     Event,
     LastRun,

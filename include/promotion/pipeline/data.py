@@ -40,7 +40,7 @@ def fetch(cfg: ModelConfig) -> pd.DataFrame:
 
         return PostgresHook(postgres_conn_id=source.conn_id).get_df(source.query)
     if isinstance(source, BuiltinSource):
-        from include.promotion import demo_data
+        from include.promotion.pipeline import demo_data
 
         return demo_data.builtin_frame(source.dataset, rows=source.rows, seed=source.seed)
     raise DataValidationError(f"{cfg.name}: unsupported data source {source!r}")

@@ -24,11 +24,12 @@ from dataclasses import dataclass, fields, is_dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from include.promotion import audit, mlflow_client
-from include.promotion.audit_schema import AUDIT_TABLE, connect
+from include.promotion.audit import log as audit
+from include.promotion.audit.schema import AUDIT_TABLE, connect
 from include.promotion.config import METRICS, ModelConfig
 from include.promotion.errors import InputRejected
 from include.promotion.inputs import clean_version
+from include.promotion.registry import client as mlflow_client
 from include.promotion.states import CHALLENGER_ALIAS, CHAMPION_ALIAS, AuditAction, Stage, Status
 
 if TYPE_CHECKING:

@@ -17,12 +17,13 @@ from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowFailException
 from airflow.sdk.execution_time.hitl import HITLUser
 
-from include.promotion import approval, signing
+from include.promotion import signing
 from include.promotion.airflow_run import RunRef
+from include.promotion.approval import review as approval
 from include.promotion.config import ModelConfig, get_model_config
 from include.promotion.errors import ApprovalRefused, InputRejected
 from include.promotion.inputs import MAX_REASON_CHARS
-from include.promotion.notifiers import approval_notifiers
+from include.promotion.notify.alerts import approval_notifiers
 from include.promotion.signing import Kind
 
 

@@ -1,7 +1,7 @@
 """The post-promotion check: the new champion, loaded as a serving client would load it, does what evaluate saw.
 
 After ``promote_to_production``, ``verify_in_production`` starts a fresh interpreter
-(``python -m include.promotion.post_promotion``) that loads ``models:/<name>@champion`` through the serving
+(``python -m include.promotion.post_promotion.check``) that loads ``models:/<name>@champion`` through the serving
 loader (``serving.ChampionCache``, into an empty cache dir), checks its input signature against the evaluation
 data, predicts the fixed holdout sample that ``evaluate`` logged to the version's MLflow run and times single-row
 predictions; it prints its measurements as JSON. This process judges them against the model's
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from include.promotion.airflow_run import RunRef
     from include.promotion.config import ModelConfig
-    from include.promotion.lifecycle import Change
+    from include.promotion.registry.lifecycle import Change
 
 # The fresh interpreter imports this module, ``states`` and the serving loader only: like a serving process, it has no
 # Airflow (inside a task, Airflow's environment would not even let it import Airflow). The task side imports the rest
@@ -59,7 +59,7 @@ MAX_ABS_DIFF = 1e-9  # the loaded champion must give the probabilities evaluate 
 LATENCY_PREDICTIONS = 100  # single-row predictions timed for the p95
 CHECK_TIMEOUT = 600.0  # seconds the fresh interpreter may take (loading, 200 rows, the timed predictions)
 RESULT_MARKER = "POST_PROMOTION_RESULT "  # the line of the child's stdout that carries its JSON
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 # -- the task: judge, roll back, alert ---------------------------------------------------------------------------
 def promotion_of(model_name: str, run: RunRef) -> tuple[Promotion, list[dict[str, Any]]]:
     """What this run promoted, and any ``post_check_rollback`` rows it already wrote (from the audit log alone)."""
-    from include.promotion import audit
+    from include.promotion.audit import log as audit
     from include.promotion.errors import RegistryStateError
 
     mine = [r for r in audit.rows(model_name) if r["dag_id"] == run.dag_id and r["run_id"] == run.run_id]
@@ -169,7 +169,7 @@ def expected_sample(client: MlflowClient, model_name: str, version: str, into: P
     """The sample evaluate logged to the version's own run, refused unless it matches the digest logged with it."""
     import hashlib
 
-    from include.promotion.lifecycle import require_version
+    from include.promotion.registry.lifecycle import require_version
 
     mv = require_version(client, model_name, version)
     if not mv.run_id:
@@ -187,12 +187,12 @@ def expected_sample(client: MlflowClient, model_name: str, version: str, into: P
 
 
 def run_fresh_interpreter(model_name: str, sample: Path, workdir: Path, timeout: float = CHECK_TIMEOUT) -> dict:
-    """``python -m include.promotion.post_promotion`` with an empty cache dir; its JSON, or the error it died of."""
+    """``python -m include.promotion.post_promotion.check`` with an empty cache dir: its JSON, or what it died of."""
     cache_dir = workdir / "champion-cache"
     cache_dir.mkdir(parents=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    command = [sys.executable, "-m", "include.promotion.post_promotion", "--model", model_name]
+    command = [sys.executable, "-m", "include.promotion.post_promotion.check", "--model", model_name]
     command += ["--sample", str(sample), "--cache-dir", str(cache_dir)]
     try:
         done = subprocess.run(
@@ -239,9 +239,9 @@ def worth_a_second_look(result: dict[str, Any], cfg: ModelConfig) -> bool:
 
 def verify_in_production(cfg: ModelConfig, run: RunRef) -> dict[str, Any]:
     """The check, its rollback and its alert; returns the measurements, raises ``PostPromotionCheckFailed``."""
-    from include.promotion import mlflow_client
     from include.promotion.errors import PostPromotionCheckFailed
-    from include.promotion.lifecycle import Change, require_version
+    from include.promotion.registry import client as mlflow_client
+    from include.promotion.registry.lifecycle import Change, require_version
 
     name = cfg.name
     if not cfg.post_promotion.check:
@@ -296,8 +296,8 @@ def verify_in_production(cfg: ModelConfig, run: RunRef) -> dict[str, Any]:
 
 def _moved(cfg: ModelConfig, promotion: Promotion, holder: str | None) -> None:
     """Someone else moved ``champion`` since this run promoted: alert and fail, never undo their change."""
-    from include.promotion import notifiers
     from include.promotion.errors import PostPromotionCheckFailed
+    from include.promotion.notify import alerts as notifiers
 
     now = f"v{holder}" if holder else "no version"
     message = (
@@ -314,8 +314,9 @@ def _fail(cfg: ModelConfig, promotion: Promotion, failed: list[str], change: Cha
 
     ``resume``: this check's own rollback crashed half-way (its tags are on the version): finish that one.
     """
-    from include.promotion import notifiers, rollback
     from include.promotion.errors import PostPromotionCheckFailed, PromotionError
+    from include.promotion.notify import alerts as notifiers
+    from include.promotion.registry import rollback
 
     name, version = cfg.name, promotion.version
     what = "; ".join(failed)

@@ -9,13 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from include.promotion import audit, mlflow_client
-from include.promotion.audit_state import AuditedState, audited_state
+from include.promotion.audit import log as audit
+from include.promotion.audit.replay import AuditedState, audited_state
 from include.promotion.errors import RollbackTargetInvalid
 from include.promotion.inputs import clean_reason, clean_version
-from include.promotion.invariants import verify_invariant
-from include.promotion.lifecycle import Change, now_iso, require_version
-from include.promotion.mlflow_client import get_alias, set_stage, set_tags, status_of
+from include.promotion.registry import client as mlflow_client
+from include.promotion.registry.client import get_alias, set_stage, set_tags, status_of
+from include.promotion.registry.invariants import verify_invariant
+from include.promotion.registry.lifecycle import Change, now_iso, require_version
 from include.promotion.states import CHAMPION_ALIAS, AuditAction, Stage, Status
 
 if TYPE_CHECKING:

@@ -8,9 +8,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from include.promotion import mlflow_client, settings
+from include.promotion import settings
 from include.promotion.config import ModelConfig
 from include.promotion.errors import EstimatorError
+from include.promotion.registry import client as mlflow_client
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,7 +40,7 @@ def holdout_split(cfg: ModelConfig, frame: pd.DataFrame) -> Split:
     ``holdout.key`` when configured (stable as the table grows), else seeded and stratified."""
     from sklearn.model_selection import train_test_split
 
-    from include.promotion.data import holdout_mask
+    from include.promotion.pipeline.data import holdout_mask
 
     x, y = frame[cfg.features], frame[cfg.target]
     if cfg.holdout.key:
@@ -166,7 +167,7 @@ def train_and_log(
     import mlflow
     from mlflow.models import infer_signature
 
-    from include.promotion.mlflow_accounts import claim_for_pipeline
+    from include.promotion.registry.accounts import claim_for_pipeline
 
     client = mlflow_client.client()
     # Both names are taken (or checked) before anything in them is trusted: a run to reuse here, a champion

@@ -1,0 +1,1 @@
+"""The MLflow Model Registry as the pipeline writes it: client, service account, lifecycle moves, rollback."""
