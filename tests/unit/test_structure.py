@@ -40,7 +40,8 @@ def dotted(path: Path, root: Path, prefix: str) -> str:
 
 def modules(root: Path = PACKAGE, prefix: str = PREFIX) -> dict[str, tuple[Path, ast.Module]]:
     return {
-        dotted(path, root, prefix): (path, ast.parse(path.read_text(), str(path))) for path in sorted(root.rglob("*.py"))
+        dotted(path, root, prefix): (path, ast.parse(path.read_text(), str(path)))
+        for path in sorted(root.rglob("*.py"))
     }
 
 

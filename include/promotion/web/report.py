@@ -24,13 +24,25 @@ from dataclasses import dataclass, fields, is_dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from include.promotion.audit import log as audit
-from include.promotion.audit.schema import AUDIT_TABLE, connect
+from include.promotion.audit.queries import (
+    CHECK_DEMOTED,
+    ENDED_BY,
+    SERVES_AFTER,
+    AuditPage,
+    Event,
+    audited_champions,
+    history_page,
+    open_drift,
+    pair_events,
+    table_exists,
+    version_events,
+)
+from include.promotion.audit.schema import connect
 from include.promotion.config import METRICS, ModelConfig
 from include.promotion.errors import InputRejected
 from include.promotion.inputs import clean_version
 from include.promotion.registry import client as mlflow_client
-from include.promotion.states import CHALLENGER_ALIAS, CHAMPION_ALIAS, AuditAction, Stage, Status
+from include.promotion.states import CHALLENGER_ALIAS, CHAMPION_ALIAS, AuditAction, Status
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -49,26 +61,9 @@ MAX_DATA_VERSION_CHARS = 200
 OVERVIEW_READERS = 4  # models whose registry entries the overview reads at once (MLflow's server has one worker)
 # data versions are fingerprints like ``sha256:...``; anything else is refused before it reaches a filter
 _DATA_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._+/=-]*")
-# what ends a version's time in service, and what puts one there (audit actions)
-ENDED_BY = (AuditAction.ARCHIVE, AuditAction.REJECT, AuditAction.SUPERSEDE, AuditAction.ROLLBACK_DEMOTE)
-SERVES_AFTER = (AuditAction.PROMOTE, AuditAction.ROLLBACK_RESTORE, AuditAction.POST_CHECK_ROLLBACK)
-# The post-promotion check's rollback writes two rows of one action: the restored version's (to Production) puts it in
-# service, the failed version's (out of Production) ends its time there. Events key the second one apart.
-CHECK_DEMOTED = f"{AuditAction.POST_CHECK_ROLLBACK} (demoted)"
-AUDIT_COLUMNS = ("id", *(c for c in audit.COLUMNS if c != "model_name"), "created_at")
 
 
 # -- what is shown ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Event:
-    """One audit row as the page shows it: who, when, why."""
-
-    action: str
-    actor: str
-    at: datetime | None
-    reason: str | None = None
-
-
 @dataclass(frozen=True)
 class VersionRow:
     """One model version in the registry report."""
@@ -127,18 +122,6 @@ class ModelOverview:
     challenger: Challenger | None
     last_run: LastRun | None
     alerts: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class AuditPage:
-    rows: tuple[dict[str, Any], ...]  # AUDIT_COLUMNS, newest first
-    page: int
-    per_page: int
-    total: int
-
-    @property
-    def pages(self) -> int:
-        return max(1, -(-self.total // self.per_page))
 
 
 @dataclass(frozen=True)
@@ -249,19 +232,6 @@ def metrics_of(tags: Mapping[str, str]) -> dict[str, float]:
         except (KeyError, TypeError, ValueError):
             continue
     return found
-
-
-def latest_events(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], Event]:
-    """{(version, action): its latest Event} from audit rows (any order; the newest id wins)."""
-    newest: dict[tuple[str, str], Mapping[str, Any]] = {}
-    for row in rows:
-        action = str(row["action"])
-        if action == AuditAction.POST_CHECK_ROLLBACK and row.get("to_stage") != Stage.PRODUCTION:
-            action = CHECK_DEMOTED
-        key = (str(row["version"]), action)
-        if key not in newest or row["id"] > newest[key]["id"]:
-            newest[key] = row
-    return {k: Event(str(r["action"]), r["actor"], r["created_at"], r["reason"]) for k, r in newest.items()}
 
 
 def _latest(events: Mapping[tuple[str, str], Event], version: str, actions: Iterable[str]) -> Event | None:
@@ -386,102 +356,6 @@ def version_page(client: MlflowClient, name: str, before: int | None) -> tuple[l
     return found[:VERSIONS_PAGE], len(found) > VERSIONS_PAGE
 
 
-# -- reading: the audit log ------------------------------------------------------------------------------------
-def _fetch(conn: Any, query: str, params: Sequence[Any] | Mapping[str, Any]) -> list[dict[str, Any]]:
-    with conn.cursor() as cur:
-        cur.execute(query, params)
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-
-def _table_exists(conn: Any) -> bool:
-    with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s)", (AUDIT_TABLE,))
-        return cur.fetchone()[0] is not None
-
-
-def version_events(conn: Any, model: str, versions: Sequence[str]) -> dict[tuple[str, str], Event]:
-    """The latest row of each (version, action) of the given versions of one model: one query."""
-    rows = _fetch(
-        conn,
-        f"SELECT DISTINCT ON (version, action) id, version, action, to_stage, actor, reason, created_at "
-        f"FROM {AUDIT_TABLE} "
-        "WHERE model_name = %s AND version = ANY(%s) ORDER BY version, action, id DESC",
-        (model, list(versions)),
-    )
-    return latest_events(rows)
-
-
-def pair_events(conn: Any, pairs: Sequence[tuple[str, str]]) -> dict[str, dict[tuple[str, str], Event]]:
-    """{model: its events} for the given (model, version) pairs only (the overview's champions and challengers)."""
-    if not pairs:
-        return {}
-    rows = _fetch(
-        conn,
-        f"SELECT DISTINCT ON (a.model_name, a.version, a.action) a.id, a.model_name, a.version, a.action, a.to_stage, "
-        "a.actor, "
-        f"a.reason, a.created_at FROM {AUDIT_TABLE} a JOIN unnest(%s::text[], %s::text[]) AS w(model_name, version) "
-        "ON a.model_name = w.model_name AND a.version = w.version "
-        "ORDER BY a.model_name, a.version, a.action, a.id DESC",
-        ([m for m, _ in pairs], [v for _, v in pairs]),
-    )
-    by_model: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_model.setdefault(row["model_name"], []).append(row)
-    return {model: latest_events(model_rows) for model, model_rows in by_model.items()}
-
-
-def audited_champions(conn: Any, models: Sequence[str]) -> dict[str, str]:
-    """{model: the version the audit log says serves}: the latest version put in production and not taken out
-    since (one query for all models; the same reading as ``audit_state.audited_state``)."""
-    rows = _fetch(
-        conn,
-        f"SELECT c.model_name, c.version FROM (SELECT DISTINCT ON (model_name) id, model_name, version "
-        f"FROM {AUDIT_TABLE} WHERE model_name = ANY(%(models)s) AND (action = ANY(%(serves)s) "
-        "OR (action = %(check)s AND to_stage = %(production)s)) ORDER BY model_name, id DESC) c "
-        f"WHERE NOT EXISTS (SELECT 1 FROM {AUDIT_TABLE} d WHERE d.model_name = c.model_name "
-        "AND d.version = c.version AND d.id > c.id AND (d.action = ANY(%(ends)s) "
-        "OR (d.action = %(check)s AND d.to_stage IS DISTINCT FROM %(production)s)))",
-        {
-            "models": list(models),
-            "serves": [str(AuditAction.PROMOTE), str(AuditAction.ROLLBACK_RESTORE)],
-            "check": str(AuditAction.POST_CHECK_ROLLBACK),
-            "production": str(Stage.PRODUCTION),
-            "ends": [str(a) for a in ENDED_BY],
-        },
-    )
-    return {row["model_name"]: str(row["version"]) for row in rows}
-
-
-def open_drift(conn: Any, models: Sequence[str]) -> dict[str, list[str]]:
-    """{model: reasons of its ``drift_detected`` rows that no later ``drift_restore`` row names}."""
-    rows = _fetch(
-        conn,
-        f"SELECT DISTINCT d.model_name, d.reason FROM {AUDIT_TABLE} d WHERE d.model_name = ANY(%s) AND d.action = %s "
-        f"AND NOT EXISTS (SELECT 1 FROM {AUDIT_TABLE} r WHERE r.model_name = d.model_name AND r.action = %s "
-        "AND r.reason IS NOT DISTINCT FROM d.reason AND r.id > d.id)",
-        (list(models), str(AuditAction.DRIFT_DETECTED), str(AuditAction.DRIFT_RESTORE)),
-    )
-    found: dict[str, list[str]] = {}
-    for row in rows:
-        found.setdefault(row["model_name"], []).append(row["reason"] or "")
-    return found
-
-
-def history_page(conn: Any, model: str, page: int, per_page: int) -> AuditPage:
-    """One page of a model's audit rows, newest first."""
-    with conn.cursor() as cur:
-        cur.execute(f"SELECT count(*) FROM {AUDIT_TABLE} WHERE model_name = %s", (model,))
-        total = int(cur.fetchone()[0])
-    rows = _fetch(
-        conn,
-        f"SELECT {', '.join(AUDIT_COLUMNS)} FROM {AUDIT_TABLE} WHERE model_name = %s "
-        "ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s",
-        (model, per_page, (page - 1) * per_page),
-    )
-    return AuditPage(tuple(rows), page, per_page, total)
-
-
 def _reader(conn_id: str) -> Any:
     return connect(conn_id)
 
@@ -491,7 +365,7 @@ def _model_audit(conn_id: str, model: str, page: int, per_page: int) -> tuple[Au
     """(one history page, the audited champion, open drift) of one model."""
     conn = _reader(conn_id)
     try:
-        if not _table_exists(conn):
+        if not table_exists(conn):
             return AuditPage((), page, per_page, 0), None, []
         return (
             history_page(conn, model, page, per_page),
@@ -505,7 +379,7 @@ def _model_audit(conn_id: str, model: str, page: int, per_page: int) -> tuple[Au
 def _version_audit(conn_id: str, model: str, versions: Sequence[str]) -> dict[tuple[str, str], Event]:
     conn = _reader(conn_id)
     try:
-        return version_events(conn, model, versions) if versions and _table_exists(conn) else {}
+        return version_events(conn, model, versions) if versions and table_exists(conn) else {}
     finally:
         conn.close()
 
@@ -584,7 +458,7 @@ def overview(
     pairs = [(n, str(mv.version)) for n, (_, *mvs) in found.items() for mv in mvs if mv is not None]
     conn = _reader(conn_id)
     try:
-        if _table_exists(conn):
+        if table_exists(conn):
             events, audited, drift = pair_events(conn, pairs), audited_champions(conn, names), open_drift(conn, names)
         else:
             events, audited, drift = {}, {}, {}

@@ -1,0 +1,153 @@
+"""The audit log read in SQL, for pages that show many models or versions at once: a fixed number of
+parameterized queries whatever the length of the history. ``replay`` is the same reading in Python (one model's
+rows in order); ``tests/unit/test_audit_agreement.py`` runs generated histories through both and checks they agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from include.promotion.audit.log import COLUMNS
+from include.promotion.audit.schema import AUDIT_TABLE
+from include.promotion.states import AuditAction, Stage
+
+# what ends a version's time in service, and what puts one there (audit actions)
+ENDED_BY = (AuditAction.ARCHIVE, AuditAction.REJECT, AuditAction.SUPERSEDE, AuditAction.ROLLBACK_DEMOTE)
+SERVES_AFTER = (AuditAction.PROMOTE, AuditAction.ROLLBACK_RESTORE, AuditAction.POST_CHECK_ROLLBACK)
+# The post-promotion check's rollback writes two rows of one action: the restored version's (to Production) puts it in
+# service, the failed version's (out of Production) ends its time there. Events key the second one apart.
+CHECK_DEMOTED = f"{AuditAction.POST_CHECK_ROLLBACK} (demoted)"
+AUDIT_COLUMNS = ("id", *(c for c in COLUMNS if c != "model_name"), "created_at")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One audit row as the page shows it: who, when, why."""
+
+    action: str
+    actor: str
+    at: datetime | None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    rows: tuple[dict[str, Any], ...]  # AUDIT_COLUMNS, newest first
+    page: int
+    per_page: int
+    total: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.per_page))
+
+
+def latest_events(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], Event]:
+    """{(version, action): its latest Event} from audit rows (any order; the newest id wins)."""
+    newest: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for row in rows:
+        action = str(row["action"])
+        if action == AuditAction.POST_CHECK_ROLLBACK and row.get("to_stage") != Stage.PRODUCTION:
+            action = CHECK_DEMOTED
+        key = (str(row["version"]), action)
+        if key not in newest or row["id"] > newest[key]["id"]:
+            newest[key] = row
+    return {k: Event(str(r["action"]), r["actor"], r["created_at"], r["reason"]) for k, r in newest.items()}
+
+
+def fetch(conn: Any, query: str, params: Sequence[Any] | Mapping[str, Any]) -> list[dict[str, Any]]:
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def table_exists(conn: Any) -> bool:
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s)", (AUDIT_TABLE,))
+        return cur.fetchone()[0] is not None
+
+
+def version_events(conn: Any, model: str, versions: Sequence[str]) -> dict[tuple[str, str], Event]:
+    """The latest row of each (version, action) of the given versions of one model: one query."""
+    rows = fetch(
+        conn,
+        f"SELECT DISTINCT ON (version, action) id, version, action, to_stage, actor, reason, created_at "
+        f"FROM {AUDIT_TABLE} "
+        "WHERE model_name = %s AND version = ANY(%s) ORDER BY version, action, id DESC",
+        (model, list(versions)),
+    )
+    return latest_events(rows)
+
+
+def pair_events(conn: Any, pairs: Sequence[tuple[str, str]]) -> dict[str, dict[tuple[str, str], Event]]:
+    """{model: its events} for the given (model, version) pairs only (the overview's champions and challengers)."""
+    if not pairs:
+        return {}
+    rows = fetch(
+        conn,
+        f"SELECT DISTINCT ON (a.model_name, a.version, a.action) a.id, a.model_name, a.version, a.action, a.to_stage, "
+        "a.actor, "
+        f"a.reason, a.created_at FROM {AUDIT_TABLE} a JOIN unnest(%s::text[], %s::text[]) AS w(model_name, version) "
+        "ON a.model_name = w.model_name AND a.version = w.version "
+        "ORDER BY a.model_name, a.version, a.action, a.id DESC",
+        ([m for m, _ in pairs], [v for _, v in pairs]),
+    )
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_model.setdefault(row["model_name"], []).append(row)
+    return {model: latest_events(model_rows) for model, model_rows in by_model.items()}
+
+
+def audited_champions(conn: Any, models: Sequence[str]) -> dict[str, str]:
+    """{model: the version the audit log says serves}: the latest version put in production and not taken out
+    since (one query for all models; the same reading as ``audit_state.audited_state``)."""
+    rows = fetch(
+        conn,
+        f"SELECT c.model_name, c.version FROM (SELECT DISTINCT ON (model_name) id, model_name, version "
+        f"FROM {AUDIT_TABLE} WHERE model_name = ANY(%(models)s) AND (action = ANY(%(serves)s) "
+        "OR (action = %(check)s AND to_stage = %(production)s)) ORDER BY model_name, id DESC) c "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {AUDIT_TABLE} d WHERE d.model_name = c.model_name "
+        "AND d.version = c.version AND d.id > c.id AND (d.action = ANY(%(ends)s) "
+        "OR (d.action = %(check)s AND d.to_stage IS DISTINCT FROM %(production)s)))",
+        {
+            "models": list(models),
+            "serves": [str(AuditAction.PROMOTE), str(AuditAction.ROLLBACK_RESTORE)],
+            "check": str(AuditAction.POST_CHECK_ROLLBACK),
+            "production": str(Stage.PRODUCTION),
+            "ends": [str(a) for a in ENDED_BY],
+        },
+    )
+    return {row["model_name"]: str(row["version"]) for row in rows}
+
+
+def open_drift(conn: Any, models: Sequence[str]) -> dict[str, list[str]]:
+    """{model: reasons of its ``drift_detected`` rows that no later ``drift_restore`` row names}."""
+    rows = fetch(
+        conn,
+        f"SELECT DISTINCT d.model_name, d.reason FROM {AUDIT_TABLE} d WHERE d.model_name = ANY(%s) AND d.action = %s "
+        f"AND NOT EXISTS (SELECT 1 FROM {AUDIT_TABLE} r WHERE r.model_name = d.model_name AND r.action = %s "
+        "AND r.reason IS NOT DISTINCT FROM d.reason AND r.id > d.id)",
+        (list(models), str(AuditAction.DRIFT_DETECTED), str(AuditAction.DRIFT_RESTORE)),
+    )
+    found: dict[str, list[str]] = {}
+    for row in rows:
+        found.setdefault(row["model_name"], []).append(row["reason"] or "")
+    return found
+
+
+def history_page(conn: Any, model: str, page: int, per_page: int) -> AuditPage:
+    """One page of a model's audit rows, newest first."""
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {AUDIT_TABLE} WHERE model_name = %s", (model,))
+        total = int(cur.fetchone()[0])
+    rows = fetch(
+        conn,
+        f"SELECT {', '.join(AUDIT_COLUMNS)} FROM {AUDIT_TABLE} WHERE model_name = %s "
+        "ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s",
+        (model, per_page, (page - 1) * per_page),
+    )
+    return AuditPage(tuple(rows), page, per_page, total)
