@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 
+from include.promotion.audit.queries import latest_events
 from include.promotion.errors import InputRejected
 from include.promotion.web.report import (
     LastRun,
@@ -15,7 +16,6 @@ from include.promotion.web.report import (
     champion_of,
     clean_data_version,
     clean_page,
-    latest_events,
     metrics_of,
     run_outcome,
     version_row,
