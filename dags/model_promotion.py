@@ -14,6 +14,7 @@ from airflow.sdk import dag, get_current_context, get_parsing_context, task
 from include.promotion.airflow_run import RunRef
 from include.promotion.approval.gate import build_approval_task
 from include.promotion.config import ModelConfig, load_model_configs
+from include.promotion.tasks.boundary import fails_fast
 
 DOC_MD = """
 ### Governed promotion of `{name}`
@@ -86,6 +87,7 @@ def build_promotion_dag(cfg: ModelConfig) -> None:
     )
     def promotion() -> None:
         @task
+        @fails_fast
         def load_data() -> dict:
             """Fetch and check the training data; fingerprint it."""
             from include.promotion.tasks import promotion as steps
@@ -93,6 +95,7 @@ def build_promotion_dag(cfg: ModelConfig) -> None:
             return steps.load_data(model, _run())
 
         @task
+        @fails_fast
         def train(loaded: dict) -> dict:
             """Fit the candidate on the checked snapshot and log it to MLflow."""
             from include.promotion.tasks import promotion as steps
@@ -100,6 +103,7 @@ def build_promotion_dag(cfg: ModelConfig) -> None:
             return steps.train(model, loaded, _run())
 
         @task
+        @fails_fast
         def evaluate(trained: dict) -> dict:
             """Score candidate and champion on the same holdout; apply the gates."""
             from include.promotion.tasks import promotion as steps
@@ -107,6 +111,7 @@ def build_promotion_dag(cfg: ModelConfig) -> None:
             return steps.evaluate(model, trained, _run())
 
         @task
+        @fails_fast
         def register(trained: dict, verdict: dict) -> dict:
             """Register the candidate once, only if it passed; otherwise end the run as not promoted."""
             from include.promotion.tasks import promotion as steps
@@ -114,6 +119,7 @@ def build_promotion_dag(cfg: ModelConfig) -> None:
             return steps.register(model, trained, verdict, _run())
 
         @task
+        @fails_fast
         def promote_to_staging(registered: dict) -> dict:
             """Make the new version the challenger in Staging, with an audit row."""
             from include.promotion.tasks import promotion as steps
@@ -121,6 +127,7 @@ def build_promotion_dag(cfg: ModelConfig) -> None:
             return steps.promote_to_staging(model, registered, _run())
 
         @task
+        @fails_fast
         def promote_to_production(staged: dict) -> dict:
             """Make the approved version the champion and archive the previous one."""
             from include.promotion.tasks import promotion as steps
@@ -128,6 +135,7 @@ def build_promotion_dag(cfg: ModelConfig) -> None:
             return steps.promote_to_production(model, staged, _run())
 
         @task
+        @fails_fast
         def verify_in_production() -> dict:
             """Load the champion as a server would; on failure roll back to the version it replaced, and fail."""
             from include.promotion.tasks import promotion as steps
@@ -135,6 +143,7 @@ def build_promotion_dag(cfg: ModelConfig) -> None:
             return steps.verify_in_production(model, _run())
 
         @task
+        @fails_fast
         def notify_deployers() -> dict:
             """Tell the deploy targets of each production change this run made (promotion, automatic rollback)."""
             from include.promotion.notify import deploy_events

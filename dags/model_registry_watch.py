@@ -12,6 +12,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 from include.promotion.airflow_run import RunRef
 from include.promotion.settings import watch_schedule
+from include.promotion.tasks.boundary import fails_fast
 
 
 @dag(
@@ -53,6 +54,7 @@ A deleted champion version cannot be restored: the log names the `model_rollback
 )
 def model_registry_watch() -> None:
     @task
+    @fails_fast
     def reconcile_registry() -> dict:
         """Compare registry and audit log; record and alert each difference once; fail while one lasts."""
         from include.promotion.tasks import watch as tasks

@@ -13,6 +13,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 from include.promotion.airflow_run import RunRef
 from include.promotion.config import load_model_configs
 from include.promotion.inputs import MAX_REASON_CHARS, MAX_VERSION
+from include.promotion.tasks.boundary import fails_fast
 
 MODELS = sorted(load_model_configs().models)
 
@@ -82,6 +83,7 @@ Triggering again rolls back one more step.
 )
 def model_rollback() -> None:
     @task
+    @fails_fast
     def validate() -> dict:
         """Check who asks and what; refuse with what to do instead, changing nothing."""
         from include.promotion.tasks import rollback as tasks
@@ -91,6 +93,7 @@ def model_rollback() -> None:
 
     # a quick retry: until it succeeds, a half-done rollback leaves the bad version serving
     @task(retries=2, retry_delay=timedelta(seconds=15))
+    @fails_fast
     def restore_previous_champion(plan: dict) -> dict:
         """Make the target the champion and mark the current one rolled back, with audit rows."""
         from include.promotion.tasks import rollback as tasks
@@ -98,6 +101,7 @@ def model_rollback() -> None:
         return tasks.restore_previous_champion(plan, RunRef.from_context(get_current_context()))
 
     @task
+    @fails_fast
     def verify(plan: dict) -> str:
         """Exactly one production version, and the champion alias resolves to the target."""
         from include.promotion.tasks import rollback as tasks
@@ -105,6 +109,7 @@ def model_rollback() -> None:
         return tasks.verify_rollback(plan, RunRef.from_context(get_current_context()))
 
     @task
+    @fails_fast
     def notify_deployers() -> dict:
         """Tell the model's deployers this run's production change, from its audit rows; never undoes it."""
         from include.promotion.notify import deploy_events

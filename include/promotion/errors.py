@@ -6,13 +6,12 @@ so a caller can catch the package's refusals without catching programming errors
 
 from __future__ import annotations
 
-from airflow.sdk.exceptions import AirflowFailException
 
-
-class PromotionError(AirflowFailException):
+class PromotionError(Exception):
     """Base class: a refusal by the package, with a message meant for a human.
 
-    It is an ``AirflowFailException`` so a task that refuses fails at once instead of being retried:
+    A plain ``Exception``: the library knows nothing of Airflow. At the task boundary (``tasks.boundary``) it
+    becomes an ``AirflowFailException``, so a task that refuses fails at once instead of being retried:
     retrying bad data, a bad config or a refused approval cannot succeed.
     """
 

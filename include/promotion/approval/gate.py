@@ -25,6 +25,7 @@ from include.promotion.errors import ApprovalRefused, InputRejected
 from include.promotion.inputs import MAX_REASON_CHARS
 from include.promotion.notify.alerts import approval_notifiers
 from include.promotion.signing import Kind
+from include.promotion.tasks.boundary import fails_fast
 
 
 class GovernedApprovalOperator(ApprovalOperator):
@@ -43,6 +44,7 @@ class GovernedApprovalOperator(ApprovalOperator):
         self.evaluation = evaluation
         self.trained = trained
 
+    @fails_fast
     def execute(self, context: Any) -> Any:
         cfg = get_model_config(self.model_name)
         run = RunRef.from_context(context)
@@ -74,6 +76,7 @@ class GovernedApprovalOperator(ApprovalOperator):
         # An API caller may omit the reason (the Param is nullable); that must not lose the answer.
         super().validate_params_input({"reason": (params_input or {}).get("reason") or approval.NO_REASON})
 
+    @fails_fast
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         cfg = get_model_config(self.model_name)
         run = RunRef.from_context(context)

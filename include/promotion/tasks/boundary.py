@@ -1,0 +1,33 @@
+"""The task boundary: where the package's refusals become Airflow's.
+
+The library raises its own errors (``errors.PromotionError``, a plain ``Exception``), so it runs and is tested
+without a scheduler. A DAG's task function wears ``@fails_fast``: a refusal (bad data, a bad config, a refused
+approval, an edited XCom) fails the task at once instead of being retried, since no retry can succeed; anything
+else (a network error, a crash) is left to the task's retries.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from include.promotion.errors import PromotionError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def fails_fast(step: Callable[P, R]) -> Callable[P, R]:
+    """Run ``step``; a ``PromotionError`` fails the task without retries, with the same message."""
+
+    @functools.wraps(step)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return step(*args, **kwargs)
+        except PromotionError as exc:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(str(exc)) from exc
+
+    return run
