@@ -50,7 +50,9 @@ def test_the_task_keeps_its_name_and_signature() -> None:
 
 
 def test_the_library_errors_do_not_import_airflow() -> None:
-    code = "import sys, include.promotion.errors as e; print(e.PromotionError.__base__.__name__, 'airflow' in sys.modules)"
+    code = (
+        "import sys, include.promotion.errors as e; print(e.PromotionError.__base__.__name__, 'airflow' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["Exception", "False"], done.stderr
     assert PromotionError.__mro__[1] is Exception
