@@ -1,7 +1,9 @@
-"""Deployment constants, read from the environment in one place.
+"""Deployment settings, read from the environment in one place.
 
-Secrets never live here: the audit database is an Airflow connection (``AIRFLOW_CONN_PROMOTION_DB``
-or any secrets backend), the MLflow server is ``MLFLOW_TRACKING_URI``.
+Two secrets are read here, from the environment of the processes that need them and never from a file in the
+repository: ``PROMOTION_SIGNING_KEY`` (workers only: signs the values tasks hand each other) and
+``PROMOTION_WEBHOOK_SECRET`` (the api-server: MLflow's webhook deliveries). The audit database is an Airflow
+connection (``AIRFLOW_CONN_PROMOTION_DB`` or any secrets backend); the MLflow server is ``MLFLOW_TRACKING_URI``.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def signing_key() -> bytes:
 
 
 def webhook_secret() -> str:
-    """The secret MLflow signs its registry webhook deliveries with (``PROMOTION_WEBHOOK_SECRET``; see ``webhooks``).
+    """The secret MLflow signs its registry webhook deliveries with (``PROMOTION_WEBHOOK_SECRET``; see ``watch.mlflow_webhook``).
 
     Held by the Airflow api-server, which verifies each delivery, and by whoever registers the webhook in
     MLflow (``python -m include.promotion.watch.mlflow_webhook register``); the workers do not need it.
