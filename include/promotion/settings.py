@@ -98,7 +98,8 @@ def signing_key() -> bytes:
 
 
 def webhook_secret() -> str:
-    """The secret MLflow signs its registry webhook deliveries with (``PROMOTION_WEBHOOK_SECRET``; see ``watch.mlflow_webhook``).
+    """The secret MLflow signs its registry webhook deliveries with (``PROMOTION_WEBHOOK_SECRET``; see
+    ``watch.mlflow_webhook``).
 
     Held by the Airflow api-server, which verifies each delivery, and by whoever registers the webhook in
     MLflow (``python -m include.promotion.watch.mlflow_webhook register``); the workers do not need it.
