@@ -1,4 +1,4 @@
-"""The package's vocabulary: lifecycle statuses, registry stages, aliases and audit actions.
+"""The package's vocabulary: lifecycle statuses, registry stages, aliases, tag keys and audit actions.
 
 One definition each, used by the code, the audit table and the docs. ``StrEnum`` members compare
 equal to their string values, so they can be written to MLflow tags and SQL as they are.
@@ -47,3 +47,34 @@ class AuditAction(StrEnum):
     DRIFT_DETECTED = "drift_detected"
     DRIFT_RESTORE = "drift_restore"
     POST_CHECK_ROLLBACK = "post_check_rollback"
+
+
+class Tag(StrEnum):
+    """The tags the pipeline writes on a model version (the registry contract in the README). They describe; no
+    decision reads them alone (the audit log and the version's own MLflow run are the record)."""
+
+    # lineage, at registration
+    MODEL_NAME = "model_name"
+    DATA_VERSION = "data_version"
+    GIT_COMMIT = "git_commit"
+    DAG_ID = "airflow_dag_id"
+    RUN_ID = "airflow_run_id"
+    CHAMPION_AT_EVALUATION = "champion_at_evaluation"
+    # the lifecycle
+    STATUS = "promotion_status"
+    STAGING_TIMESTAMP = "staging_timestamp"
+    APPROVED_BY = "approved_by"
+    APPROVAL_REASON = "approval_reason"
+    PRODUCTION_APPROVER = "production_approver"
+    PRODUCTION_TIMESTAMP = "production_timestamp"
+    PROMOTED_OVER = "promoted_over"
+    ARCHIVED_TIMESTAMP = "archived_timestamp"
+    REJECTION_REASON = "rejection_reason"
+    REJECTION_TIMESTAMP = "rejection_timestamp"
+    ROLLBACK_CHANGE = "rollback_change"
+    ROLLBACK_REASON = "rollback_reason"
+    ROLLED_BACK_BY = "rolled_back_by"
+    ROLLBACK_TIMESTAMP = "rollback_timestamp"
+
+
+METRIC_TAG_PREFIX = "metric_"  # a gate metric on a version: ``metric_<name>``, written at registration

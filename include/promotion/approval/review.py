@@ -18,6 +18,7 @@ from include.promotion.pipeline.evaluation import Evaluation, comparison_markdow
 from include.promotion.registry import client as mlflow_client
 from include.promotion.registry import lifecycle
 from include.promotion.retries import retry_transient
+from include.promotion.states import Tag
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,9 @@ def markdown_text(value: object) -> str:
 def champion_note(tags: dict[str, str] | None) -> str | None:
     """Who approved the current champion and why, from its tags (shown to the reviewer; decides nothing)."""
     tags = tags or {}
-    if not tags.get("approved_by"):
+    if not tags.get(Tag.APPROVED_BY):
         return None
-    reason = tags.get("approval_reason") or NO_REASON
+    reason = tags.get(Tag.APPROVAL_REASON) or NO_REASON
     return f"approved by {markdown_text(tags['approved_by'])}: \u201c{markdown_text(reason)}\u201d"
 
 

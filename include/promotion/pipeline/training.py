@@ -12,6 +12,7 @@ from include.promotion import settings
 from include.promotion.config import ModelConfig
 from include.promotion.errors import EstimatorError
 from include.promotion.registry import client as mlflow_client
+from include.promotion.states import Tag
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -105,11 +106,11 @@ def trusted_sklearn_types(pipeline: Pipeline) -> list[str]:
 def lineage_tags(cfg: ModelConfig, data_version: str, dag_id: str, run_id: str) -> dict[str, str]:
     """Tags that tie a model to its data, code and Airflow run (also written on the model version)."""
     return {
-        "model_name": cfg.name,
-        "data_version": data_version,
-        "git_commit": settings.git_commit(),
-        "airflow_dag_id": dag_id,
-        "airflow_run_id": run_id,
+        Tag.MODEL_NAME: cfg.name,
+        Tag.DATA_VERSION: data_version,
+        Tag.GIT_COMMIT: settings.git_commit(),
+        Tag.DAG_ID: dag_id,
+        Tag.RUN_ID: run_id,
     }
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from include.promotion.states import CHAMPION_ALIAS, AuditAction, Stage
+from include.promotion.states import CHAMPION_ALIAS, AuditAction, Stage, Tag
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -257,8 +257,10 @@ def verify_in_production(cfg: ModelConfig, run: RunRef) -> dict[str, Any]:
         )
     client = mlflow_client.client()
     promoted = require_version(client, name, promotion.version)
-    if promoted.tags.get("rollback_change") == change.change_id:  # this check crashed half-way through its rollback
-        _fail(cfg, promotion, [promoted.tags.get("rollback_reason") or "the post-promotion check failed"], change, True)
+    if promoted.tags.get(Tag.ROLLBACK_CHANGE) == change.change_id:  # this check crashed half-way through its rollback
+        _fail(
+            cfg, promotion, [promoted.tags.get(Tag.ROLLBACK_REASON) or "the post-promotion check failed"], change, True
+        )
     champion = mlflow_client.get_alias(client, name, CHAMPION_ALIAS)
     if champion is None or str(champion.version) != promotion.version:
         _moved(cfg, promotion, str(champion.version) if champion is not None else None)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote as urlquote
 
 from include.promotion import settings
-from include.promotion.states import Stage, Status
+from include.promotion.states import Stage, Status, Tag
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -77,7 +77,7 @@ def version_url(model_name: str, version: str | int) -> str:
 
 
 def status_of(mv: ModelVersion) -> str:
-    return (mv.tags or {}).get("promotion_status", Status.REGISTERED)
+    return (mv.tags or {}).get(Tag.STATUS, Status.REGISTERED)
 
 
 def _is_missing(exc: Exception) -> bool:

@@ -25,7 +25,7 @@ from include.promotion.registry import accounts as mlflow_accounts
 from include.promotion.registry import client as mlflow_client
 from include.promotion.registry.client import delete_alias_if, get_alias, set_stage, set_tags, status_of
 from include.promotion.registry.invariants import verify_invariant
-from include.promotion.states import CHALLENGER_ALIAS, CHAMPION_ALIAS, AuditAction, Stage, Status
+from include.promotion.states import CHALLENGER_ALIAS, CHAMPION_ALIAS, AuditAction, Stage, Status, Tag
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -105,7 +105,7 @@ def register_version(
                 name,
                 source=model_uri,
                 run_id=trained["run_id"],
-                tags={**tags, "promotion_status": Status.REGISTERED},
+                tags={**tags, Tag.STATUS: Status.REGISTERED},
                 description=description,
                 model_id=model_id,
             )
@@ -126,17 +126,15 @@ def promote_to_staging(name: str, version: str, change: Change) -> None:
         previous = get_alias(client, name, CHALLENGER_ALIAS)
         if previous is not None and str(previous.version) != str(version):
             superseded = f"superseded by version {version}"
-            set_tags(
-                client, name, previous.version, {"promotion_status": Status.REJECTED, "rejection_reason": superseded}
-            )
+            set_tags(client, name, previous.version, {Tag.STATUS: Status.REJECTED, Tag.REJECTION_REASON: superseded})
             set_stage(client, name, previous.version, Stage.NONE)
             log.record(
                 change.entry(name, previous.version, AuditAction.SUPERSEDE, Stage.STAGING, Stage.NONE, superseded)
             )
         set_stage(client, name, version, Stage.STAGING)
         client.set_registered_model_alias(name, CHALLENGER_ALIAS, version)
-        stamp = mv.tags.get("staging_timestamp") or now_iso()
-        set_tags(client, name, version, {"staging_timestamp": stamp, "promotion_status": Status.STAGING})
+        stamp = mv.tags.get(Tag.STAGING_TIMESTAMP) or now_iso()
+        set_tags(client, name, version, {Tag.STAGING_TIMESTAMP: stamp, Tag.STATUS: Status.STAGING})
         log.record(change.entry(name, version, AuditAction.STAGE, Stage.NONE, Stage.STAGING, "passed evaluation gates"))
 
 
@@ -154,7 +152,7 @@ def record_approval(name: str, version: str, reviewer: str, reason: str, change:
             log.record(
                 change.entry(name, version, AuditAction.APPROVE, Stage.STAGING, Stage.STAGING, reason, actor=reviewer)
             )
-        set_tags(client, name, version, {"approved_by": reviewer, "approval_reason": reason})
+        set_tags(client, name, version, {Tag.APPROVED_BY: reviewer, Tag.APPROVAL_REASON: reason})
 
 
 def promote_to_production(
@@ -182,18 +180,18 @@ def promote_to_production(
             check_approver(approver)
         champion = get_alias(client, name, CHAMPION_ALIAS)
         if champion is not None and str(champion.version) == str(version):
-            previous = mv.tags.get("promoted_over") or None  # resumed after the alias already moved
+            previous = mv.tags.get(Tag.PROMOTED_OVER) or None  # resumed after the alias already moved
         else:
             require_challenger(client, name, mv)
             previous = str(champion.version) if champion is not None else None
-            evaluated_against = mv.tags.get("champion_at_evaluation")
+            evaluated_against = mv.tags.get(Tag.CHAMPION_AT_EVALUATION)
             if evaluated_against is not None and evaluated_against != (previous or ""):
                 raise RegistryStateError(
                     f"{name} v{version} was evaluated against champion {evaluated_against or '(none)'}, but the "
                     f"champion is now {previous or '(none)'}; nothing was promoted. Trigger a new retraining run "
                     "so the candidate is compared with the current champion."
                 )
-            set_tags(client, name, version, {"promoted_over": previous or ""})
+            set_tags(client, name, version, {Tag.PROMOTED_OVER: previous or ""})
 
         set_stage(client, name, version, Stage.PRODUCTION, archive_existing=True)
         client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
@@ -203,13 +201,13 @@ def promote_to_production(
             name,
             version,
             {
-                "production_approver": approver,
-                "production_timestamp": mv.tags.get("production_timestamp") or now_iso(),
-                "promotion_status": Status.PRODUCTION,
+                Tag.PRODUCTION_APPROVER: approver,
+                Tag.PRODUCTION_TIMESTAMP: mv.tags.get(Tag.PRODUCTION_TIMESTAMP) or now_iso(),
+                Tag.STATUS: Status.PRODUCTION,
             },
         )
         if previous:
-            set_tags(client, name, previous, {"promotion_status": Status.ARCHIVED, "archived_timestamp": now_iso()})
+            set_tags(client, name, previous, {Tag.STATUS: Status.ARCHIVED, Tag.ARCHIVED_TIMESTAMP: now_iso()})
         log.record(
             change.entry(name, version, AuditAction.PROMOTE, Stage.STAGING, Stage.PRODUCTION, reason, actor=approver)
         )
@@ -250,10 +248,10 @@ def reject(name: str, version: str, reviewer: str, reason: str, change: Change) 
             name,
             version,
             {
-                "promotion_status": Status.REJECTED,
-                "rejection_reason": reason,
+                Tag.STATUS: Status.REJECTED,
+                Tag.REJECTION_REASON: reason,
                 "rejected_by": reviewer,
-                "rejection_timestamp": mv.tags.get("rejection_timestamp") or now_iso(),
+                Tag.REJECTION_TIMESTAMP: mv.tags.get(Tag.REJECTION_TIMESTAMP) or now_iso(),
             },
         )
         log.record(change.entry(name, version, AuditAction.REJECT, Stage.STAGING, Stage.NONE, reason, actor=reviewer))

@@ -17,7 +17,7 @@ from include.promotion.registry import client as mlflow_client
 from include.promotion.registry.client import get_alias, set_stage, set_tags, status_of
 from include.promotion.registry.invariants import verify_invariant
 from include.promotion.registry.lifecycle import Change, now_iso, require_version
-from include.promotion.states import CHAMPION_ALIAS, AuditAction, Stage, Status
+from include.promotion.states import CHAMPION_ALIAS, AuditAction, Stage, Status, Tag
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -51,7 +51,7 @@ def plan_rollback(
     if champion is not None:
         current = str(champion.version)
         _check_champion_against_audit(name, current, state)
-        target = requested or (champion.tags or {}).get("promoted_over") or ""
+        target = requested or (champion.tags or {}).get(Tag.PROMOTED_OVER) or ""
     else:
         current, target = _deleted_champion(name, requested, client, state)
         current_deleted = True
@@ -76,7 +76,7 @@ def plan_rollback(
             f"{name} v{target} was rejected by a reviewer ({mv.tags.get('rejection_reason', 'no reason')}) "
             "and cannot be restored; pass a version that was in production."
         )
-    if not (mv.tags or {}).get("production_timestamp"):
+    if not (mv.tags or {}).get(Tag.PRODUCTION_TIMESTAMP):
         raise RollbackTargetInvalid(
             f"{name} v{target} was never in production (status '{status}'); a rollback may only restore a "
             "version that served before. Pass one of those, or approve this one through the promotion DAG."
@@ -145,7 +145,7 @@ def restore_champion(client: MlflowClient, name: str, version: str) -> None:
     """
     set_stage(client, name, version, Stage.PRODUCTION, archive_existing=True)
     client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
-    set_tags(client, name, version, {"promotion_status": Status.PRODUCTION})
+    set_tags(client, name, version, {Tag.STATUS: Status.PRODUCTION})
 
 
 def rollback(plan: RollbackPlan, reason: str, change: Change, action: AuditAction | None = None) -> None:
@@ -167,7 +167,7 @@ def rollback(plan: RollbackPlan, reason: str, change: Change, action: AuditActio
         holder = str(champion.version) if champion is not None else None
         current_mv = None if plan.current_deleted else require_version(client, name, current)
         resumed = holder == target and (
-            plan.current_deleted or current_mv.tags.get("rollback_change") == change.change_id
+            plan.current_deleted or current_mv.tags.get(Tag.ROLLBACK_CHANGE) == change.change_id
         )
         if not resumed and holder != (None if plan.current_deleted else current):
             raise RollbackTargetInvalid(
@@ -182,17 +182,17 @@ def rollback(plan: RollbackPlan, reason: str, change: Change, action: AuditActio
                     f"v{again.current_version}); nothing was changed. Trigger the rollback again."
                 )
         if current_mv is not None:
-            stamp = current_mv.tags.get("rollback_timestamp") or now_iso()
+            stamp = current_mv.tags.get(Tag.ROLLBACK_TIMESTAMP) or now_iso()
             set_tags(
                 client,
                 name,
                 current,
                 {
-                    "rollback_change": change.change_id,
-                    "rollback_reason": reason,
-                    "rolled_back_by": change.actor,
-                    "rollback_timestamp": stamp,
-                    "promotion_status": Status.ROLLED_BACK,
+                    Tag.ROLLBACK_CHANGE: change.change_id,
+                    Tag.ROLLBACK_REASON: reason,
+                    Tag.ROLLED_BACK_BY: change.actor,
+                    Tag.ROLLBACK_TIMESTAMP: stamp,
+                    Tag.STATUS: Status.ROLLED_BACK,
                 },
             )
         else:

@@ -20,6 +20,7 @@ from include.promotion.pipeline import data, evaluation, training
 from include.promotion.post_promotion import check as post_promotion
 from include.promotion.registry import lifecycle
 from include.promotion.signing import Kind, sign, verify
+from include.promotion.states import METRIC_TAG_PREFIX, Tag
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,8 @@ def register(model_name: str, trained: dict[str, Any], verdict: dict[str, Any], 
     cfg = get_model_config(model_name)
     tags = {
         **training.lineage_tags(cfg, trained["data_version"], run.dag_id, run.run_id),
-        **{f"metric_{m}": f"{verdict['metrics'][m]:.6f}" for m in METRICS},
-        "champion_at_evaluation": verdict.get("champion_version") or "",
+        **{f"{METRIC_TAG_PREFIX}{m}": f"{verdict['metrics'][m]:.6f}" for m in METRICS},
+        Tag.CHAMPION_AT_EVALUATION: verdict.get("champion_version") or "",
     }
     tags.pop("model_name")
     gates = ", ".join(f"{g['gate']}: {g['value']:.4f}" for g in verdict["gate_results"])

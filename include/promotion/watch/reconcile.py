@@ -29,7 +29,7 @@ from include.promotion.registry import client as mlflow_client
 from include.promotion.registry.client import set_stage, set_tags
 from include.promotion.registry.lifecycle import Change
 from include.promotion.registry.rollback import restore_champion
-from include.promotion.states import CHALLENGER_ALIAS, CHAMPION_ALIAS, AuditAction, Stage, Status
+from include.promotion.states import CHALLENGER_ALIAS, CHAMPION_ALIAS, AuditAction, Stage, Status, Tag
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -213,7 +213,7 @@ def repair(client: MlflowClient, expected: AuditedState, found: RegistrySnapshot
     for version, status in found.statuses.items():
         audited = expected.statuses.get(version)
         if audited is not None and status != audited:
-            set_tags(client, name, version, {"promotion_status": audited})
+            set_tags(client, name, version, {Tag.STATUS: audited})
     champion = expected.champion
     if champion is None:
         # No audited champion (a log started anew, versions older than the log): whatever serves keeps serving.
