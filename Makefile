@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run run-distributed test lint venv browser constraints benchmark clean-state
+.PHONY: run run-distributed test test-fast lint venv browser constraints benchmark clean-state
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ browser:
 PYTEST_WORKERS ?= 2
 test: $(STAMP) browser
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# The inner loop: the unit, DAG-integrity and integration tiers (real MLflow and PostgreSQL servers; no Airflow
+# scheduler, no browser, no end-to-end DAG runs). `make test` runs these and tests/e2e.
+test-fast: $(STAMP)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile tests/unit tests/dags tests/integration tests/test_code_style.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
