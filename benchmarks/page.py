@@ -1,6 +1,6 @@
 """Model promotion page cost: a model with 1,000 versions and 5,000 audit rows, against one with 10 and 50.
 
-Part 1 builds each report in-process (as the api-server does: ``registry_report.model_report`` then
+Part 1 builds each report in-process (as the api-server does: ``report.model_report`` then
 ``pages.model_page``, and the JSON) against a real MLflow server and PostgreSQL, counting the registry calls (they
 must not grow with the number of versions). Part 2 starts the Airflow api-server with the package's plugin and
 times ``GET /promotion/models/<name>`` and ``GET /promotion/api/models/<name>`` over HTTP as a signed-in user,
@@ -26,9 +26,9 @@ from include.promotion.audit import log as audit
 from include.promotion.audit.log import AuditEntry
 from include.promotion.config import METRICS, load_model_configs
 from include.promotion.states import AuditAction
-from include.promotion.web import pages
-from include.promotion.web import report as registry_report
+from include.promotion.web import pages, report
 from include.promotion.web.routes import SafeJSONResponse
+from include.promotion.web.views import as_json
 
 DEMO = Path(__file__).resolve().parents[1] / "include" / "models" / "fraud-detector.yaml"
 QUIET = {"PROMOTION_SCHEDULE_OVERRIDE": "none", "PROMOTION_WATCH_SCHEDULE": "none"}
@@ -61,14 +61,14 @@ def in_process(name: str, repeats: int) -> tuple[Counter, list[float], list[floa
     cfg = load_model_configs().models[name]
     calls: Counter = Counter()
     with proxied_client(lambda method, _: calls.update([method])):
-        registry_report.model_report(cfg)
+        report.model_report(cfg)
     html, json_ = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        pages.model_page(registry_report.model_report(cfg), LINKS, "bench", METRICS)
+        pages.model_page(report.model_report(cfg), LINKS, "bench", METRICS)
         html.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        SafeJSONResponse(registry_report.as_json(registry_report.model_report(cfg)))
+        SafeJSONResponse(as_json(report.model_report(cfg)))
         json_.append(time.perf_counter() - t0)
     return calls, html, json_
 

@@ -169,6 +169,16 @@ def test_every_route_needs_an_airflow_login_with_read_access_to_the_models_dags(
         f"{base}/promotion/api/models/{name}?page=0", headers={"Authorization": f"Bearer {alice}"}, timeout=30
     )
     assert bad_page.status_code == 400 and "between 1 and" in bad_page.json()["detail"]
+    page = requests.get(f"{base}/promotion/", cookies={"_token": alice}, timeout=60)
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "style-src 'self'" in policy and "sha256-" not in policy
+    assert "<script>" not in page.text and "<style" not in page.text
+    assets = re.findall(r'(?:src|href)="(/promotion/static/[^"]+)"', page.text)
+    assert len(assets) == 2, assets  # the stylesheet and the time zone script, behind the same login as the pages
+    for asset in assets:
+        assert requests.get(base + asset, allow_redirects=False, timeout=30).status_code == 401
+        served = requests.get(base + asset, cookies={"_token": alice}, timeout=30)
+        assert served.status_code == 200 and served.headers["content-type"].startswith(("text/css", "text/javascript"))
     injection = {"data_version": "x' or name != '"}
     quoted = requests.get(f"{base}/promotion/api/lineage", params=injection, cookies={"_token": alice}, timeout=30)
     assert quoted.status_code == 400
@@ -216,6 +226,9 @@ def test_a_reviewer_approves_in_required_actions_and_the_page_shows_the_new_cham
     text = row.inner_text()
     assert f"v{gate.candidate}" in text and "approved by bob" in text and reason in text
     assert promotion_frame(page).locator("#injected").count() == 0
+    # the stylesheet and the script are files of the app, and the page's CSP lets them (and only them) apply
+    assert row.evaluate("r => getComputedStyle(r.closest('.box')).overflowX") == "auto"
+    promotion_frame(page).locator("time[title]").first.wait_for()  # times.js showed it in the viewer's time zone
     screenshot(page, screenshots / "model-promotion-overview.png")
     assert champion(gate.name) == gate.candidate
     assert audit.rows(gate.name)[-2]["reason"] == reason  # what bob typed, kept as typed

@@ -15,6 +15,7 @@ from include.promotion.registry import client as mlflow_client
 from include.promotion.registry import rollback
 from include.promotion.registry.accounts import READER_ACCOUNT, acting_as
 from include.promotion.web import report as registry_report
+from include.promotion.web.registry_reads import VERSIONS_PAGE
 from tests.support import DEMO, change, promote, register, unique
 
 pytestmark = pytest.mark.usefixtures("services")
@@ -71,11 +72,11 @@ def test_the_report_shows_every_version_who_did_what_and_the_history_newest_firs
 
 def test_versions_come_a_page_at_a_time_in_one_search_whatever_their_number(services) -> None:
     cfg = governed("versions")
-    fill(cfg.name, registry_report.VERSIONS_PAGE + 5)
+    fill(cfg.name, VERSIONS_PAGE + 5)
     newest, calls = counted(registry_report.model_report, cfg)
     assert calls == Counter({"get_registered_model": 1, "search_model_versions": 1})
     listed = [int(line.version) for line in newest.versions]
-    assert listed == list(range(registry_report.VERSIONS_PAGE + 5, 5, -1)) and newest.older_versions == "6"
+    assert listed == list(range(VERSIONS_PAGE + 5, 5, -1)) and newest.older_versions == "6"
     older, calls = counted(registry_report.model_report, cfg, before=int(newest.older_versions))
     assert calls == Counter({"get_registered_model": 1, "search_model_versions": 1})
     assert [line.version for line in older.versions] == ["5", "4", "3", "2", "1"] and older.older_versions is None

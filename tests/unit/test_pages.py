@@ -1,12 +1,16 @@
-"""The Model promotion pages as HTML (``pages``) and their JSON (``web_pages.SafeJSONResponse``), without a server."""
+"""The Model promotion pages as HTML (``web/pages.py`` and its templates) and their JSON (``web/routes.py``'s
+``SafeJSONResponse``), without a server."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
+import ast
+import importlib.util
 import json
 import re
+from dataclasses import astuple, replace
 from datetime import UTC, datetime
+from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
@@ -14,19 +18,22 @@ from include.promotion.approval.review import champion_note, evidence_markdown, 
 from include.promotion.config import METRICS, parse_model_config
 from include.promotion.inputs import MAX_REASON_CHARS
 from include.promotion.web import pages
-from include.promotion.web.report import (
+from include.promotion.web.routes import CONTENT_SECURITY_POLICY, SafeJSONResponse
+from include.promotion.web.views import (
     AuditPage,
     Challenger,
     Champion,
     Event,
     LastRun,
+    Lineage,
     ModelOverview,
     ModelReport,
     VersionRow,
     as_json,
 )
-from include.promotion.web.routes import CONTENT_SECURITY_POLICY, SafeJSONResponse
 from tests.support import DEMO
+
+ROOT = Path(__file__).resolve().parents[2]
 
 HOSTILE = '<script>alert("owned")</script> & <img src=x onerror=alert(1)>'
 WHEN = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
@@ -95,14 +102,17 @@ def report(history_total: int = 120, page: int = 2, before: int | None = None, o
     )
 
 
-FORM_SCRIPT_TAG = f"<script>{pages.FORM_SCRIPT}</script>"
+TIMES_SCRIPT_TAG = f'<script src="{LINKS.asset("times.js")}"></script>'
+FORM_SCRIPT_TAG = f'<script src="{LINKS.asset("rollback.js")}"></script>'
+# what markupsafe (Jinja's autoescape) makes of HOSTILE
+HOSTILE_AS_TEXT = "&lt;script&gt;alert(&#34;owned&#34;)&lt;/script&gt; &amp; &lt;img src=x onerror=alert(1)&gt;"
 
 
 def assert_only_own_script(html: str) -> None:
-    """The page's one script is its own; every hostile value shows as text."""
-    assert html.count("<script") == 1 and f"<script>{pages.SCRIPT}</script>" in html
+    """The page's one script is its own file; every hostile value shows as text."""
+    assert html.count("<script") == 1 and TIMES_SCRIPT_TAG in html
     assert "<img" not in html and 'alert("owned")' not in html
-    assert "&lt;script&gt;alert(&quot;owned&quot;)&lt;/script&gt; &amp; &lt;img src=x onerror=alert(1)&gt;" in html
+    assert HOSTILE_AS_TEXT in html
 
 
 def test_a_hostile_reason_or_name_shows_as_text_on_every_page() -> None:
@@ -120,11 +130,97 @@ def test_a_hostile_model_or_run_id_cannot_leave_its_link() -> None:
     )
 
 
-def test_the_content_security_policy_allows_exactly_the_pages_scripts() -> None:
-    digests = [base64.b64encode(hashlib.sha256(code.encode()).digest()).decode() for code in pages.SCRIPTS]
-    assert [f"sha256-{d}" for d in digests] == list(pages.SCRIPT_HASHES)
-    assert all(f"'{h}'" in CONTENT_SECURITY_POLICY for h in pages.SCRIPT_HASHES)
-    assert "default-src 'none'" in CONTENT_SECURITY_POLICY and "unsafe-inline' ;" not in CONTENT_SECURITY_POLICY
+class Tags(HTMLParser):
+    """Every start tag of a page with its attributes, and the text inside <script>/<style> elements."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.inline: list[str] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        if self.lasttag in {"script", "style"} and data.strip():
+            self.inline.append(data)
+
+
+def assert_no_inline_code(html: str) -> None:
+    """Scripts and styles only as files of this app: no inline <script>/<style>, no style or on* attribute."""
+    page = Tags(html)
+    assert page.inline == [] and "style" not in {tag for tag, _ in page.tags}
+    for tag, attrs in page.tags:
+        assert not any(name == "style" or name.startswith("on") for name in attrs), (tag, attrs)
+        if tag == "script" or (tag == "link" and attrs.get("rel") == "stylesheet"):
+            assert (attrs.get("src") or attrs.get("href") or "").startswith(f"{LINKS.app_root}/static/"), attrs
+
+
+def test_the_content_security_policy_allows_only_the_apps_own_files_and_the_pages_have_no_inline_code() -> None:
+    assert "script-src 'self'" in CONTENT_SECURITY_POLICY and "style-src 'self'" in CONTENT_SECURITY_POLICY
+    assert "default-src 'none'" in CONTENT_SECURITY_POLICY
+    assert "sha256-" not in CONTENT_SECURITY_POLICY and "unsafe-inline" not in CONTENT_SECURITY_POLICY
+    line = overview()
+    for html in (
+        pages.overview_page([line], LINKS, "alice"),
+        pages.model_page(report(), LINKS, "carol", METRICS),
+        pages.lineage_page(Lineage("sha256:x", (), False), LINKS, "alice"),
+        pages.message_page("Refused", HOSTILE, LINKS, "alice"),
+        pages.rollback_page(line, ("carol",), LINKS, "carol"),
+    ):
+        assert_no_inline_code(html)
+        assert f'<link rel="stylesheet" href="{LINKS.asset("page.css")}">' in html
+
+
+def test_autoescaping_covers_values_no_code_escapes_by_hand() -> None:
+    """No template escapes by hand or marks a value safe: a hostile status, alias, metric name, status count or
+    description is inert text because autoescaping is on (before, each went through an explicit ``esc``)."""
+    assert pages.environment().autoescape is True
+    for template in pages.TEMPLATES.glob("*.html"):
+        text = template.read_text()
+        assert "|safe" not in text.replace(" ", "") and "autoescape false" not in text and "|e" not in text, template
+    version = replace(report().versions[0], status=HOSTILE, aliases=(HOSTILE,), metrics={HOSTILE: 0.5})
+    hostile = replace(report(), versions=(version,), by_status={HOSTILE: 1}, reviewers=(HOSTILE,))
+    html = pages.model_page(hostile, LINKS, "carol", (HOSTILE,))
+    assert_only_own_script(html)
+    assert f'<div class="status-{HOSTILE_AS_TEXT}">' in html and f"@{HOSTILE_AS_TEXT}" in html
+    assert f"<div>{HOSTILE_AS_TEXT} <b>0.5000</b></div>" in html and f"({HOSTILE_AS_TEXT} 1)" in html
+
+
+def test_the_apps_static_files_are_the_pages_styles_and_scripts() -> None:
+    assert set(pages.ASSETS) == {"page.css", "times.js", "rollback.js"}
+    assert {a.media_type.split(";")[0] for a in pages.ASSETS.values()} == {"text/css", "text/javascript"}
+    assert "prefers-color-scheme: dark" in pages.ASSETS["page.css"].body.decode()
+    assert 'localStorage.getItem("timezone")' in pages.ASSETS["times.js"].body.decode()
+    assert "textContent" in pages.ASSETS["rollback.js"].body.decode()
+    assert "innerHTML" not in b"".join(a.body for a in pages.ASSETS.values()).decode()
+
+
+def test_the_static_files_need_a_login_like_the_pages_and_are_looked_up_by_name_only() -> None:
+    from fastapi.testclient import TestClient
+
+    from include.promotion.web.app import app
+    from include.promotion.web.runs import RunTasks
+
+    client = TestClient(app(RunTasks("evaluate", "register", "approve", "promote_to_production")))
+    assert client.get("/static/page.css").status_code == 401  # the token is checked first; the e2e test signs in
+    assert client.get("/static/..%2Fapp.py").status_code == 404
+
+
+def test_the_plugin_passes_the_promotion_dags_task_ids_to_the_app() -> None:
+    """The plugin names the tasks whose states tell a run's outcome; they are task functions of the DAG file."""
+    spec = importlib.util.spec_from_file_location("model_promotion_plugin", ROOT / "plugins/model_promotion_plugin.py")
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    (mounted,) = plugin.ModelPromotionPlugin().fastapi_apps
+    tree = ast.parse((ROOT / "dags" / "model_promotion.py").read_text())
+    defined = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)} | {
+        node.value.value for node in ast.walk(tree) if isinstance(node, ast.keyword) and node.arg == "task_id"
+    }
+    tasks = mounted["app"].state.run_tasks
+    assert set(astuple(tasks)) <= defined and tasks.approve == "approve"
+    assert mounted["url_prefix"] == "/promotion"
 
 
 def test_roll_back_leads_on_call_to_the_rollback_form_of_that_model() -> None:
@@ -135,7 +231,7 @@ def test_roll_back_leads_on_call_to_the_rollback_form_of_that_model() -> None:
     line = overview('a"b&c<d>')
     form = pages.rollback_page(line, ("carol",), LINKS, "carol")
     assert form.count("<script") == 2 and FORM_SCRIPT_TAG in form and "<d>" not in form
-    assert 'data-model="a&quot;b&amp;c&lt;d&gt;"' in form and 'data-api="/api/v2/dags/model_rollback/dagRuns"' in form
+    assert 'data-model="a&#34;b&amp;c&lt;d&gt;"' in form and 'data-api="/api/v2/dags/model_rollback/dagRuns"' in form
     assert 'name="reason"' in form and f'maxlength="{MAX_REASON_CHARS}"' in form
     refused = pages.rollback_page(line, ("alice", "bob"), LINKS, "mallory")
     assert 'id="rollback"' not in refused and "Only the model's on-call may roll it back" in refused
@@ -145,7 +241,7 @@ def test_roll_back_leads_on_call_to_the_rollback_form_of_that_model() -> None:
 def test_times_are_iso_utc_for_the_viewers_time_zone_script() -> None:
     html = pages.model_page(report(), LINKS, "carol", METRICS)
     assert '<time datetime="2026-03-04T05:06:07Z">2026-03-04T05:06:07Z</time>' in html
-    assert "prefers-color-scheme: dark" in html and 'localStorage.getItem("timezone")' in html
+    assert TIMES_SCRIPT_TAG in html
 
 
 def test_versions_page_by_a_cursor_that_history_links_keep() -> None:

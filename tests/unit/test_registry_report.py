@@ -1,4 +1,5 @@
-"""Shaping the Model promotion reports (``registry_report``): limits on input, who did what, outcomes, alerts."""
+"""Shaping the Model promotion reports (``web/limits.py``, ``web/shaping.py``, ``web/runs.py``): limits on input,
+who did what, outcomes, alerts."""
 
 from __future__ import annotations
 
@@ -9,17 +10,10 @@ from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 
 from include.promotion.audit.queries import latest_events
 from include.promotion.errors import InputRejected
-from include.promotion.web.report import (
-    LastRun,
-    alerts_for,
-    as_json,
-    champion_of,
-    clean_data_version,
-    clean_page,
-    metrics_of,
-    run_outcome,
-    version_row,
-)
+from include.promotion.web.limits import clean_data_version, clean_page
+from include.promotion.web.runs import run_outcome
+from include.promotion.web.shaping import alerts_for, champion_of, metrics_of, version_row
+from include.promotion.web.views import LastRun, as_json
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 

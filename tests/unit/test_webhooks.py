@@ -215,9 +215,10 @@ def test_verify_returns_the_delivery_id_and_timestamp() -> None:
 @pytest.fixture
 def client(monkeypatch) -> TestClient:
     from include.promotion.web.app import app
+    from include.promotion.web.runs import RunTasks
 
     monkeypatch.setenv("PROMOTION_WEBHOOK_SECRET", SECRET)
-    return TestClient(app())
+    return TestClient(app(RunTasks("evaluate", "register", "approve", "promote_to_production")))
 
 
 ROUTE = webhooks.RECEIVER_ROUTE

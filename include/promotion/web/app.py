@@ -8,9 +8,11 @@ Airflow does not authenticate plugin apps: every route here states how it is aut
   Airflow login: MLflow cannot log in to Airflow. A bad signature, an old timestamp or a replayed
   delivery gets 401 and triggers nothing.
 
-Pages for people (``/promotion/...``) and their JSON (``/promotion/api/...``) belong here too, each behind an
-Airflow login: ``dependencies=[Depends(requires_access_view(...))]`` or ``requires_access_dag(...)`` from
-``airflow.api_fastapi.core_api.security``. No OpenAPI page is served: it would be an unauthenticated one.
+- The "Model promotion" pages for people (``/promotion/...``), their JSON (``/promotion/api/...``) and the pages'
+  static files (``/promotion/static/...``): ``routes``, each behind an Airflow login (Airflow's own token check and
+  auth manager).
+
+No OpenAPI page is served: it would be an unauthenticated one.
 """
 
 from __future__ import annotations
@@ -26,17 +28,23 @@ from include.promotion import settings
 from include.promotion.config import load_model_configs
 from include.promotion.errors import WebhookRefused
 from include.promotion.watch import mlflow_webhook as webhooks
-from include.promotion.web import routes as web_pages
+from include.promotion.web import routes
+from include.promotion.web.runs import RunTasks
 
 log = logging.getLogger(__name__)
 
 
 @cache
-def app() -> FastAPI:
-    """The app the plugin mounts (one per api-server worker)."""
+def app(run_tasks: RunTasks) -> FastAPI:
+    """The app the plugin mounts (one per api-server worker and mapping).
+
+    ``run_tasks``: the promotion DAG's task ids that tell a run's outcome; the plugin passes them in, since the DAG
+    files own the task ids and this package never writes them down.
+    """
     promotion = FastAPI(title="Model promotion", docs_url=None, redoc_url=None, openapi_url=None)
+    promotion.state.run_tasks = run_tasks
     promotion.add_api_route(webhooks.RECEIVER_ROUTE, mlflow_webhook, methods=["POST"], include_in_schema=False)
-    promotion.include_router(web_pages.router)  # the "Model promotion" pages and their JSON, each behind a login
+    promotion.include_router(routes.router)  # the "Model promotion" pages, their JSON and files, each behind a login
     return promotion
 
 

@@ -1,4 +1,4 @@
-"""The "Model promotion" pages and their JSON, as a FastAPI router the plugin's app includes (``web``).
+"""The "Model promotion" pages and their JSON, as a FastAPI router the plugin's app includes (``app``).
 
 Airflow does not authenticate plugin apps, so every route here does, with Airflow's own machinery:
 ``airflow.api_fastapi.core_api.security.get_user`` (the same JWT check as the REST API: an
@@ -13,6 +13,10 @@ answers 401 and a page redirects to Airflow's login page. Signed in without read
     GET /promotion/models/{model}/rollback   the rollback form (HTML; it triggers model_rollback through Airflow's
                                              REST API as the viewer: this app has no route that writes)
     GET /promotion/lineage?data_version=D    lineage (HTML)      GET /promotion/api/lineage?data_version=D
+    GET /promotion/static/{name}             the pages' stylesheet and scripts (``pages.ASSETS``; signed in)
+
+Which tasks of a promotion run tell its outcome (``runs.RunTasks``) is the app's ``state.run_tasks``, set by
+``app.app`` from what the plugin passes in: the DAG files own the task ids.
 """
 
 from __future__ import annotations
@@ -29,20 +33,18 @@ from include.promotion.config import METRICS, ModelConfig, load_model_configs
 from include.promotion.errors import InputRejected
 from include.promotion.registry import client as mlflow_client
 from include.promotion.watch.mlflow_webhook import URL_PREFIX  # where the plugin mounts the package's app
-from include.promotion.web import pages
-from include.promotion.web import report as registry_report
+from include.promotion.web import limits, pages, report
+from include.promotion.web.runs import RunTasks, read_last_runs
+from include.promotion.web.views import Lineage, ModelOverview, ModelReport, as_json
 
 log = logging.getLogger(__name__)
 
 MAX_MODEL_NAME_CHARS = 256
-# The promotion DAG's task ids (a README contract; dags/model_promotion.py defines them).
-PROMOTION_TASKS = registry_report.RunTasks(
-    evaluate="evaluate", register="register", approve="approve", promote="promote_to_production"
-)
-# Defence in depth behind the escaping: no script but the page's own runs, nothing is loaded from elsewhere.
+# Defence in depth behind the templates' autoescaping: scripts and styles only from this app's own files (no inline
+# code, no inline style), nothing loaded from elsewhere, no form posts, framed only by the Airflow UI.
 CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; connect-src 'self'; base-uri 'none'; "
-    f"form-action 'none'; frame-ancestors 'self'; script-src {' '.join(repr(h) for h in pages.SCRIPT_HASHES)}"
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'self'"
 )
 SECURITY_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
 
@@ -118,11 +120,9 @@ def readable_model(user: Any, name: str) -> ModelConfig:
 
 
 # -- reading, with the backends' failures as 503 -----------------------------------------------------------------
-def _runs(dag_ids: list[str]) -> dict[str, registry_report.LastRun]:
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        return registry_report.last_runs(dag_ids, PROMOTION_TASKS, session)
+def run_tasks(request: Request) -> RunTasks:
+    """The promotion DAG's task ids the app was built with (``app.app``)."""
+    return request.app.state.run_tasks
 
 
 def _read(what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
@@ -143,7 +143,7 @@ def _links(request: Request) -> pages.Links:
         ui_root=app_root.removesuffix(URL_PREFIX),
         app_root=app_root,
         mlflow_version=lambda model, version: mlflow_client.version_url(model, version),
-        approve_task_id=PROMOTION_TASKS.approve,
+        approve_task_id=run_tasks(request).approve,
     )
 
 
@@ -153,33 +153,32 @@ def _html(text: str, code: int = 200) -> HTMLResponse:
 
 
 def _json(content: Any) -> SafeJSONResponse:
-    return SafeJSONResponse(registry_report.as_json(content), headers=SECURITY_HEADERS)
+    return SafeJSONResponse(as_json(content), headers=SECURITY_HEADERS)
 
 
 # -- the reports -------------------------------------------------------------------------------------------------
-def _overview(user: Any) -> list[registry_report.ModelOverview]:
+def _overview(user: Any, tasks: RunTasks) -> list[ModelOverview]:
     configs = readable_models(user)
-    runs = _read("Airflow's runs", _runs, [c.dag_id for c in configs])
-    return _read("the registry and the audit log", registry_report.overview, configs, runs)
+    runs = _read("Airflow's runs", read_last_runs, [c.dag_id for c in configs], tasks)
+    return _read("the registry and the audit log", report.overview, configs, runs)
 
 
 def _model(
-    user: Any, name: str, page: str | None, per_page: str | None, before: str | None
-) -> registry_report.ModelReport:
+    user: Any, tasks: RunTasks, name: str, page: str | None, per_page: str | None, before: str | None
+) -> ModelReport:
     cfg = readable_model(user, name)
-    page_number, page_size = _read("the page number", registry_report.clean_page, page, per_page)
-    cursor = _read("the version number", registry_report.clean_before, before)
-    run = _read("Airflow's runs", _runs, [cfg.dag_id]).get(cfg.dag_id)
-    report = registry_report.model_report
-    return _read("the registry and the audit log", report, cfg, page_number, page_size, run, cursor)
+    page_number, page_size = _read("the page number", limits.clean_page, page, per_page)
+    cursor = _read("the version number", limits.clean_before, before)
+    run = _read("Airflow's runs", read_last_runs, [cfg.dag_id], tasks).get(cfg.dag_id)
+    return _read("the registry and the audit log", report.model_report, cfg, page_number, page_size, run, cursor)
 
 
-def _lineage(user: Any, data_version: str | None) -> registry_report.Lineage:
+def _lineage(user: Any, data_version: str | None) -> Lineage:
     readable = {c.name for c in readable_models(user)}
-    return _read("the registry", registry_report.lineage, data_version or "", readable.__contains__)
+    return _read("the registry", report.lineage, data_version or "", readable.__contains__)
 
 
-# Query parameters are taken as text and checked by ``registry_report`` (limits, and a message saying what to send).
+# Query parameters are taken as text and checked by ``limits`` (limits, and a message saying what to send).
 Text = Annotated[str | None, Query(max_length=300)]
 
 router = APIRouter()
@@ -197,7 +196,7 @@ def _page(request: Request, user: Any, title: str, build: Callable[[pages.Links,
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 def overview_page(request: Request, user: PageUser) -> Response:
     def build(links: pages.Links, name: str) -> str:
-        return pages.overview_page(_overview(user), links, name)
+        return pages.overview_page(_overview(user, run_tasks(request)), links, name)
 
     return _page(request, user, "Model promotion", build)
 
@@ -205,7 +204,7 @@ def overview_page(request: Request, user: PageUser) -> Response:
 @router.get("/models/{model_name}", response_class=HTMLResponse, include_in_schema=False)
 def model_page(request: Request, user: PageUser, model_name: str, page: Text = None, before: Text = None) -> Response:
     def build(links: pages.Links, name: str) -> str:
-        return pages.model_page(_model(user, model_name, page, None, before), links, name, METRICS)
+        return pages.model_page(_model(user, run_tasks(request), model_name, page, None, before), links, name, METRICS)
 
     return _page(request, user, "Model", build)
 
@@ -214,7 +213,7 @@ def model_page(request: Request, user: PageUser, model_name: str, page: Text = N
 def rollback_page(request: Request, user: PageUser, model_name: str) -> Response:
     def build(links: pages.Links, name: str) -> str:
         cfg = readable_model(user, model_name)
-        line = _read("the registry and the audit log", registry_report.overview, [cfg])[0]
+        line = _read("the registry and the audit log", report.overview, [cfg])[0]
         return pages.rollback_page(line, cfg.rollback_on_call, links, name)
 
     return _page(request, user, "Roll back", build)
@@ -229,17 +228,28 @@ def lineage_page(request: Request, user: PageUser, data_version: Text = None) ->
 
 
 @router.get("/api/models", include_in_schema=False)
-def overview_json(user: ApiUser) -> Response:
-    return _json({"models": _overview(user)})
+def overview_json(request: Request, user: ApiUser) -> Response:
+    return _json({"models": _overview(user, run_tasks(request))})
 
 
 @router.get("/api/models/{model_name}", include_in_schema=False)
 def model_json(
-    user: ApiUser, model_name: str, page: Text = None, per_page: Text = None, before: Text = None
+    request: Request, user: ApiUser, model_name: str, page: Text = None, per_page: Text = None, before: Text = None
 ) -> Response:
-    return _json(_model(user, model_name, page, per_page, before))
+    return _json(_model(user, run_tasks(request), model_name, page, per_page, before))
 
 
 @router.get("/api/lineage", include_in_schema=False)
 def lineage_json(user: ApiUser, data_version: Text = None) -> Response:
     return _json(_lineage(user, data_version))
+
+
+@router.get("/static/{name}", include_in_schema=False)
+def static_file(user: ApiUser, name: str) -> Response:
+    """A file of ``static/`` by its exact name (no path is built from the request), to signed-in users only, like the
+    pages. Its URL carries its content's hash (``Links.asset``), so the browser may keep it."""
+    asset = pages.ASSETS.get(name)
+    if asset is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such file")
+    headers = {**SECURITY_HEADERS, "Cache-Control": "private, max-age=31536000, immutable"}
+    return Response(asset.body, media_type=asset.media_type, headers=headers)

@@ -1,0 +1,143 @@
+"""What the "Model promotion" pages show: frozen records the reports fill in, the templates render and ``as_json``
+turns into the JSON answers (one shape for both)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, is_dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from include.promotion.audit.queries import AuditPage, Event
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    """One model version in the registry report."""
+
+    version: str
+    status: str
+    stage: str
+    aliases: tuple[str, ...]
+    metrics: dict[str, float]
+    data_version: str | None
+    git_commit: str | None
+    dag_id: str | None
+    run_id: str | None
+    created_at: datetime | None
+    promoted: Event | None = None  # the last time it went into production (promotion or restore)
+    approved: Event | None = None
+    ended: Event | None = None  # archived, rejected, superseded or rolled back: the last of these
+
+
+@dataclass(frozen=True)
+class Champion:
+    version: str
+    since: datetime | None
+    approved_by: str | None
+    approval_reason: str | None
+    restored: Event | None  # when it serves again through a rollback: who restored it, and why
+    headline_metric: str
+    headline_value: float | None
+
+
+@dataclass(frozen=True)
+class Challenger:
+    version: str
+    waiting_since: datetime | None
+    dag_id: str | None
+    run_id: str | None
+
+
+@dataclass(frozen=True)
+class LastRun:
+    """The latest run of a model's promotion DAG and what came of it."""
+
+    dag_id: str
+    run_id: str
+    state: str
+    started_at: datetime | None
+    ended_at: datetime | None
+    outcome: str
+
+
+@dataclass(frozen=True)
+class ModelOverview:
+    name: str
+    dag_id: str
+    champion: Champion | None
+    challenger: Challenger | None
+    last_run: LastRun | None
+    alerts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    name: str
+    dag_id: str
+    description: str
+    reviewers: tuple[str, ...]
+    on_call: tuple[str, ...]
+    headline_metric: str
+    champion: str | None
+    challenger: str | None
+    versions: tuple[VersionRow, ...]  # newest first: one page of them
+    by_status: dict[str, int]  # of the versions listed
+    versions_before: int | None  # the page lists versions numbered below this (None: the newest)
+    older_versions: str | None  # the next page's ``versions_before``, when older versions exist
+    history: AuditPage
+    alerts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LineageHit:
+    model: str
+    version: str
+    status: str
+    stage: str
+    created_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Lineage:
+    data_version: str
+    versions: tuple[LineageHit, ...]
+    truncated: bool
+
+
+def as_json(value: Any) -> Any:
+    """A report as JSON-ready data: dataclasses as dicts, times as ISO 8601 in UTC."""
+    if is_dataclass(value) and not isinstance(value, type):
+        data = {f.name: as_json(getattr(value, f.name)) for f in fields(value)}
+        if isinstance(value, AuditPage):
+            data["pages"] = value.pages
+        return data
+    if isinstance(value, dict):
+        return {str(k): as_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [as_json(v) for v in value]
+    if isinstance(value, datetime):
+        return iso_utc(value)
+    return value
+
+
+def iso_utc(moment: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z`` (what ``<time datetime>`` and the page's script read)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+__all__ = [
+    "AuditPage",
+    "Challenger",
+    "Champion",
+    "Event",
+    "LastRun",
+    "Lineage",
+    "LineageHit",
+    "ModelOverview",
+    "ModelReport",
+    "VersionRow",
+    "as_json",
+    "iso_utc",
+]
