@@ -77,4 +77,6 @@ class Tag(StrEnum):
     ROLLBACK_TIMESTAMP = "rollback_timestamp"
 
 
+# on a registered model or experiment someone else could write: never adopted by the pipeline
+CLAIM_REFUSED_TAG = "claim_refused"
 METRIC_TAG_PREFIX = "metric_"  # a gate metric on a version: ``metric_<name>``, written at registration

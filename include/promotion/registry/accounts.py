@@ -25,6 +25,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from include.promotion.states import CLAIM_REFUSED_TAG
+
 SERVICE_ACCOUNT = "promotion-pipeline"
 # What the Airflow api-server reads the registry with, for the Model promotion page: an ordinary account (the
 # server's default_permission READ), never an admin. Its password: ``MLFLOW_READER_PASSWORD`` at bootstrap.
@@ -62,7 +64,6 @@ def ensure_user(auth, username: str, password: str, admin: bool = False) -> None
 
 
 WRITER_PERMISSIONS = ("EDIT", "MANAGE")  # READ and USE change nothing of a model or experiment
-REFUSED_TAG = "claim_refused"  # on a model or experiment someone else could write: never adopted
 
 
 def claim(tracking_uri: str, resource_type: str, resource_id: str) -> list[str]:
@@ -122,12 +123,12 @@ def claim_for_pipeline(resource_type: str, resource_id: str, what: str) -> None:
         tags, mark = client.get_registered_model(resource_id).tags, client.set_registered_model_tag
     writers = claim(settings.tracking_uri(), resource_type, resource_id)
     if writers:
-        mark(resource_id, REFUSED_TAG, ", ".join(writers)[:5000])
+        mark(resource_id, CLAIM_REFUSED_TAG, ", ".join(writers)[:5000])
         log.error("%s: write access of %s revoked; only the pipeline may write it", what, writers)
-    if writers or tags.get(REFUSED_TAG):
+    if writers or tags.get(CLAIM_REFUSED_TAG):
         raise RegistryStateError(
-            f"{what} was writable by {', '.join(writers) or tags[REFUSED_TAG]}, not only by the pipeline (someone "
-            "created it before the pipeline did). Their write access is revoked, but what they put in it cannot be "
+            f"{what} was writable by {', '.join(writers) or tags[CLAIM_REFUSED_TAG]}, not only by the pipeline "
+            "(someone created it before the pipeline did). Their write access is revoked, but what they put in it cannot be "
             "trusted, so nothing was trained or registered: an MLflow admin must delete or rename it, then trigger "
             "a new run."
         )

@@ -32,7 +32,7 @@ from include.promotion.audit.queries import (
 from include.promotion.audit.schema import connect
 from include.promotion.config import ModelConfig
 from include.promotion.registry import client as mlflow_client
-from include.promotion.states import CHALLENGER_ALIAS, CHAMPION_ALIAS, Status
+from include.promotion.states import CHALLENGER_ALIAS, CHAMPION_ALIAS, CLAIM_REFUSED_TAG, Status, Tag
 from include.promotion.web.limits import DEFAULT_PAGE_SIZE, clean_data_version
 from include.promotion.web.registry_reads import (
     LINEAGE_LIMIT,
@@ -121,7 +121,7 @@ def model_report(
         older_versions=rows[-1].version if older and rows else None,
         history=history,
         alerts=alerts_for(
-            cfg.name, aliases.get(CHAMPION_ALIAS), audited, drift, last_run, tags_of(registered).get("claim_refused")
+            cfg.name, aliases.get(CHAMPION_ALIAS), audited, drift, last_run, tags_of(registered).get(CLAIM_REFUSED_TAG)
         ),
     )
 
@@ -167,7 +167,7 @@ def overview(
                     audited.get(cfg.name),
                     drift.get(cfg.name, []),
                     last_run,
-                    tags_of(registered).get("claim_refused"),
+                    tags_of(registered).get(CLAIM_REFUSED_TAG),
                 ),
             )
         )
@@ -185,7 +185,7 @@ def lineage(data_version: str, readable: Callable[[str], bool], limit: int = LIN
         LineageHit(
             model=mv.name,
             version=str(mv.version),
-            status=(mv.tags or {}).get("promotion_status", Status.REGISTERED),
+            status=(mv.tags or {}).get(Tag.STATUS, Status.REGISTERED),
             stage=mv.current_stage or "None",
             created_at=millis(mv.creation_timestamp),
         )

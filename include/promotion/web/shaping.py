@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from include.promotion.audit.queries import CHECK_DEMOTED, ENDED_BY, SERVES_AFTER, Event
 from include.promotion.config import METRICS
-from include.promotion.states import AuditAction, Status
+from include.promotion.states import METRIC_TAG_PREFIX, AuditAction, Status, Tag
 from include.promotion.web.views import Challenger, Champion, LastRun, VersionRow
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ def metrics_of(tags: Mapping[str, str]) -> dict[str, float]:
     found = {}
     for metric in METRICS:
         try:
-            found[metric] = float(tags[f"metric_{metric}"])
+            found[metric] = float(tags[f"{METRIC_TAG_PREFIX}{metric}"])
         except (KeyError, TypeError, ValueError):
             continue
     return found
@@ -46,14 +46,14 @@ def version_row(mv: ModelVersion, aliases: Mapping[str, str], events: Mapping[tu
     version = str(mv.version)
     return VersionRow(
         version=version,
-        status=tags.get("promotion_status", Status.REGISTERED),
+        status=tags.get(Tag.STATUS, Status.REGISTERED),
         stage=mv.current_stage or "None",
         aliases=tuple(sorted(a for a, v in aliases.items() if str(v) == version)),
         metrics=metrics_of(tags),
-        data_version=tags.get("data_version"),
-        git_commit=tags.get("git_commit"),
-        dag_id=tags.get("airflow_dag_id"),
-        run_id=tags.get("airflow_run_id"),
+        data_version=tags.get(Tag.DATA_VERSION),
+        git_commit=tags.get(Tag.GIT_COMMIT),
+        dag_id=tags.get(Tag.DAG_ID),
+        run_id=tags.get(Tag.RUN_ID),
         created_at=millis(mv.creation_timestamp),
         promoted=_latest(events, version, SERVES_AFTER),
         approved=events.get((version, str(AuditAction.APPROVE))),
@@ -75,7 +75,7 @@ def champion_of(
     return Champion(
         version=version,
         since=serving.at if serving is not None else None,
-        approved_by=approved.actor if approved is not None else tags.get("production_approver"),
+        approved_by=approved.actor if approved is not None else tags.get(Tag.PRODUCTION_APPROVER),
         approval_reason=approved.reason if approved is not None else None,
         restored=restored,
         headline_metric=headline_metric,
@@ -91,8 +91,8 @@ def challenger_of(mv: ModelVersion | None, events: Mapping[tuple[str, str], Even
     return Challenger(
         version=version,
         waiting_since=staged.at if staged is not None else None,
-        dag_id=tags.get("airflow_dag_id"),
-        run_id=tags.get("airflow_run_id"),
+        dag_id=tags.get(Tag.DAG_ID),
+        run_id=tags.get(Tag.RUN_ID),
     )
 
 
