@@ -128,9 +128,9 @@ def claim_for_pipeline(resource_type: str, resource_id: str, what: str) -> None:
     if writers or tags.get(CLAIM_REFUSED_TAG):
         raise RegistryStateError(
             f"{what} was writable by {', '.join(writers) or tags[CLAIM_REFUSED_TAG]}, not only by the pipeline "
-            "(someone created it before the pipeline did). Their write access is revoked, but what they put in it cannot be "
-            "trusted, so nothing was trained or registered: an MLflow admin must delete or rename it, then trigger "
-            "a new run."
+            "(someone created it before the pipeline did). Their write access is revoked, but what they put in it "
+            "cannot be trusted, so nothing was trained or registered: an MLflow admin must delete or rename it, then "
+            "trigger a new run."
         )
 
 
