@@ -1,4 +1,4 @@
-"""What each DAG task does, as plain functions: the bodies of the tasks in ``dags/``.
+"""The promotion DAG's tasks, as plain functions: the bodies of the tasks in ``dags/model_promotion.py``.
 
 The DAG files call these one per task and pass the earlier tasks' results in as arguments; tests
 call them directly. Only ids and small dicts go in and out (they travel as XComs), and each is
