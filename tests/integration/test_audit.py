@@ -167,7 +167,7 @@ def test_the_application_role_may_only_insert_and_select(services, database: str
                     cur.execute(statement)
             with owner.cursor() as cur:  # pretend the package was upgraded and its schema is now behind
                 cur.execute(f"DELETE FROM {audit_schema.VERSION_TABLE} WHERE version = %s", (CURRENT_VERSION,))
-            with pytest.raises(AuditLogError, match=r"Run `python -m include\.promotion\.audit_schema upgrade"):
+            with pytest.raises(AuditLogError, match=r"Run `python -m include\.promotion\.audit\.schema upgrade"):
                 ensure_schema(app)  # reported to the app role, never "fixed" by it
             assert verify_chain(app) == []
         finally:

@@ -1,6 +1,8 @@
 """The audit log read in SQL, for pages that show many models or versions at once: a fixed number of
 parameterized queries whatever the length of the history. ``replay`` is the same reading in Python (one model's
-rows in order); ``tests/unit/test_audit_agreement.py`` runs generated histories through both and checks they agree.
+rows in order); ``tests/integration/test_audit_agreement.py`` runs generated histories through both and checks they
+agree. The rules are replay's: which rows put a version in production and which take it out come from its
+``STATUS_AFTER``, so the two cannot drift apart by a new action added to one of them only.
 """
 
 from __future__ import annotations
@@ -11,15 +13,24 @@ from datetime import datetime
 from typing import Any
 
 from include.promotion.audit.log import COLUMNS
+from include.promotion.audit.replay import STATUS_AFTER
 from include.promotion.audit.schema import AUDIT_TABLE
-from include.promotion.states import AuditAction, Stage
+from include.promotion.states import AuditAction, Stage, Status
 
-# what ends a version's time in service, and what puts one there (audit actions)
+# What puts a version in production and what takes it out: replay's rules (its ``STATUS_AFTER``), so the champion
+# reading cannot drift from it. Besides the ends the page shows (``ENDED_BY``), a ``register``, ``stage`` or
+# ``approve`` row takes a version out too (a re-created model's version, or a forged row): the registry cannot show a
+# version in Production after it.
+ENTERS_PRODUCTION = tuple(a for a, s in STATUS_AFTER.items() if s == Status.PRODUCTION)
+LEAVES_PRODUCTION = tuple(a for a, s in STATUS_AFTER.items() if s != Status.PRODUCTION)
+# what ends a version's time in service, and what puts one there (audit actions), as the page shows them
 ENDED_BY = (AuditAction.ARCHIVE, AuditAction.REJECT, AuditAction.SUPERSEDE, AuditAction.ROLLBACK_DEMOTE)
-SERVES_AFTER = (AuditAction.PROMOTE, AuditAction.ROLLBACK_RESTORE, AuditAction.POST_CHECK_ROLLBACK)
+SERVES_AFTER = (*ENTERS_PRODUCTION, AuditAction.POST_CHECK_ROLLBACK)
 # The post-promotion check's rollback writes two rows of one action: the restored version's (to Production) puts it in
-# service, the failed version's (out of Production) ends its time there. Events key the second one apart.
+# service, the failed version's (out of Production) ends its time there. Events key the second one apart (also in the
+# SQL that picks each version's latest row of each action, so the latest of one direction never hides the other).
 CHECK_DEMOTED = f"{AuditAction.POST_CHECK_ROLLBACK} (demoted)"
+IN_SERVICE, ENDED = "in service", "ended"  # a version's standing on the page (``standing``)
 AUDIT_COLUMNS = ("id", *(c for c in COLUMNS if c != "model_name"), "created_at")
 
 
@@ -31,6 +42,7 @@ class Event:
     actor: str
     at: datetime | None
     reason: str | None = None
+    id: int | None = None  # the row's id: the order rows were written in (``at`` is the writer's clock)
 
 
 @dataclass(frozen=True)
@@ -55,7 +67,26 @@ def latest_events(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], Ev
         key = (str(row["version"]), action)
         if key not in newest or row["id"] > newest[key]["id"]:
             newest[key] = row
-    return {k: Event(str(r["action"]), r["actor"], r["created_at"], r["reason"]) for k, r in newest.items()}
+    return {k: Event(str(r["action"]), r["actor"], r["created_at"], r["reason"], r["id"]) for k, r in newest.items()}
+
+
+def standing(events: Mapping[tuple[str, str], Event], version: str, champion: str | None) -> str | None:
+    """A version's standing on the page: ``IN_SERVICE``, ``ENDED`` (it served, and does no more) or None (never served).
+
+    ``champion`` is the model's ``audited_champions`` reading. A version's own events cannot say it alone: a new
+    production row ends every other version's service (replay's rule), also when the change crashed before it wrote
+    the ``archive`` (or ``rollback_demote``) row of the version it replaced, so that version has no end event.
+    """
+    if champion is not None and version == champion:
+        return IN_SERVICE
+    return ENDED if any((version, str(a)) in events for a in SERVES_AFTER) else None
+
+
+def _demoted_sql(table: str = "") -> str:
+    return f"({table}action = %(check)s AND {table}to_stage IS DISTINCT FROM %(production)s)"
+
+
+_CHECK = {"check": str(AuditAction.POST_CHECK_ROLLBACK), "production": str(Stage.PRODUCTION)}
 
 
 def fetch(conn: Any, query: str, params: Sequence[Any] | Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -75,10 +106,10 @@ def version_events(conn: Any, model: str, versions: Sequence[str]) -> dict[tuple
     """The latest row of each (version, action) of the given versions of one model: one query."""
     rows = fetch(
         conn,
-        f"SELECT DISTINCT ON (version, action) id, version, action, to_stage, actor, reason, created_at "
-        f"FROM {AUDIT_TABLE} "
-        "WHERE model_name = %s AND version = ANY(%s) ORDER BY version, action, id DESC",
-        (model, list(versions)),
+        f"SELECT DISTINCT ON (version, action, {_demoted_sql()}) id, version, action, to_stage, actor, reason, "
+        f"created_at FROM {AUDIT_TABLE} WHERE model_name = %(model)s AND version = ANY(%(versions)s) "
+        f"ORDER BY version, action, {_demoted_sql()}, id DESC",
+        {"model": model, "versions": list(versions), **_CHECK},
     )
     return latest_events(rows)
 
@@ -87,14 +118,15 @@ def pair_events(conn: Any, pairs: Sequence[tuple[str, str]]) -> dict[str, dict[t
     """{model: its events} for the given (model, version) pairs only (the overview's champions and challengers)."""
     if not pairs:
         return {}
+    demoted = _demoted_sql("a.")
     rows = fetch(
         conn,
-        f"SELECT DISTINCT ON (a.model_name, a.version, a.action) a.id, a.model_name, a.version, a.action, a.to_stage, "
-        "a.actor, "
-        f"a.reason, a.created_at FROM {AUDIT_TABLE} a JOIN unnest(%s::text[], %s::text[]) AS w(model_name, version) "
+        f"SELECT DISTINCT ON (a.model_name, a.version, a.action, {demoted}) a.id, a.model_name, a.version, a.action, "
+        f"a.to_stage, a.actor, a.reason, a.created_at FROM {AUDIT_TABLE} a "
+        "JOIN unnest(%(models)s::text[], %(versions)s::text[]) AS w(model_name, version) "
         "ON a.model_name = w.model_name AND a.version = w.version "
-        "ORDER BY a.model_name, a.version, a.action, a.id DESC",
-        ([m for m, _ in pairs], [v for _, v in pairs]),
+        f"ORDER BY a.model_name, a.version, a.action, {demoted}, a.id DESC",
+        {"models": [m for m, _ in pairs], "versions": [v for _, v in pairs], **_CHECK},
     )
     by_model: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -104,7 +136,7 @@ def pair_events(conn: Any, pairs: Sequence[tuple[str, str]]) -> dict[str, dict[t
 
 def audited_champions(conn: Any, models: Sequence[str]) -> dict[str, str]:
     """{model: the version the audit log says serves}: the latest version put in production and not taken out
-    since (one query for all models; the same reading as ``audit_state.audited_state``)."""
+    since by a row of its own (one query for all models; the same reading as ``replay.audited_state``)."""
     rows = fetch(
         conn,
         f"SELECT c.model_name, c.version FROM (SELECT DISTINCT ON (model_name) id, model_name, version "
@@ -115,22 +147,25 @@ def audited_champions(conn: Any, models: Sequence[str]) -> dict[str, str]:
         "OR (d.action = %(check)s AND d.to_stage IS DISTINCT FROM %(production)s)))",
         {
             "models": list(models),
-            "serves": [str(AuditAction.PROMOTE), str(AuditAction.ROLLBACK_RESTORE)],
-            "check": str(AuditAction.POST_CHECK_ROLLBACK),
-            "production": str(Stage.PRODUCTION),
-            "ends": [str(a) for a in ENDED_BY],
+            "serves": [str(a) for a in ENTERS_PRODUCTION],
+            "ends": [str(a) for a in LEAVES_PRODUCTION],
+            **_CHECK,
         },
     )
     return {row["model_name"]: str(row["version"]) for row in rows}
 
 
 def open_drift(conn: Any, models: Sequence[str]) -> dict[str, list[str]]:
-    """{model: reasons of its ``drift_detected`` rows that no later ``drift_restore`` row names}."""
+    """{model: reasons of its ``drift_detected`` rows that no later ``drift_restore`` row names}.
+
+    No reason and an empty one are the same reason, as in ``replay``.
+    """
     rows = fetch(
         conn,
-        f"SELECT DISTINCT d.model_name, d.reason FROM {AUDIT_TABLE} d WHERE d.model_name = ANY(%s) AND d.action = %s "
+        f"SELECT DISTINCT d.model_name, coalesce(d.reason, '') AS reason FROM {AUDIT_TABLE} d "
+        "WHERE d.model_name = ANY(%s) AND d.action = %s "
         f"AND NOT EXISTS (SELECT 1 FROM {AUDIT_TABLE} r WHERE r.model_name = d.model_name AND r.action = %s "
-        "AND r.reason IS NOT DISTINCT FROM d.reason AND r.id > d.id)",
+        "AND coalesce(r.reason, '') = coalesce(d.reason, '') AND r.id > d.id)",
         (list(models), str(AuditAction.DRIFT_DETECTED), str(AuditAction.DRIFT_RESTORE)),
     )
     found: dict[str, list[str]] = {}
