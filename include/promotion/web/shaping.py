@@ -37,7 +37,8 @@ def metrics_of(tags: Mapping[str, str]) -> dict[str, float]:
 
 def _latest(events: Mapping[tuple[str, str], Event], version: str, actions: Iterable[str]) -> Event | None:
     found = [e for a in actions if (e := events.get((version, str(a)))) is not None]
-    return max(found, key=lambda e: e.at or datetime.min.replace(tzinfo=UTC), default=None)
+    # the row written last (ids are the audit log's order; ``at`` is only the writer's clock)
+    return max(found, key=lambda e: (e.id or 0, e.at or datetime.min.replace(tzinfo=UTC)), default=None)
 
 
 def version_row(mv: ModelVersion, aliases: Mapping[str, str], events: Mapping[tuple[str, str], Event]) -> VersionRow:
