@@ -79,7 +79,6 @@ def measure(model_name: str, sample_path: Path, cache_dir: Path, predictions: in
     import numpy as np
     import pandas as pd
     import skops.io  # noqa: F401
-
     from promotion_client import ChampionCache
 
     result: dict[str, Any] = {"model_name": model_name, "import_seconds": round(time.perf_counter() - started, 3)}
