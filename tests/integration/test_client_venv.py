@@ -87,11 +87,11 @@ def test_the_client_installs_and_passes_its_tests_without_airflow(
     python = client_venv
     show = run([str(python), "-m", "pip", "show", "apache-airflow"], timeout=60)
     assert show.returncode != 0, "apache-airflow is installed in the client's venv"
-    spec = run([str(python), "-c", FIND_SPECS], 60, cwd=tmp_path)
-    assert spec.stdout.split() == ["None", "None"], spec.stdout + spec.stderr
-
     # nothing of the package's environment leaks in: the tests get the server and the model through their variables
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AIRFLOW", "PROMOTION_", "PYTHON"))}
+    spec = run([str(python), "-c", FIND_SPECS], 60, cwd=tmp_path, env=env)
+    assert spec.stdout.split() == ["None", "None"], spec.stdout + spec.stderr
+
     reader = services.mlflow.reader_env()
     env.update(
         PROMOTION_CLIENT_TEST_TRACKING_URI=services.mlflow_url,
