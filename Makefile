@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run run-distributed test test-fast lint venv browser constraints benchmark clean-state
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt client/pyproject.toml client/requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
+	@# the serving client (requirements.txt installs ./client): editable, so edits under client/src are live
+	$(PY) -m pip install --quiet --no-deps -e ./client
 	@# put the repo root on the venv's path so `include.promotion` imports everywhere
 	@$(PY) -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], 'airflow_model_promotion.pth').write_text('$(CURDIR)\n')"
 	@touch $(STAMP)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-CHAMPION_ALIAS = "champion"  # the production version
-CHALLENGER_ALIAS = "challenger"  # the version awaiting approval
+# the aliases are defined once, in the client (serving processes read them too); re-exported here
+from promotion_client.names import CHALLENGER_ALIAS, CHAMPION_ALIAS
+
+__all__ = ["CHALLENGER_ALIAS", "CHAMPION_ALIAS", "AuditAction", "Stage", "Status"]
 
 
 class Status(StrEnum):

@@ -114,7 +114,8 @@ class ServiceStack:
     # -- environments ------------------------------------------------------------------------------------
     def package_env(self) -> dict[str, str]:
         """What the package's code needs: for Airflow processes and for test code run in-process."""
-        pythonpath = [str(self.config.repo_root)]
+        # the checkout's serving client first (as pyproject's pytest pythonpath does), should the venv hold an older one
+        pythonpath = [str(self.config.repo_root), str(self.config.repo_root / "client" / "src")]
         if os.environ.get("PYTHONPATH"):
             pythonpath.append(os.environ["PYTHONPATH"])
         env = {

@@ -24,7 +24,7 @@ def parse(tmp_path: Path, models_dir: Path) -> dict:
         "AIRFLOW_HOME": str(tmp_path / "airflow"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "PROMOTION_MODELS_DIR": str(models_dir),
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "client" / "src")]),  # the checkout's client, as pytest's
     }
     out = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("parse_dags.py")), str(REPO / "dags")],

@@ -1,4 +1,6 @@
-"""The serving loader (``include/promotion/serving.py``) against real MLflow tracking servers.
+"""The serving client (``promotion_client.ChampionCache``) against real MLflow tracking servers, in the repository's
+harness: what needs an MLflow server of its own to kill, restart and write to (the tests that only read a champion
+are in client/tests/, run in a venv without Airflow by test_client_venv.py).
 
 The outage tests kill and restart a throwaway ``mlflow server`` of their own (SQLite store, served artifacts, no
 auth, a free loopback port), never the session's: other tests use that one. The versions they serve are logged
@@ -32,14 +34,13 @@ import psutil
 import pytest
 import requests
 import yaml
+from promotion_client import ChampionCache, ServingError
 
-from include.promotion import serving
-from include.promotion.serving import ChampionCache, ServingError
 from scripts.stack.processes import free_port, process_tree, signal_all
 
 LOOPBACK = "127.0.0.1"
 DEMO = Path(__file__).resolve().parents[2] / "include" / "models" / "fraud-detector.yaml"
-LOGGER = serving.__name__
+LOGGER = "promotion_client"  # every module of the client logs under it
 POLL = 0.5  # seconds: the loaders that poll here
 
 
@@ -243,7 +244,9 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) ->
 
 def messages(caplog: pytest.LogCaptureFixture, contains: str, level: int = logging.DEBUG) -> list[str]:
     return [
-        r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno >= level and contains in r.getMessage()
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith(LOGGER) and r.levelno >= level and contains in r.getMessage()
     ]
 
 
@@ -331,165 +334,6 @@ def test_only_the_last_two_versions_stay_on_disk(
     assert cache.refresh() is True and cache.version == "1"
     assert np.array_equal(cache.predict_proba(registry.holdout), registry.expected("1"))
     assert len(messages(caplog, "downloaded v1")) == 1
-
-
-CORRUPTIONS = {
-    "flipped bytes": ("model/model.skops", "file model/model.skops does not match its SHA-256"),
-    "deleted file": ("model/MLmodel", "file model/MLmodel is missing"),
-    "added file": ("model/extra.py", "file model/extra.py is not in the manifest"),
-    "unparsable manifest": ("manifest.json", "manifest.json cannot be read"),
-}
-
-
-def corrupt(path: Path, kind: str) -> None:
-    if kind == "flipped bytes":
-        data = bytearray(path.read_bytes())
-        middle = len(data) // 2
-        data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
-        path.write_bytes(bytes(data))
-    elif kind == "deleted file":
-        path.unlink()
-    elif kind == "added file":
-        path.write_text("import os\n")
-    else:
-        path.write_text('{"format": 1, "files": ')
-
-
-@pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
-def test_a_corrupt_local_copy_is_refused_and_downloaded_again(
-    kind: str, registry: Registry, throwaway: ThrowawayMlflow, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger=LOGGER)
-    throwaway.ensure_running()
-    registry.move_champion("1")
-    cache_dir = tmp_path / "cache"
-    ChampionCache(registry.name, cache_dir, poll_interval=None, tracking_uri=throwaway.url).load()
-    where, what_is_wrong = CORRUPTIONS[kind]
-    corrupt(cache_dir / "1" / where, kind)
-
-    # MLflow down: the corrupt copy is not served; the error says what is wrong and what to do
-    nowhere = f"http://{LOOPBACK}:{free_port()}"
-    with pytest.raises(ServingError) as refused:
-        ChampionCache(registry.name, cache_dir, poll_interval=None, tracking_uri=nowhere).load()
-    assert what_is_wrong in str(refused.value) and "is unreachable" in str(refused.value)
-    assert "Make MLflow at" in str(refused.value)
-
-    # MLflow up: refused, logged with the reason, downloaded again, and the right numbers come out
-    caplog.clear()
-    cache = ChampionCache(registry.name, cache_dir, poll_interval=None, tracking_uri=throwaway.url)
-    assert cache.load() == "1"
-    assert [
-        m for m in messages(caplog, "refused", logging.WARNING) if what_is_wrong in m and "downloading v1 again" in m
-    ]
-    assert len(messages(caplog, "downloaded v1")) == 1
-    assert np.array_equal(cache.predict_proba(registry.holdout), registry.expected("1"))
-    assert_manifest_matches_the_files(cache_dir, "1", registry)
-
-
-def test_a_tampered_copy_with_a_consistent_manifest_is_still_not_executed(
-    registry: Registry, throwaway: ThrowawayMlflow, tmp_path: Path
-) -> None:
-    """Whoever can write the cache folder can rewrite the manifest too: the hashes then match, so the loader's own
-    rules must refuse what would run code (pickle, or a skops file with a function in it), whatever MLmodel says."""
-    import skops.io
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import FunctionTransformer
-
-    throwaway.ensure_running()
-    registry.move_champion("1")
-    cache_dir = tmp_path / "cache"
-    ChampionCache(registry.name, cache_dir, poll_interval=None, tracking_uri=throwaway.url).load()
-    copy = cache_dir / "1"
-    nowhere = f"http://{LOOPBACK}:{free_port()}"
-
-    def rehash() -> None:
-        manifest = json.loads((copy / "manifest.json").read_text())
-        manifest["files"] = {rel: hashlib.sha256((copy / rel).read_bytes()).hexdigest() for rel in manifest["files"]}
-        (copy / "manifest.json").write_text(json.dumps(manifest))
-
-    mlmodel_path = copy / "model" / "MLmodel"
-    original = mlmodel_path.read_text()
-    mlmodel = yaml.safe_load(original)
-
-    # 1. MLmodel switched to cloudpickle: never unpickled
-    mlmodel["flavors"]["sklearn"]["serialization_format"] = "cloudpickle"
-    mlmodel_path.write_text(yaml.safe_dump(mlmodel))
-    rehash()
-    with pytest.raises(ServingError, match="loads only skops files"):
-        ChampionCache(registry.name, cache_dir, poll_interval=None, tracking_uri=nowhere).load()
-
-    # 2. a skops file calling os.system at predict time, its type "trusted" by the tampered MLmodel
-    evil = Pipeline([("run", FunctionTransformer(func=os.system))])
-    (copy / "model" / "model.skops").write_bytes(skops.io.dumps(evil))
-    mlmodel["flavors"]["sklearn"]["serialization_format"] = "skops"
-    mlmodel["flavors"]["sklearn"]["skops_trusted_types"] = skops.io.get_untrusted_types(data=skops.io.dumps(evil))
-    mlmodel_path.write_text(yaml.safe_dump(mlmodel))
-    rehash()
-    with pytest.raises(ServingError, match=r"types the loader does not trust: (posix|os|nt)\.system"):
-        ChampionCache(registry.name, cache_dir, poll_interval=None, tracking_uri=nowhere).load()
-
-    # MLflow reachable: the copy passes its (rewritten) hashes but is refused, so it is downloaded again
-    cache = ChampionCache(registry.name, cache_dir, poll_interval=None, tracking_uri=throwaway.url)
-    assert cache.load() == "1"
-    assert np.array_equal(cache.predict_proba(registry.holdout), registry.expected("1"))
-    assert_manifest_matches_the_files(cache_dir, "1", registry)
-
-
-@contextmanager
-def failing_endpoint(kind: str) -> Iterator[str]:
-    """A loopback URL where MLflow would be: a proxy answering 503 to everything (MLflow behind it is down), or a
-    server that accepts connections and never answers."""
-    import socket
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    if kind == "silent":
-        with socket.socket() as listener:
-            listener.bind((LOOPBACK, 0))
-            listener.listen(16)
-            yield f"http://{LOOPBACK}:{listener.getsockname()[1]}"
-        return
-
-    class Unavailable(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_error(503, "upstream down")
-
-        do_POST = do_GET
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer((LOOPBACK, 0), Unavailable)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://{LOOPBACK}:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-@pytest.mark.parametrize(("kind", "reason"), [("503", "health check answered HTTP 503"), ("silent", "ReadTimeout")])
-def test_a_5xx_or_a_silent_server_is_an_outage_too(
-    kind: str,
-    reason: str,
-    registry: Registry,
-    throwaway: ThrowawayMlflow,
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    caplog.set_level(logging.INFO, logger=LOGGER)
-    monkeypatch.setattr(serving, "PROBE_TIMEOUT", (1.0, 1.0))  # the silent server: a 1 s wait instead of 5
-    throwaway.ensure_running()
-    registry.move_champion("1")
-    cache_dir = tmp_path / "cache"
-    ChampionCache(registry.name, cache_dir, poll_interval=None, tracking_uri=throwaway.url).load()
-    with failing_endpoint(kind) as url:
-        cache = ChampionCache(registry.name, cache_dir, poll_interval=None, tracking_uri=url)
-        assert cache.load() == "1"  # from the local copy
-        assert [m for m in messages(caplog, "serving the local copy of v1", logging.WARNING) if reason in m]
-        assert cache.refresh() is False and cache.version == "1"
-    assert np.array_equal(cache.predict_proba(registry.holdout), registry.expected("1"))
 
 
 def test_concurrent_refreshes_switch_once_and_predictions_never_see_a_half_swap(
@@ -661,23 +505,6 @@ def registry_answering(
         server.server_close()
 
 
-@pytest.mark.parametrize("version", ["../victim", "1\n"])
-def test_a_hostile_registry_cannot_make_a_version_a_path(version: str, tmp_path: Path) -> None:
-    victim = tmp_path / "victim"
-    victim.mkdir()
-    (victim / "precious.txt").write_text("data")
-    (victim / "manifest.json").write_text("{}")
-    answer = {"model_version": {"name": "fraud-detector", "version": version, "source": "models:/m-1", "run_id": "r"}}
-    cache_dir = tmp_path / "cache"
-    with registry_answering(lambda: (200, answer)) as url:
-        cache = ChampionCache("fraud-detector", cache_dir, poll_interval=None, tracking_uri=url)
-        with pytest.raises(ServingError, match="which is not a version number"):
-            cache.load()
-    assert (victim / "precious.txt").read_text() == "data"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "victim"]
-    assert [p.name for p in cache_dir.iterdir() if p.name != ".lock"] == []
-
-
 def test_a_refresh_never_waits_behind_one_stuck_on_a_half_down_registry(
     registry: Registry, throwaway: ThrowawayMlflow, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -708,20 +535,6 @@ def test_a_refresh_never_waits_behind_one_stuck_on_a_half_down_registry(
         assert not stuck.is_alive()
 
 
-def test_a_version_larger_than_the_download_limit_is_refused_and_nothing_kept(
-    registry: Registry, throwaway: ThrowawayMlflow, tmp_path: Path
-) -> None:
-    throwaway.ensure_running()
-    registry.move_champion("1")
-    cache_dir = tmp_path / "cache"
-    cache = ChampionCache(
-        registry.name, cache_dir, poll_interval=None, tracking_uri=throwaway.url, max_download_bytes=4096
-    )
-    with pytest.raises(ServingError, match=r"more than max_download_bytes=4096: nothing was kept; raise max_download"):
-        cache.load()
-    assert [p.name for p in cache_dir.iterdir() if p.name != ".lock"] == []
-
-
 @pytest.mark.parametrize("source", ["s3://someone-elses-bucket/model", "gs://someone-elses-bucket/model"])
 def test_a_version_stored_outside_the_tracking_server_is_refused(
     source: str, registry: Registry, throwaway: ThrowawayMlflow, tmp_path: Path
@@ -743,7 +556,7 @@ def test_a_version_stored_outside_the_tracking_server_is_refused(
 
 LAGGING_PROCESS = """
 import sys, time
-from include.promotion.serving import ChampionCache
+from promotion_client import ChampionCache
 name, cache_dir, url = sys.argv[1:4]
 cache = ChampionCache(name, cache_dir, poll_interval=None, tracking_uri=url)
 print("loaded", cache.load(), flush=True)
@@ -774,7 +587,7 @@ def test_a_lagging_process_sharing_the_folder_neither_prunes_nor_rewinds_another
         stdout=subprocess.PIPE,
         text=True,
         cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "client" / "src"), str(root)])},
     )
     try:
         assert lagging.stdout is not None and lagging.stdin is not None

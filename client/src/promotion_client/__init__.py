@@ -4,10 +4,26 @@
   last good copy while MLflow is unreachable;
 - deploy events: the signed events the promotion pipeline sends when production changes, and their receiver side;
 - the one HMAC signing scheme both use.
+
+Importing the package is cheap: mlflow, scikit-learn and skops are imported when a model is first loaded.
 """
 
 from __future__ import annotations
 
-from promotion_client.errors import ClientError
+from promotion_client.cache import ChampionCache
+from promotion_client.errors import ClientError, CopyRefused, RegistryUnreachable, ServingError
+from promotion_client.names import CHALLENGER_ALIAS, CHAMPION_ALIAS
+from promotion_client.served import Served
 
 __all__ = ["ClientError"]
+
+# -- serving
+__all__ += [
+    "CHALLENGER_ALIAS",
+    "CHAMPION_ALIAS",
+    "ChampionCache",
+    "CopyRefused",
+    "RegistryUnreachable",
+    "Served",
+    "ServingError",
+]

@@ -9,3 +9,16 @@ from __future__ import annotations
 
 class ClientError(Exception):
     """Base class: a refusal by the client, with a message meant for a human."""
+
+
+# -- serving
+class ServingError(ClientError):
+    """Nothing to serve: no champion reachable in MLflow and no valid local copy (the message says what to do)."""
+
+
+class CopyRefused(ServingError):
+    """A local copy or a downloaded artifact that is not loaded (the message says what is wrong with it)."""
+
+
+class RegistryUnreachable(ServingError):
+    """MLflow could not be asked (refused connection, timeout, 5xx, or an error such as a refused login)."""

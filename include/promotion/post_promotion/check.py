@@ -2,7 +2,7 @@
 
 After ``promote_to_production``, ``verify_in_production`` starts a fresh interpreter
 (``python -m include.promotion.post_promotion.check``) that loads ``models:/<name>@champion`` through the serving
-loader (``serving.ChampionCache``, into an empty cache dir), checks its input signature against the evaluation
+loader (``promotion_client.ChampionCache``, into an empty cache dir), checks its input signature against the evaluation
 data, predicts the fixed holdout sample that ``evaluate`` logged to the version's MLflow run and times single-row
 predictions; it prints its measurements as JSON. This process judges them against the model's
 ``post_promotion`` config. Any failure rolls back to the version the promotion replaced through the rollback
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from include.promotion.config import ModelConfig
     from include.promotion.registry.lifecycle import Change
 
-# The fresh interpreter imports this module, ``states`` and the serving loader only: like a serving process, it has no
+# The fresh interpreter imports this module, ``states`` and the serving client only: like a serving process, it has no
 # Airflow (inside a task, Airflow's environment would not even let it import Airflow). The task side imports the rest
 # of the package inside its functions.
 
@@ -79,12 +79,11 @@ def measure(model_name: str, sample_path: Path, cache_dir: Path, predictions: in
     import numpy as np
     import pandas as pd
     import skops.io  # noqa: F401
-
-    from include.promotion import serving
+    from promotion_client import ChampionCache
 
     result: dict[str, Any] = {"model_name": model_name, "import_seconds": round(time.perf_counter() - started, 3)}
     started = time.perf_counter()
-    cache = serving.ChampionCache(model_name, cache_dir, alias=CHAMPION_ALIAS, poll_interval=None)
+    cache = ChampionCache(model_name, cache_dir, alias=CHAMPION_ALIAS, poll_interval=None)
     try:
         result["version"] = str(cache.load())
     except Exception as exc:  # whatever breaks loading is what a serving process would hit: report it

@@ -1,7 +1,8 @@
 """Thin helpers over MLflow: the one place that points MLflow at the tracking server, quotes values
 for its filter strings, and reads or writes single registry entries.
 
-No lifecycle decision is taken here; ``lifecycle``, ``rollback`` and ``invariants`` take them.
+No lifecycle decision is taken here; ``lifecycle``, ``rollback`` and ``invariants`` take them. The alias lookup and
+the credentials are the serving client's (``promotion_client.registry``): one definition on both sides.
 """
 
 from __future__ import annotations
@@ -9,6 +10,10 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote as urlquote
+
+from promotion_client import registry as client_registry
+from promotion_client.registry import get_alias
+from promotion_client.registry import is_missing as _is_missing
 
 from include.promotion import settings
 from include.promotion.states import Stage, Status, Tag
@@ -30,9 +35,7 @@ def client() -> MlflowClient:
 
 def host_creds(uri: str | None = None) -> Any:
     """The credentials MLflow's own clients send (``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD``)."""
-    from mlflow.utils.credentials import get_default_host_creds
-
-    return get_default_host_creds(uri or settings.tracking_uri())
+    return client_registry.host_creds(uri or settings.tracking_uri())
 
 
 def quote(value: str) -> str:
@@ -78,27 +81,6 @@ def version_url(model_name: str, version: str | int) -> str:
 
 def status_of(mv: ModelVersion) -> str:
     return (mv.tags or {}).get(Tag.STATUS, Status.REGISTERED)
-
-
-def _is_missing(exc: Exception) -> bool:
-    return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
-
-
-def get_alias(mlflow_client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    """The version an alias points to, or None if the alias (or the model) does not exist."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return mlflow_client.get_model_version_by_alias(name, alias)
-    except MlflowException as exc:
-        # Only "no such model" and "no such alias" mean absent; a network or server error must not read as
-        # "no champion" (that would skip archiving it, or skip the champion comparison).
-        not_found = getattr(exc, "error_code", "") == "INVALID_PARAMETER_VALUE" and f"alias {alias} not found" in str(
-            exc
-        )
-        if _is_missing(exc) or not_found:
-            return None
-        raise
 
 
 def get_version(mlflow_client: MlflowClient, name: str, version: str | int) -> ModelVersion | None:

@@ -1,0 +1,109 @@
+"""promotion_client installs and works without Airflow: a fresh virtual environment gets client/requirements.txt, the
+client and pytest, nothing else; apache-airflow is not there; and client/tests pass in it against the session's real
+MLflow server, reading a champion the package's own tasks put in production (as its read-only account)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CLIENT = REPO / "client"
+PIP_TIMEOUT = 900  # seconds: a cold pip cache downloads scikit-learn, scipy, mlflow-skinny and friends
+TESTS_TIMEOUT = 600
+FIND_SPECS = "import importlib.util as u; print(u.find_spec('airflow'), u.find_spec('include'))"
+
+
+def pip_install(python: Path) -> list[str]:
+    return [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+
+
+def pinned_pytest() -> str:
+    """pytest as requirements-dev.txt pins it."""
+    for line in (REPO / "requirements-dev.txt").read_text().splitlines():
+        if re.match(r"^pytest==", line):
+            return line.split("#")[0].strip()
+    raise AssertionError("requirements-dev.txt pins no pytest")
+
+
+def run(args: list[str], timeout: float, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def client_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A venv holding client/requirements.txt, the client (built from a copy of client/, so no build output lands
+    in the checkout) and pytest; its python."""
+    home = tmp_path_factory.mktemp("client-venv")
+    source = home / "client-src"
+    shutil.copytree(CLIENT, source, ignore=shutil.ignore_patterns("tests", "build", "*.egg-info", "__pycache__"))
+    venv = home / "venv"
+    done = run([sys.executable, "-m", "venv", str(venv)], timeout=120)
+    assert done.returncode == 0, done.stderr
+    python = venv / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    started = time.monotonic()
+    done = run(
+        [*pip_install(python), "-r", str(CLIENT / "requirements.txt"), str(source), pinned_pytest()],
+        timeout=PIP_TIMEOUT,
+        env=env,
+        cwd=home,
+    )
+    took = time.monotonic() - started
+    print(f"\npip install of the client's venv: {took:.1f} s")
+    assert done.returncode == 0, f"pip install failed after {took:.0f} s:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return python
+
+
+@pytest.fixture(scope="module")
+def governed_champion(services: Any, models_dir: Path) -> str:
+    """A model of the package, trained, evaluated, registered and put in production by its own tasks."""
+    from tests.support import DEMO, seed_champion, unique
+
+    raw = yaml.safe_load(DEMO.read_text())
+    raw.update(
+        name=unique("client-venv"),
+        schedule=None,
+        data={"source": "builtin", "dataset": "synthetic_transactions", "rows": 2000, "seed": 13},
+    )
+    raw["estimator"]["params"].update(n_estimators=20, max_depth=6)
+    (models_dir / f"{raw['name']}.yaml").write_text(yaml.safe_dump(raw))
+    seed_champion(raw["name"])
+    return raw["name"]
+
+
+def test_the_client_installs_and_passes_its_tests_without_airflow(
+    client_venv: Path, governed_champion: str, services: Any, tmp_path: Path
+) -> None:
+    python = client_venv
+    show = run([str(python), "-m", "pip", "show", "apache-airflow"], timeout=60)
+    assert show.returncode != 0, "apache-airflow is installed in the client's venv"
+    # nothing of the package's environment leaks in: the tests get the server and the model through their variables
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AIRFLOW", "PROMOTION_", "PYTHON"))}
+    spec = run([str(python), "-c", FIND_SPECS], 60, cwd=tmp_path, env=env)
+    assert spec.stdout.split() == ["None", "None"], spec.stdout + spec.stderr
+
+    reader = services.mlflow.reader_env()
+    env.update(
+        PROMOTION_CLIENT_TEST_TRACKING_URI=services.mlflow_url,
+        PROMOTION_CLIENT_TEST_MODEL=governed_champion,
+        PROMOTION_CLIENT_TEST_USERNAME=reader["MLFLOW_TRACKING_USERNAME"],
+        PROMOTION_CLIENT_TEST_PASSWORD=reader["MLFLOW_TRACKING_PASSWORD"],
+    )
+    started = time.monotonic()
+    done = run([str(python), "-m", "pytest", "-q", str(CLIENT / "tests")], TESTS_TIMEOUT, env=env, cwd=tmp_path)
+    print(f"client/tests in the client's venv: {time.monotonic() - started:.1f} s\n{done.stdout[-400:]}")
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
+    summary = done.stdout.strip().splitlines()[-1]
+    passed = re.search(r"(\d+) passed", summary)
+    assert passed and int(passed.group(1)) > 0, summary
+    assert not re.search(r"\d+ (failed|error)", summary) and "skipped" not in summary, summary
