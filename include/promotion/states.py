@@ -11,7 +11,16 @@ from enum import StrEnum
 # the aliases are defined once, in the client (serving processes read them too); re-exported here
 from promotion_client.names import CHALLENGER_ALIAS, CHAMPION_ALIAS
 
-__all__ = ["CHALLENGER_ALIAS", "CHAMPION_ALIAS", "AuditAction", "Stage", "Status"]
+__all__ = [
+    "CHALLENGER_ALIAS",
+    "CHAMPION_ALIAS",
+    "CLAIM_REFUSED_TAG",
+    "METRIC_TAG_PREFIX",
+    "AuditAction",
+    "Stage",
+    "Status",
+    "Tag",
+]
 
 
 class Status(StrEnum):
