@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from include.promotion.errors import DeliveryRefused
-from include.promotion.notify.deploy_events import MAX_BODY_BYTES, RecentDeliveries, verify_delivery
+from promotion_client import DeliveryRefused, RecentDeliveries, verify_delivery
+from promotion_client.signing import MAX_BODY_BYTES
 
 SLACK_PREFIX = "/services/"
 

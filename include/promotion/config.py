@@ -162,6 +162,37 @@ def _conn_id(conn_id: str) -> str:
     return conn_id
 
 
+class Alerts(_Strict):
+    """Who hears on-call alerts: the registry differs from the audit log, a promotion did not hold its check, or
+    deployers were not told of a production change (``include/promotion/notify/alerts.py``). Always in the task
+    log too. Without this section, alerts go to ``approval.notify_emails`` (where they went before it existed)."""
+
+    emails: list[str] | None = Field(
+        default=None,
+        max_length=50,
+        description="E-mail these through Airflow's smtp_default (default: approval.notify_emails).",
+    )
+    slack_conn_id: str | None = Field(
+        default=None, description="A Slack incoming-webhook connection (type slackwebhook) to post alerts to."
+    )
+
+    @field_validator("emails")
+    @classmethod
+    def _addresses(cls, emails: list[str] | None) -> list[str] | None:
+        for address in emails or []:
+            if not _EMAIL.match(address):
+                raise ValueError(f"{address!r} is not an e-mail address (name@host)")
+        return emails
+
+    @field_validator("slack_conn_id")
+    @classmethod
+    def _slack_id(cls, conn_id: str | None) -> str | None:
+        return None if conn_id is None else _conn_id(conn_id)
+
+
+_EMAIL = re.compile(r"^[^@\s,;<>]{1,64}@[^@\s,;<>]{1,255}$")
+
+
 class ModelConfig(_Strict):
     """One governed model. Field names are the YAML keys."""
 
@@ -186,6 +217,7 @@ class ModelConfig(_Strict):
         "or also put the audited champion back.",
     )
     post_promotion: PostPromotion = Field(default_factory=PostPromotion)
+    alerts: Alerts = Field(default_factory=Alerts)
     deploy_notifications: DeployNotifications = Field(
         default_factory=DeployNotifications,
         description="Signed webhooks and Slack told of every production change (promotion, rollback, automatic "
@@ -228,6 +260,11 @@ class ModelConfig(_Strict):
     def rollback_on_call(self) -> list[str]:
         """Who may roll this model back: ``rollback.on_call``, else the reviewers."""
         return list(self.rollback.on_call or self.approval.reviewers)
+
+    @property
+    def alert_emails(self) -> list[str]:
+        """Who is e-mailed on-call alerts: ``alerts.emails``, else ``approval.notify_emails``."""
+        return list(self.alerts.emails if self.alerts.emails is not None else self.approval.notify_emails)
 
     @property
     def effective_schedule(self) -> str | None:

@@ -86,16 +86,3 @@ class WebhookRefused(PromotionError):
 
 class DeployNotificationFailed(PromotionError):
     """A deploy target did not take a production-change event after retries; the change itself stands."""
-
-
-class DeliveryRefused(PromotionError):
-    """A deploy event a receiver must not act on (``deploy_events.verify_delivery``); ``status_code`` is the answer.
-
-    401: unsigned, mis-signed, outside the time window or for another target; 409: an event already applied (a
-    replay, or the sender's retry of a delivery that got through: the sender counts 409 as delivered); 413: too
-    large; 400: not a deploy event.
-    """
-
-    def __init__(self, message: str, status_code: int = 401):
-        super().__init__(message)
-        self.status_code = status_code

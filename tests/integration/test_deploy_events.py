@@ -17,19 +17,15 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from promotion_client.events import encode, signed_headers
 
 from include.promotion.airflow_run import RunRef
 from include.promotion.audit import log as audit
 from include.promotion.config import DeployNotifications
 from include.promotion.errors import DeployNotificationFailed
 from include.promotion.notify import deploy_events
-from include.promotion.notify.deploy_events import (
-    RetryPolicy,
-    encode,
-    events_from_rows,
-    send_production_changes,
-    signed_headers,
-)
+from include.promotion.notify.deploy_events import events_from_rows, send_production_changes
+from include.promotion.notify.targets import RetryPolicy
 from include.promotion.registry import lifecycle, rollback
 from include.promotion.states import AuditAction
 from tests.deploy_receiver import DeployReceiver
@@ -214,7 +210,7 @@ def test_targets_that_stay_down_fail_loudly_after_the_others_got_it_and_undo_not
     for secret in (receiver.secret, down.secret, failing.secret, "w" * 40, "PATH-TOKEN-NOT-TO-SHOW", "SLACK-TOKEN"):
         assert secret not in message
         assert secret not in caplog.text  # slack_sdk's own retry log line would print the webhook URL
-    assert "deploy target Slack 'deploy_slack_down': no answer (URLError) (attempt 1 of 3); retrying" in caplog.text
+    assert "target Slack 'deploy_slack_down': no answer (URLError) (attempt 1 of 3); retrying" in caplog.text
     assert len(failing.requests) == QUICK.attempts  # retried
     assert len(wrong_secret.requests) == 1  # a refusal is not retried: the secret will not change by itself
     assert [e["type"] for e in receiver.events] == ["model.promoted"]  # the healthy target still got it

@@ -55,9 +55,10 @@ def relay(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Message]]:
         server.server_close()
 
 
-def config(emails: list[str]) -> ModelConfig:
+def config(emails: list[str], **extra: object) -> ModelConfig:
     return ModelConfig.model_validate(
         {
+            **extra,
             "name": "fraud-detector",
             "data": {"source": "builtin", "dataset": "breast_cancer"},
             "target": "y",
@@ -82,3 +83,39 @@ def test_a_drift_alert_is_mailed_to_the_models_people_with_values_escaped(relay:
 def test_without_addresses_the_alert_stays_in_the_log(relay: list[Message], caplog) -> None:
     notifiers.alert_drift(config([]), ["fraud-detector v3: alias 'champion' was deleted"])
     assert relay == [] and "REGISTRY DRIFT fraud-detector v3: alias 'champion' was deleted" in caplog.text
+
+
+def test_alerts_go_to_the_alerts_recipients_not_the_reviewers_list(relay: list[Message]) -> None:
+    """``alerts.emails`` is on-call's list; ``approval.notify_emails`` stays the reviewers' (asked to approve)."""
+    cfg = config(["reviewers@example.org"], alerts={"emails": ["oncall@example.org", "sre@example.org"]})
+    notifiers.alert_post_promotion(cfg, ["fraud-detector v4 failed its check: p95 812 ms > 500 ms"])
+    assert [m["To"] for m in relay] == ["oncall@example.org, sre@example.org"]
+    assert "[post-promotion check failed] fraud-detector" in relay[0]["Subject"]
+
+
+def test_an_empty_alerts_list_silences_mail_but_not_the_log(relay: list[Message], caplog) -> None:
+    cfg = config(["reviewers@example.org"], alerts={"emails": []})
+    notifiers.alert_drift(cfg, ["fraud-detector v3: alias 'champion' was deleted"])
+    assert relay == [] and "REGISTRY DRIFT fraud-detector v3" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("alerts", "message"),
+    [
+        ({"emails": ["not-an-address"]}, "is not an e-mail address"),
+        ({"slack_conn_id": "https://hooks.slack.com/services/T/B/x"}, "is not an Airflow connection id"),
+        ({"email": ["oncall@example.org"]}, "email"),  # a typo of a key is refused, not ignored
+    ],
+)
+def test_a_malformed_alerts_section_is_refused_with_what_to_fix(alerts: dict, message: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=message):
+        config([], alerts=alerts)
+
+
+def test_a_mail_relay_that_is_down_does_not_hide_the_alert(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", "smtp://127.0.0.1:9?disable_tls=true&disable_ssl=true")
+    notifiers.alert_drift(config([], alerts={"emails": ["oncall@example.org"]}), ["fraud-detector v3 drifted"])
+    assert "REGISTRY DRIFT fraud-detector v3 drifted" in caplog.text
+    assert "could not send the alert '[registry drift] fraud-detector" in caplog.text

@@ -17,10 +17,13 @@ with warnings.catch_warnings():  # Starlette 1.10 would rather the test client u
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
+from promotion_client import signing
+from promotion_client.signing import sign
+
 from include.promotion import settings
 from include.promotion.errors import WebhookRefused
 from include.promotion.watch import mlflow_webhook as webhooks
-from include.promotion.watch.mlflow_webhook import Delivery, receive, sign, verify
+from include.promotion.watch.mlflow_webhook import Delivery, receive, verify
 
 SECRET = "s" * 40
 NOW = 1_790_000_000.0
@@ -69,7 +72,7 @@ def test_the_signature_is_the_one_mlflow_sends() -> None:
         constants.WEBHOOK_TIMESTAMP_HEADER,
         constants.WEBHOOK_DELIVERY_ID_HEADER,
     )
-    assert webhooks.SIGNATURE_VERSION == constants.WEBHOOK_SIGNATURE_VERSION
+    assert signing.SIGNATURE_VERSION == constants.WEBHOOK_SIGNATURE_VERSION
 
 
 def test_every_watched_event_exists_in_mlflow() -> None:
@@ -177,7 +180,7 @@ def test_a_malformed_header_is_refused(header: str, value: str) -> None:
 
 
 def test_an_oversized_body_is_refused_before_anything_else() -> None:
-    body = payload(alias="a" * (webhooks.MAX_BODY_BYTES + 1), version="1")
+    body = payload(alias="a" * (signing.MAX_BODY_BYTES + 1), version="1")
     refused(413, body, headers(body))
 
 
@@ -231,7 +234,7 @@ def test_the_app_refuses_a_bad_signature_with_401(client: TestClient) -> None:
 
 
 def test_the_app_refuses_an_oversized_body_with_413(client: TestClient) -> None:
-    body = b"{" + b" " * (webhooks.MAX_BODY_BYTES * 4) + b"}"
+    body = b"{" + b" " * (signing.MAX_BODY_BYTES * 4) + b"}"
     response = client.post(ROUTE, content=body, headers=headers(body, timestamp=time.time()))
     assert response.status_code == 413
 

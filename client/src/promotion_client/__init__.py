@@ -11,8 +11,10 @@ Importing the package is cheap: mlflow, scikit-learn and skops are imported when
 from __future__ import annotations
 
 from promotion_client.cache import ChampionCache
-from promotion_client.errors import ClientError, CopyRefused, RegistryUnreachable, ServingError
+from promotion_client.errors import ClientError, CopyRefused, DeliveryRefused, RegistryUnreachable, ServingError
+from promotion_client.events import DeployEvent, EventType
 from promotion_client.names import CHALLENGER_ALIAS, CHAMPION_ALIAS
+from promotion_client.receiver import RecentDeliveries, Seen, verify_delivery
 from promotion_client.served import Served
 
 __all__ = ["ClientError"]
@@ -27,3 +29,6 @@ __all__ += [
     "Served",
     "ServingError",
 ]
+
+# -- signing and deploy events
+__all__ += ["DeliveryRefused", "DeployEvent", "EventType", "RecentDeliveries", "Seen", "verify_delivery"]

@@ -22,3 +22,17 @@ class CopyRefused(ServingError):
 
 class RegistryUnreachable(ServingError):
     """MLflow could not be asked (refused connection, timeout, 5xx, or an error such as a refused login)."""
+
+
+# -- signing and deploy events
+class DeliveryRefused(ClientError):
+    """A deploy event a receiver must not act on (``verify_delivery``); ``status_code`` is the HTTP answer.
+
+    401: unsigned, mis-signed, outside the time window or for another target; 409: an event already applied (a
+    replay, or the sender's retry of a delivery that got through: the sender counts 409 as delivered); 413: too
+    large; 400: not a deploy event.
+    """
+
+    def __init__(self, message: str, status_code: int = 401):
+        super().__init__(message)
+        self.status_code = status_code

@@ -1,17 +1,19 @@
 """Who hears what: a candidate awaits approval, the registry differs from the audit log, a promotion did not hold.
 
-The task log always; e-mail when the model configures ``approval.notify_emails`` (Airflow's ``smtp_default``).
+The task log always. Reviewers are told of a waiting candidate by e-mail to ``approval.notify_emails``; on-call
+alerts go to the model's ``alerts`` targets (``targets``: e-mail through Airflow's ``smtp_default``, Slack),
+``approval.notify_emails`` when it has none.
 """
 
 from __future__ import annotations
 
-import html
 import logging
 from typing import Any
 
 from airflow.sdk.bases.notifier import BaseNotifier
 
 from include.promotion.config import ModelConfig
+from include.promotion.notify.targets import DEFAULT_RETRY, EmailTarget, Notice, Target
 
 log = logging.getLogger(__name__)
 
@@ -82,26 +84,34 @@ def alert_deploy_notification(cfg: ModelConfig, lines: list[str]) -> None:
     )
 
 
+def alert_targets(cfg: ModelConfig) -> list[Target]:
+    """Where the model's on-call alerts go besides the task log (``alerts``; default ``approval.notify_emails``)."""
+    targets: list[Target] = []
+    if emails := cfg.alert_emails:
+        targets.append(EmailTarget(emails))
+    if cfg.alerts.slack_conn_id:
+        from include.promotion.notify.targets import SlackTarget
+
+        targets.append(SlackTarget(cfg.alerts.slack_conn_id))
+    return targets
+
+
 def _alert(cfg: ModelConfig, marker: str, subject: str, intro: str, lines: list[str]) -> None:
-    """Each line in the task log as an error after ``marker`` (what people grep for), then the e-mail."""
+    """Each line in the task log as an error after ``marker`` (what people grep for), then every alert target.
+
+    A target that fails is logged and skipped: the alert is also in the log and the run fails, so a mail or Slack
+    outage must not hide it.
+    """
     for line in lines:
         log.error("%s %s", marker, line)
-    _mail_alert(cfg, subject, intro, lines)
-
-
-def _mail_alert(cfg: ModelConfig, subject: str, intro: str, lines: list[str]) -> None:
-    """E-mail an alert to ``approval.notify_emails`` through ``smtp_default``; no addresses: the log only."""
-    if not cfg.approval.notify_emails:
-        return
-    from airflow.providers.smtp.hooks.smtp import SmtpHook
-
-    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)  # tag values and errors reach these lines
+    notice = Notice(subject, [intro, *lines])
     try:
-        with SmtpHook(smtp_conn_id="smtp_default") as hook:
-            hook.send_email_smtp(
-                to=list(cfg.approval.notify_emails),
-                subject=subject,
-                html_content=f"<p>{html.escape(intro)}</p><ul>{items}</ul>",
-            )
-    except Exception:  # the alert is also in the log and the run fails: a mail outage must not hide it
-        log.exception("could not e-mail the alert '%s' to %s", subject, cfg.approval.notify_emails)
+        targets = alert_targets(cfg)
+    except Exception:
+        log.exception("could not reach the alert targets of %s for '%s'", cfg.name, subject)
+        return
+    for target in targets:
+        try:
+            target.send(notice, DEFAULT_RETRY)
+        except Exception:
+            log.exception("could not send the alert '%s' to %s", subject, target.name)

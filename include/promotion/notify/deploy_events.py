@@ -3,21 +3,16 @@
 A production change is an audit row that moved a version into Production: ``promote`` (a promotion),
 ``rollback_restore`` (the rollback DAG) or ``post_check_rollback`` to Production (the post-promotion check rolled
 back by itself). ``notify_deployers`` runs as its own task (``notify_deployers``) after the change, reads the audit
-rows of its own Airflow run (never an XCom: only workers write audit rows) and sends one event per such row to
-every target in the model's ``deploy_notifications``:
+rows of its own Airflow run (never an XCom: only workers write audit rows) and sends one event per such row
+(``promotion_client.events.DeployEvent``, the wire contract) to every target in the model's
+``deploy_notifications`` (``targets``):
 
 * ``webhook_conn_ids``: Airflow connections (type ``http``) whose host is the receiver's URL and whose password is
-  the signing secret. The event is POSTed as JSON and signed the way MLflow signs its own webhooks
-  (``webhooks.sign``), under the package's header names::
-
-      X-Promotion-Delivery-Id: <uuid>   X-Promotion-Timestamp: <unix seconds>   X-Promotion-Event: model.promoted
-      X-Promotion-Signature:   v1,<base64 of HMAC-SHA256(secret, f"{delivery_id}.{timestamp}.{raw body}")>
-
-  ``X-Promotion-Event`` is informational (not signed): receivers switch on the body's ``type``. The body names
-  its ``target`` (the connection id) so that a receiver can refuse a delivery meant for another target. The
-  delivery id is stable per (target, audit row): a retried task sends the same id again (freshly timestamped and
-  signed), so a receiver that already applied the event answers 409 and the sender counts that as delivered.
-  ``verify_delivery`` is the receiving side (README: "Deploy notifications").
+  the signing secret: the event is POSTed as JSON, signed with the package's one scheme
+  (``promotion_client.signing``). The body names its ``target`` (the connection id) so that a receiver can refuse
+  a delivery meant for another target. The delivery id is stable per (target, audit row): a retried task sends the
+  same id again (freshly timestamped and signed), so a receiver that already applied the event answers 409 and the
+  sender counts that as delivered. ``promotion_client.verify_delivery`` is the receiving side.
 * ``slack_conn_id``: a Slack incoming-webhook connection, posted to through ``SlackWebhookHook``.
 
 Newest state only: every event carries the model's ``current_champion`` per the audit log at send time and, when a
@@ -28,87 +23,50 @@ above the last one they applied for the model.
 
 Each delivery is retried with exponential backoff on a connection error, a timeout, 408/425/429 or 5xx. A target
 that still refuses fails the task naming the target and its last answer (never the secret, nor a URL path that may
-hold a token) after every other target was tried, and the model's people are alerted (``notifiers``); the
+hold a token) after every other target was tried, and the model's on-call is alerted (``alerts``); the
 production change itself is never undone.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-import threading
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
+
+from promotion_client.events import PAYLOAD_VERSION, EventType
 
 from include.promotion.airflow_run import RunRef
 from include.promotion.audit.replay import audited_state, status_after
-from include.promotion.errors import DeliveryRefused, DeployNotificationFailed
+from include.promotion.errors import DeployNotificationFailed
+from include.promotion.notify.targets import (
+    DEFAULT_RETRY,
+    ID_NAMESPACE,
+    Notice,
+    RetryPolicy,
+    SlackTarget,
+    Target,
+    TargetFailure,
+    WebhookTarget,
+    delivery_id,
+)
 from include.promotion.states import CHAMPION_ALIAS, AuditAction, Status
-from include.promotion.watch.mlflow_webhook import sign, verify_signed
 
 if TYPE_CHECKING:
     from include.promotion.config import DeployNotifications
 
 log = logging.getLogger(__name__)
 
-DELIVERY_ID_HEADER = "X-Promotion-Delivery-Id"
-TIMESTAMP_HEADER = "X-Promotion-Timestamp"
-SIGNATURE_HEADER = "X-Promotion-Signature"
-EVENT_HEADER = "X-Promotion-Event"
-USER_AGENT = "airflow-model-promotion-deploy-events/1"
-PAYLOAD_VERSION = 1
-
-MAX_BODY_BYTES = 64 * 1024  # an event is well under 4 KiB (a reason is at most 2,000 characters)
-MAX_AGE_SECONDS = 300
-MAX_AHEAD_SECONDS = 60  # clock skew between the Airflow worker and the receiver
-# a delivery is accepted while its timestamp is in the window, so a receiver remembers its id at least that long
-REPLAY_WINDOW_SECONDS = MAX_AGE_SECONDS + MAX_AHEAD_SECONDS + 60
-MIN_SECRET_CHARS = 32
 # audit rows are dated by PostgreSQL, a run's run_after by the api-server: allow for their clocks differing
 RUN_CLOCK_SKEW = timedelta(seconds=60)
-DELIVERED_STATUSES = frozenset({409})  # besides 2xx: the receiver already has this delivery id
-RETRIED_STATUSES = frozenset({408, 425, 429})  # besides 5xx
-_EVENT_ID = re.compile(r"[0-9a-f-]{36}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_URL = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/?#@]*@?([^\s/?#]*)[^\s]*")
-# names every delivery id: uuid5(namespace, target + audit row) is the same on every retry, unique per target
-_NAMESPACE = uuid.UUID("5b0c6c1e-2f0e-4c55-9d5f-0d3e2a7c9b41")
-
-
-class EventType(StrEnum):
-    """What a deploy event announces (a contract: receivers switch on it)."""
-
-    PROMOTED = "model.promoted"
-    ROLLED_BACK = "model.rolled_back"
-    AUTO_ROLLED_BACK = "model.auto_rolled_back"
-
 
 EVENT_OF_ACTION: dict[str, EventType] = {
     AuditAction.PROMOTE: EventType.PROMOTED,
     AuditAction.ROLLBACK_RESTORE: EventType.ROLLED_BACK,
     AuditAction.POST_CHECK_ROLLBACK: EventType.AUTO_ROLLED_BACK,
 }
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How hard one delivery is tried: attempts, backoff (first and largest wait) and HTTP timeouts, in seconds."""
-
-    attempts: int = 5
-    first_wait: float = 1.0
-    max_wait: float = 8.0
-    connect_timeout: float = 3.0
-    read_timeout: float = 10.0
-
-
-DEFAULT_RETRY = RetryPolicy()
 
 
 # -- the events: derived from the audit log ------------------------------------------------------------------
@@ -141,7 +99,7 @@ def events_from_rows(model_name: str, rows: Sequence[Mapping[str, Any]], run: Ru
             {
                 "payload_version": PAYLOAD_VERSION,
                 "type": str(EVENT_OF_ACTION[row["action"]]),
-                "event_id": str(uuid.uuid5(_NAMESPACE, f"{model_name}\n{row['id']}\n{_iso(created_at)}")),
+                "event_id": str(uuid.uuid5(ID_NAMESPACE, f"{model_name}\n{row['id']}\n{_iso(created_at)}")),
                 "model": model_name,
                 "version": version,
                 "previous_version": previous,
@@ -210,134 +168,6 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if isinstance(value, datetime) else (str(value) if value is not None else None)
 
 
-def delivery_id(target: str, event: Mapping[str, Any]) -> str:
-    """The same id for the same event to the same target, on every attempt and every task retry."""
-    return str(uuid.uuid5(_NAMESPACE, f"{target}\n{event['event_id']}"))
-
-
-def encode(event: Mapping[str, Any]) -> bytes:
-    """The exact bytes sent (and signed): compact JSON with sorted keys."""
-    return json.dumps(event, sort_keys=True, separators=(",", ":")).encode()
-
-
-def signed_headers(
-    secret: str, delivery: str, body: bytes, event_type: str, now: float | None = None
-) -> dict[str, str]:
-    """The headers of one signed delivery of ``body``, timestamped ``now``."""
-    timestamp = str(int(time.time() if now is None else now))
-    return {
-        "Content-Type": "application/json",
-        "User-Agent": USER_AGENT,
-        EVENT_HEADER: event_type,
-        DELIVERY_ID_HEADER: delivery,
-        TIMESTAMP_HEADER: timestamp,
-        SIGNATURE_HEADER: sign(secret, delivery, timestamp, body),
-    }
-
-
-# -- receiving: what a deployer runs -------------------------------------------------------------------------
-class Seen(Protocol):
-    """The event ids a receiver has applied: ``in`` to check, ``add`` once the event was acted on (a ``set``,
-    ``RecentDeliveries``, or a table with a unique column for a receiver that must survive restarts)."""
-
-    def __contains__(self, event_id: object) -> bool: ...
-
-    def add(self, event_id: str) -> None: ...
-
-
-def verify_delivery(
-    secret: str,
-    headers: Mapping[str, str],
-    body: bytes,
-    seen: Seen,
-    now: float | None = None,
-    target: str | None = None,
-) -> dict[str, Any]:
-    """The event of an authentic, timely delivery not applied yet; ``DeliveryRefused`` for anything else.
-
-    Records nothing: call ``seen.add(event["event_id"])`` once the event was acted on (or ignored as older than
-    what was applied), so that a delivery whose action failed is taken again when the sender retries. ``headers``
-    as received (any case), ``body`` the raw bytes (verify before parsing); ``target``, when given, is the
-    connection id this receiver serves: a delivery signed for another target sharing the secret is refused.
-    ``X-Promotion-Event`` is not signed: switch on the event's ``type``. Refused: 401 a missing, malformed or
-    non-matching signature, a timestamp older than 5 minutes (or over 1 minute ahead), another target; 409 an
-    event id already in ``seen`` (a replay, or the sender retrying after a lost answer: it counts 409 as
-    delivered); 413 a body over 64 KiB; 400 a body that is not an event. A ``secret`` under 32 characters is a
-    receiver's own mistake: ``ValueError`` (an empty secret would take any forged request).
-
-    Acting on the newest state only is the receiver's part: it applies an event only if its ``audit_id`` is above
-    the last one it applied for ``event["model"]`` (a delivery may arrive late or out of order).
-    """
-    if not isinstance(secret, str) or len(secret) < MIN_SECRET_CHARS:
-        raise ValueError(
-            f"verify_delivery: the signing secret is missing or shorter than {MIN_SECRET_CHARS} characters; use the "
-            "deploy connection's password (the same random secret the sender signs with)"
-        )
-    verify_signed(
-        headers,
-        body,
-        secret,
-        now,
-        names=(DELIVERY_ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER),
-        refused=DeliveryRefused,
-        sender="the promotion package with this receiver's secret, or altered",
-        max_body=MAX_BODY_BYTES,
-    )
-    try:
-        event = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        event = None
-    if not isinstance(event, dict):
-        raise DeliveryRefused("the body is not a JSON object", 400)
-    event_id, audit_id, model = event.get("event_id"), event.get("audit_id"), event.get("model")
-    if not (isinstance(event_id, str) and _EVENT_ID.fullmatch(event_id)) or not isinstance(model, str):
-        raise DeliveryRefused("the body is not a deploy event (event_id, model)", 400)
-    if not isinstance(audit_id, int) or isinstance(audit_id, bool):
-        raise DeliveryRefused("the body is not a deploy event (audit_id)", 400)
-    if target is not None and event.get("target") != target:
-        raise DeliveryRefused("the delivery was signed for another target sharing this secret", 401)
-    if event_id in seen:
-        raise DeliveryRefused(f"event {event_id} was already applied: a replay (or a retry; nothing to do)", 409)
-    return event
-
-
-class RecentDeliveries:
-    """A ``seen`` for one receiver process: thread-safe, forgets ids after the replay window.
-
-    Enough against replays (an older timestamp is refused anyway), not for ordering: a receiver that must not
-    re-apply an old event after a restart keeps the last applied ``audit_id`` per model durably (README).
-    """
-
-    def __init__(self, window: float = REPLAY_WINDOW_SECONDS) -> None:
-        self._window = window
-        self._ids: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def __contains__(self, event_id: object) -> bool:
-        with self._lock:
-            self._forget_old()
-            return event_id in self._ids
-
-    def add(self, event_id: str) -> None:
-        with self._lock:
-            self._forget_old()
-            self._ids.setdefault(event_id, time.monotonic())
-
-    def _forget_old(self) -> None:
-        now = time.monotonic()
-        for old in [i for i, at in self._ids.items() if now - at > self._window]:
-            del self._ids[old]
-
-
-# -- sending -------------------------------------------------------------------------------------------------
-class _Transient(Exception):
-    """One attempt failed in a way the next attempt may get past (the message is safe to show)."""
-
-
-class _Permanent(Exception):
-    """The target refused in a way retrying cannot change (the message is safe to show)."""
-
-
 @dataclass(frozen=True)
 class Outcome:
     """What one target did with one event."""
@@ -349,184 +179,6 @@ class Outcome:
     delivery_id: str | None
     delivered: bool
     detail: str
-
-
-class WebhookTarget:
-    """A signed HTTP webhook behind an Airflow connection: host = URL, password = signing secret."""
-
-    def __init__(self, conn_id: str) -> None:
-        self.name = f"webhook '{conn_id}'"
-        self.conn_id = conn_id
-        self.url, self.secret = _webhook_connection(conn_id)
-
-    def send(self, event: Mapping[str, Any], policy: RetryPolicy) -> str:
-        import requests
-
-        # the target is signed with the event: a receiver sharing the secret can refuse another target's delivery
-        body, delivery = encode({**event, "target": self.conn_id}), delivery_id(self.conn_id, event)
-
-        def attempt() -> str:
-            headers = signed_headers(self.secret, delivery, body, str(event["type"]))  # fresh timestamp each time
-            try:
-                response = requests.post(
-                    self.url,
-                    data=body,
-                    headers=headers,
-                    timeout=(policy.connect_timeout, policy.read_timeout),
-                    allow_redirects=False,  # a signed event goes to the configured URL or nowhere
-                )
-            except requests.RequestException as exc:  # its text names the full URL: keep only the kind
-                raise _Transient(f"no answer ({type(exc).__name__})") from None
-            status = response.status_code
-            if 200 <= status < 300:
-                return f"HTTP {status}"
-            if status in DELIVERED_STATUSES:
-                return f"HTTP {status} (already received)"
-            if status >= 500 or status in RETRIED_STATUSES:
-                raise _Transient(f"HTTP {status}")
-            raise _Permanent(f"HTTP {status}: {_snippet(response.text)}")
-
-        return f"{_retrying(self, attempt, policy)} (delivery {delivery})"
-
-
-class SlackTarget:
-    """A Slack incoming webhook behind an Airflow connection, through the Slack provider's ``SlackWebhookHook``."""
-
-    def __init__(self, conn_id: str, policy: RetryPolicy = DEFAULT_RETRY) -> None:
-        from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
-
-        self.name = f"Slack '{conn_id}'"
-        self.conn_id = conn_id
-        self._hook = SlackWebhookHook(
-            slack_webhook_conn_id=conn_id,
-            timeout=max(1, round(policy.connect_timeout + policy.read_timeout)),  # slack_sdk has one timeout
-            # no retries inside slack_sdk: its retry handler logs the full webhook URL, token included; we retry
-            retry_handlers=[],
-            logger=_SLACK_LOG,
-        )
-        self._client = self._hook.get_conn()  # reads the connection now: a missing one fails before any send
-        url = urlsplit(str(getattr(self._client, "url", "")))
-        if url.scheme not in ("http", "https") or not url.hostname:  # never echoed: the path is the token
-            raise DeployNotificationFailed(
-                f"deploy target Slack '{conn_id}': the connection does not make an http(s) webhook URL; leave its "
-                "host empty (hooks.slack.com/services) or set it to https://<host>/<path>, and its schema to https"
-            )
-
-    def send(self, event: Mapping[str, Any], policy: RetryPolicy) -> str:
-        from urllib.error import URLError
-
-        body = slack_message(event)
-
-        def attempt() -> str:
-            try:
-                response = self._client.send_dict(body)
-            except (URLError, OSError) as exc:
-                raise _Transient(f"no answer ({type(exc).__name__})") from None
-            except Exception as exc:  # slack_sdk's own errors print the webhook URL, token included: the type only
-                kind = type(exc).__name__
-                raise _Permanent(f"the Slack client failed ({kind}) on connection '{self.conn_id}'") from None
-            status = response.status_code
-            if status == 200:
-                return "HTTP 200"
-            if status >= 500 or status in RETRIED_STATUSES:
-                raise _Transient(f"HTTP {status}")
-            raise _Permanent(f"HTTP {status}: {_snippet(response.body)}")
-
-        return _retrying(self, attempt, policy)
-
-
-# slack_sdk logs the request URL (the token is its path) at DEBUG and in its ERROR lines: it gets a logger of its
-# own that prints nothing at any level. Made outside logging's registry, so Airflow's logging config (dictConfig,
-# which re-enables and re-levels registered loggers) can never turn it back on.
-_SLACK_LOG = logging.Logger(f"{__name__}.slack_sdk", level=logging.CRITICAL + 1)
-_SLACK_LOG.propagate = False
-_SLACK_LOG.addHandler(logging.NullHandler())
-
-
-def _retrying(target: WebhookTarget | SlackTarget, attempt: Callable[[], str], policy: RetryPolicy) -> str:
-    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
-
-    retrying = Retrying(
-        retry=retry_if_exception_type(_Transient),
-        stop=stop_after_attempt(policy.attempts),
-        wait=wait_exponential(multiplier=policy.first_wait, min=policy.first_wait, max=policy.max_wait),
-        before_sleep=lambda state: log.warning(
-            "deploy target %s: %s (attempt %d of %d); retrying",
-            target.name,
-            state.outcome.exception(),
-            state.attempt_number,
-            policy.attempts,
-        ),
-        reraise=True,
-    )
-    return retrying(attempt)
-
-
-def slack_message(event: Mapping[str, Any]) -> dict[str, Any]:
-    """The Slack message of an event. Values people typed (the reason) are escaped: no ``<!channel>`` from them."""
-    what = {
-        EventType.PROMOTED: "promoted to production",
-        EventType.ROLLED_BACK: "restored to production by a rollback",
-        EventType.AUTO_ROLLED_BACK: "restored to production by the post-promotion check (automatic rollback)",
-    }[EventType(event["type"])]
-    previous = f", replacing v{_slack_escape(event['previous_version'])}" if event.get("previous_version") else ""
-    e = {key: _slack_escape(value) for key, value in event.items()}
-    actor, reason = e["actor"] if event.get("actor") else "unknown", e["reason"] if event.get("reason") else "-"
-    text = (
-        f"*{e['model']}* v{e['version']} {what}{previous} by {actor}: {reason}\n"
-        f"`{e['champion_uri']}` (audit row {e['audit_id']}, run {e['run_id']})"
-    )
-    return {"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}
-
-
-def _slack_escape(value: Any) -> str:
-    # Slack's three control characters (https://api.slack.com/reference/surfaces/formatting#escaping)
-    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _short(text: Any, limit: int = 200) -> str:
-    text = " ".join(str(text or "").split())
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def _snippet(text: Any, limit: int = 120) -> str:
-    """A receiver's answer, fit for a log line: no control characters, URLs cut to their origin, ``limit`` chars."""
-    text = _URL.sub(r"\1\2", _CONTROL.sub(" ", str(text or "")[: limit * 4]))
-    return _short(text, limit)
-
-
-def _webhook_connection(conn_id: str) -> tuple[str, str]:
-    """The URL and the signing secret of a webhook connection; ``DeployNotificationFailed`` saying what to fix."""
-    from airflow.sdk import BaseHook
-
-    try:
-        conn = BaseHook.get_connection(conn_id)
-    except Exception as exc:  # AirflowNotFoundException, or the secrets backend failing
-        raise DeployNotificationFailed(
-            f"deploy target webhook '{conn_id}': no such Airflow connection ({type(exc).__name__}); create it "
-            f"(Admin -> Connections, or AIRFLOW_CONN_{conn_id.upper()}) with the receiver's URL as host and the "
-            "signing secret as password"
-        ) from None
-    host = (conn.host or "").strip()
-    if "://" in host:
-        url = host
-    else:
-        port = f":{conn.port}" if conn.port else ""
-        url = f"{conn.schema or 'https'}://{host}{port}"
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise DeployNotificationFailed(
-            f"deploy target webhook '{conn_id}': its host is not an http(s) URL; set the connection's host to the "
-            "receiver's URL, e.g. https://deploy.example.com/hooks/models"
-        )
-    secret = conn.password or ""
-    if len(secret) < MIN_SECRET_CHARS:
-        raise DeployNotificationFailed(
-            f"deploy target webhook '{conn_id}': its password (the signing secret) is missing or shorter than "
-            f"{MIN_SECRET_CHARS} characters; set a random one, shared with the receiver only "
-            '(python -c "import secrets; print(secrets.token_urlsafe(32))")'
-        )
-    return url, secret
 
 
 def send_production_changes(
@@ -544,7 +196,7 @@ def send_production_changes(
         from include.promotion.config import get_model_config
 
         notifications = get_model_config(model_name).deploy_notifications
-    builders: list[tuple[str, Callable[[], WebhookTarget | SlackTarget]]] = [
+    builders: list[tuple[str, Callable[[], Target]]] = [
         (f"webhook '{c}'", lambda c=c: WebhookTarget(c)) for c in notifications.webhook_conn_ids
     ]
     if slack := notifications.slack_conn_id:
@@ -572,8 +224,8 @@ def send_production_changes(
         for event in events:
             delivery = delivery_id(target.conn_id, event) if isinstance(target, WebhookTarget) else None
             try:
-                detail = target.send(event, policy)
-            except (_Transient, _Permanent) as exc:
+                detail = target.send(Notice(_what(event), event=event), policy)
+            except TargetFailure as exc:
                 outcomes.append(_outcome(name, event, delivery, False, f"last answer: {exc}"))
                 log.error("deploy target %s did not take %s: last answer: %s", name, _what(event), exc)
                 continue

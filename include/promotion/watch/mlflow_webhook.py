@@ -26,22 +26,24 @@ catches them.
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import contextlib
 import hashlib
-import hmac
 import json
 import logging
 import os
 import re
 import sys
 import threading
-import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
+
+from promotion_client.signing import (
+    REPLAY_WINDOW_SECONDS,
+    HeaderNames,
+    verify_signed,
+)
 
 from include.promotion.errors import WebhookRefused
 
@@ -66,17 +68,13 @@ WATCHED_EVENTS = (
     "model_version_alias.deleted",
 )
 
-# mlflow.webhooks.constants (a unit test checks they still match MLflow's)
+# mlflow.webhooks.constants (a unit test checks they still match MLflow's). The scheme and its limits are the
+# package's one HMAC scheme (promotion_client.signing): only these header names are MLflow's own.
 SIGNATURE_HEADER = "X-MLflow-Signature"
 TIMESTAMP_HEADER = "X-MLflow-Timestamp"
 DELIVERY_ID_HEADER = "X-MLflow-Delivery-Id"
-SIGNATURE_VERSION = "v1"
-
-MAX_BODY_BYTES = 64 * 1024  # MLflow's registry payloads are a few hundred bytes
-MAX_AGE_SECONDS = 300
-MAX_AHEAD_SECONDS = 60  # clock skew between the MLflow server and the api-server
-# a delivery is accepted while its timestamp is in the window, so its id is remembered at least that long
-REPLAY_WINDOW = timedelta(seconds=MAX_AGE_SECONDS + MAX_AHEAD_SECONDS + 60)
+HEADERS = HeaderNames(DELIVERY_ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER)
+REPLAY_WINDOW = timedelta(seconds=REPLAY_WINDOW_SECONDS)
 MAX_NAME_CHARS = 256
 MAX_FIELD_CHARS = 250
 
@@ -84,8 +82,6 @@ WEBHOOK_ACTOR = "mlflow-webhook"  # the triggering user of the runs it starts, o
 LOG_EVENT = "mlflow_webhook"
 RUN_ID_PREFIX = "webhook__"
 
-_DELIVERY_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{0,63}")  # MLflow sends a uuid4; safe in a run id
-_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _EVENT_PART = re.compile(r"[a-z_]{1,64}")
 _process_lock = threading.Lock()  # serializes deliveries in one api-server worker (besides PostgreSQL's lock)
 
@@ -117,72 +113,15 @@ class Outcome:
 
 
 # -- verifying a delivery ------------------------------------------------------------------------------------
-def sign(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str:
-    """The ``X-MLflow-Signature`` MLflow sends with this delivery (what a test or a tool sends to mimic it)."""
-    digest = hmac.new(secret.encode(), f"{delivery_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return f"{SIGNATURE_VERSION},{base64.b64encode(digest).decode()}"
-
-
 def verify(headers: Mapping[str, str], body: bytes, secret: str, now: float | None = None) -> tuple[str, int]:
     """``(delivery id, timestamp)`` of a delivery MLflow signed with ``secret`` within the time window.
 
     Anything else raises ``WebhookRefused`` (401; 413 for a body over ``MAX_BODY_BYTES``). The signature is
-    compared in constant time, over the raw body as received.
+    compared in constant time, over the raw body as received (``promotion_client.signing``).
     """
     return verify_signed(
-        headers,
-        body,
-        secret,
-        now,
-        names=(DELIVERY_ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER),
-        refused=WebhookRefused,
-        sender="MLflow with PROMOTION_WEBHOOK_SECRET",
-        max_body=MAX_BODY_BYTES,
+        headers, body, secret, now, names=HEADERS, refused=WebhookRefused, sender="MLflow with PROMOTION_WEBHOOK_SECRET"
     )
-
-
-def verify_signed(
-    headers: Mapping[str, str],
-    body: bytes,
-    secret: str,
-    now: float | None,
-    *,
-    names: tuple[str, str, str],
-    refused: Callable[[str, int], Exception],
-    sender: str,
-    max_body: int,
-) -> tuple[str, int]:
-    """The checks of MLflow's signing scheme under any header ``names`` (delivery id, timestamp, signature).
-
-    Shared by this receiver and ``deploy_events.verify_delivery``; ``refused(message, status)`` is raised.
-    """
-    delivery_header, timestamp_header, signature_header = names
-    if len(body) > max_body:
-        raise refused(f"the body is over {max_body} bytes; these events are far smaller", 413)
-    lowered = {key.lower(): value for key, value in headers.items()}
-    delivery_id = lowered.get(delivery_header.lower(), "")
-    timestamp = lowered.get(timestamp_header.lower(), "")
-    signature = lowered.get(signature_header.lower(), "")
-    if not _DELIVERY_ID.fullmatch(delivery_id):
-        raise refused(f"missing or malformed {delivery_header} header", 401)
-    if not _TIMESTAMP.fullmatch(timestamp):
-        raise refused(f"missing or malformed {timestamp_header} header (unix seconds)", 401)
-    version, comma, encoded = signature.partition(",")
-    try:
-        given = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        given = b""
-    if version != SIGNATURE_VERSION or not comma or not given:
-        raise refused(f"missing or malformed {signature_header} header (expected {SIGNATURE_VERSION},<base64>)", 401)
-    age = (time.time() if now is None else now) - int(timestamp)
-    if age > MAX_AGE_SECONDS:
-        raise refused(f"the delivery is {age:.0f} s old (at most {MAX_AGE_SECONDS} s): late or replayed", 401)
-    if age < -MAX_AHEAD_SECONDS:
-        raise refused(f"the delivery is dated {-age:.0f} s ahead (at most {MAX_AHEAD_SECONDS} s)", 401)
-    expected = hmac.new(secret.encode(), f"{delivery_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    if not hmac.compare_digest(given, expected):
-        raise refused(f"the signature does not match: not sent by {sender}", 401)
-    return delivery_id, int(timestamp)
 
 
 def _text(value: object, what: str, limit: int = MAX_FIELD_CHARS) -> str | None:

@@ -22,6 +22,7 @@ from functools import cache
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from promotion_client.signing import MAX_BODY_BYTES
 from starlette.concurrency import run_in_threadpool
 
 from include.promotion import settings
@@ -73,7 +74,7 @@ async def mlflow_webhook(request: Request) -> JSONResponse:
     """
     client = request.client.host if request.client else "?"
     try:
-        body = await _read_body(request, webhooks.MAX_BODY_BYTES)
+        body = await _read_body(request, MAX_BODY_BYTES)
         try:
             secret = settings.webhook_secret()
         except RuntimeError as exc:
