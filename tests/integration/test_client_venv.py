@@ -107,3 +107,69 @@ def test_the_client_installs_and_passes_its_tests_without_airflow(
     passed = re.search(r"(\d+) passed", summary)
     assert passed and int(passed.group(1)) > 0, summary
     assert not re.search(r"\d+ (failed|error)", summary) and "skipped" not in summary, summary
+
+
+def readme_example(after: str) -> str:
+    """The first ``python`` block of README.md after the line containing ``after``: the code a user copies."""
+    text = (REPO / "README.md").read_text()
+    start = text.index(after)
+    block = text.index("```python\n", start) + len("```python\n")
+    return text[block : text.index("```", block)]
+
+
+def test_the_readmes_deploy_receiver_runs_in_the_client_venv(client_venv: Path, tmp_path: Path) -> None:
+    """The receiver example of README.md, as written (only its bind address and files moved to this test's), run
+    with nothing but the client installed: a signed event is applied once, then a replay, a forgery and a delivery
+    for another target are refused."""
+    from promotion_client.events import encode, signed_headers
+
+    from scripts.stack.processes import free_port
+
+    port, secret = free_port(), "s" * 40
+    code = (
+        readme_example("A receiver** checks the length before reading the body")
+        .replace('"/var/lib/deploy-hook/applied.db"', repr(str(tmp_path / "applied.db")))
+        .replace('("0.0.0.0", 8080)', f'("127.0.0.1", {port})')
+    )
+    assert f'("127.0.0.1", {port})' in code and "verify_delivery" in code, "the README's receiver example changed"
+    deployed = tmp_path / "deployed.txt"
+    prelude = f"def deploy(uri):\n    open({str(deployed)!r}, 'a').write(uri + '\\n')\n\n"
+    (tmp_path / "receiver.py").write_text(prelude + code)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PROMOTION_", "AIRFLOW"))}
+    env["DEPLOY_WEBHOOK_SECRET"] = secret
+    server = subprocess.Popen([str(client_venv), str(tmp_path / "receiver.py")], env=env, cwd=tmp_path)
+    try:
+        import requests
+
+        from scripts.stack.processes import port_is_open
+
+        deadline = time.monotonic() + 60
+        while not port_is_open(port) and server.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server.poll() is None, "the README's receiver exited at start"
+        event = {
+            "type": "model.promoted",
+            "event_id": "0b6c1a52-8a7e-4c2f-9d0e-3f1b2a4c5d6e",
+            "model": "fraud-detector",
+            "version": "3",
+            "model_uri": "models:/fraud-detector/3",
+            "audit_id": 41,
+            "target": "deploy_serving",
+        }
+
+        def post(body: bytes, key: str = secret, delivery: str = "0f9e8d7c-1111-2222-3333-444455556666") -> int:
+            headers = signed_headers(key, delivery, body, "model.promoted")
+            return requests.post(f"http://127.0.0.1:{port}/", data=body, headers=headers, timeout=10).status_code
+
+        assert post(encode(event)) == 200
+        assert deployed.read_text() == "models:/fraud-detector/3\n"
+        assert post(encode(event)) == 409  # a replay (or the sender's retry of a delivery that got through)
+        assert post(encode({**event, "event_id": "1b6c1a52-8a7e-4c2f-9d0e-3f1b2a4c5d6e"}), key="x" * 40) == 401
+        other_target = {**event, "event_id": "2b6c1a52-8a7e-4c2f-9d0e-3f1b2a4c5d6e", "target": "deploy_batch"}
+        assert post(encode(other_target)) == 401
+        older = {**event, "event_id": "3b6c1a52-8a7e-4c2f-9d0e-3f1b2a4c5d6e", "audit_id": 40, "version": "2"}
+        assert post(encode(older)) == 200  # an older state than what is deployed: acknowledged, not applied
+        assert deployed.read_text() == "models:/fraud-detector/3\n"
+    finally:
+        server.kill()
+        server.wait(timeout=30)
