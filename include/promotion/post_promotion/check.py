@@ -225,7 +225,8 @@ def failures_of(result: dict[str, Any], cfg: ModelConfig) -> list[str]:
     if p95 is None or p95 > limit:
         where = result.get("latency_source", "worker")
         failed.append(
-            f"single-row prediction p95 {p95} ms ({where}) is over post_promotion.latency_ms_p95 = {limit:g} ms"
+            f"single-row prediction p95 {p95} ms is over post_promotion.latency_ms_p95 = {limit:g} ms "
+            f"(measured: {where})"
         )
     return failed
 

@@ -83,3 +83,26 @@ def summary_of(tags: dict[str, str]) -> dict[str, Any] | None:
     except ValueError:
         return None
     return {"source": tags[Tag.SHADOW_SOURCE], **summary} if isinstance(summary, dict) else None
+
+
+def page_line(tags: dict[str, str]) -> str | None:
+    """One line for the Model promotion page: where the evidence came from and its headline figures."""
+    summary = summary_of(tags)
+    if summary is None:
+        return None
+    source = summary["source"]
+    if source not in ("live", "replay"):
+        return f"shadow: {summary.get('note') or source}"
+    parts = [
+        f"shadow ({'live' if source == 'live' else 'replayed offline'}, n={summary.get('n', 0)})",
+        f"agreement {_fmt(summary.get('agreement'), '{:.1%}')}",
+        f"flips {summary.get('flips_flag_to_pass', 0)}/{summary.get('flips_pass_to_flag', 0)}",
+        f"flagged {_fmt(summary.get('champion_flagged_rate'), '{:.1%}')} to "
+        f"{_fmt(summary.get('shadow_flagged_rate'), '{:.1%}')}",
+        f"PSI {_fmt(summary.get('psi'), '{:.3f}')}",
+    ]
+    if summary.get("shadow_latency_ms_p95") is not None:
+        parts.append(
+            f"p95 {_fmt(summary.get('champion_latency_ms_p95'), '{:.1f}')} to {summary['shadow_latency_ms_p95']:.1f} ms"
+        )
+    return ", ".join(parts) + ("" if summary.get("passed", True) else "; FAILED its shadow gates")
