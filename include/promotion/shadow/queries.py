@@ -17,23 +17,26 @@ SAMPLE_LIMIT = 50_000  # pairs fetched for PSI and the live metrics, at most
 CHAMPION_MARGIN = timedelta(minutes=10)  # a champion row of a windowed request may be logged this far outside it
 LOG_IN_USE_WINDOW = timedelta(hours=24)  # the log is "in use" for a model that had a prediction logged this recently
 
+# One scan of the model's rows in the window (index (model_name, predicted_at)) grouped by request: no join whose plan
+# could turn quadratic on a bad estimate. A request's latest row of each role stands for it.
+_LATEST = "(array_agg({column} ORDER BY predicted_at DESC, id DESC) FILTER (WHERE role = '{role}'))[1]"
 _PAIRS = f"""
-WITH s AS (
-    SELECT DISTINCT ON (request_id) request_id, score, decision, latency_ms
+WITH pairs AS (
+    SELECT request_id,
+           {_LATEST.format(column="version", role="champion")} AS champion_version,
+           {_LATEST.format(column="score", role="champion")} AS c_score,
+           {_LATEST.format(column="decision", role="champion")} AS c_decision,
+           {_LATEST.format(column="latency_ms", role="champion")} AS c_latency,
+           {_LATEST.format(column="score", role="shadow")} AS s_score,
+           {_LATEST.format(column="decision", role="shadow")} AS s_decision,
+           {_LATEST.format(column="latency_ms", role="shadow")} AS s_latency
     FROM {PREDICTION_LOG}
-    WHERE model_name = %(model)s AND version = %(version)s AND role = 'shadow'
-      AND predicted_at >= %(since)s AND predicted_at < %(until)s
-    ORDER BY request_id, predicted_at DESC, id DESC
-), c AS (
-    SELECT DISTINCT ON (request_id) request_id, version, score, decision, latency_ms
-    FROM {PREDICTION_LOG}
-    WHERE model_name = %(model)s AND role = 'champion'
+    WHERE model_name = %(model)s
       AND predicted_at >= %(since)s - %(margin)s AND predicted_at < %(until)s + %(margin)s
-    ORDER BY request_id, predicted_at DESC, id DESC
-), pairs AS (
-    SELECT s.request_id, c.version AS champion_version, c.score AS c_score, c.decision AS c_decision,
-           c.latency_ms AS c_latency, s.score AS s_score, s.decision AS s_decision, s.latency_ms AS s_latency
-    FROM s JOIN c USING (request_id)
+      AND (role = 'champion'
+           OR (role = 'shadow' AND version = %(version)s AND predicted_at >= %(since)s AND predicted_at < %(until)s))
+    GROUP BY request_id
+    HAVING bool_or(role = 'shadow') AND bool_or(role = 'champion')
 )
 """
 
@@ -63,7 +66,11 @@ def _window(model: str, version: str, since: datetime, until: datetime) -> dict[
 def table_readable(conn: Any, table: str = PREDICTION_LOG) -> bool:
     """Whether ``table`` exists and this connection's role may read it."""
     with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL AND has_table_privilege(%s, 'SELECT')", (table, table))
+        cur.execute(
+            "SELECT CASE WHEN to_regclass(%s) IS NULL THEN false "
+            "ELSE has_table_privilege(to_regclass(%s), 'SELECT') END",
+            (table, table),
+        )
         return bool(cur.fetchone()[0])
 
 
@@ -129,14 +136,14 @@ def labelled_pairs(
 ) -> list[tuple[int, float, bool, float, bool]] | None:
     """(label, champion score, champion decision, challenger score, challenger decision) of the window's pairs whose
     label arrived (labels of other request ids are ignored); None when the labels table is not readable."""
-    from psycopg2 import sql
-
     if not table_readable(conn, labels_table):
         return None
-    query = sql.SQL(
-        _PAIRS + "SELECT l.label, c_score, c_decision, s_score, s_decision FROM pairs JOIN {} AS l USING (request_id) "
-        "ORDER BY md5(request_id) LIMIT %(limit)s"
-    ).format(sql.Identifier(*labels_table.split(".")))
+    # a name ``settings.labels_table`` checked (identifiers only), quoted: the connection may be psycopg 2 or 3
+    table = ".".join(f'"{part}"' for part in labels_table.split("."))
+    query = (
+        _PAIRS + f"SELECT l.label, c_score, c_decision, s_score, s_decision FROM pairs JOIN {table} AS l "
+        "USING (request_id) ORDER BY md5(request_id) LIMIT %(limit)s"
+    )
     with conn.cursor() as cur:
         cur.execute(query, {**_window(model, version, since, until), "limit": limit})
         return [(int(r[0]), r[1], bool(r[2]), r[3], bool(r[4])) for r in cur.fetchall()]
