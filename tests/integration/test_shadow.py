@@ -112,7 +112,7 @@ def test_the_comparison_matches_plain_python_over_the_rows(services) -> None:
     pairs = [(champion[k][5], shadow[k][5]) for k in shadow]
     expected = metrics.comparison(pairs)
     f = found["figures"]
-    assert found["source"] == "live" and f["n"] == 200 == expected["n"]
+    assert found["source"] == "live" and f["n"] == 400 == expected["n"]
     for key in ("agreement", "champion_flagged_rate", "shadow_flagged_rate"):
         assert f[key] == pytest.approx(expected[key]), key
     assert (f["flips_flag_to_pass"], f["flips_pass_to_flag"]) == (
@@ -130,7 +130,7 @@ def test_the_comparison_matches_plain_python_over_the_rows(services) -> None:
         live = found["live_metrics"][side]
         decided = [table[k][5] for k in keys]
         hits = sum(1 for t, d in zip(y, decided, strict=True) if t and d)
-        assert live["labelled"] == len(keys) == 100
+        assert live["labelled"] == len(keys) == 200
         assert live["recall"] == pytest.approx(hits / sum(y))
         assert live["precision"] == pytest.approx(hits / sum(decided))
         assert live["roc_auc"] == pytest.approx(roc_auc_score(y, [table[k][4] for k in keys]))
@@ -154,7 +154,7 @@ def test_the_wait_ends_at_min_requests_or_max_wait_and_without_a_log_there_is_no
     late = evaluate.poke(cfg, "2", champion="1", now=datetime.now(UTC) + timedelta(minutes=11))
     assert late["source"] == "live" and late["figures"]["n"] == 20 and "max_wait passed" in late["note"]
     insert_predictions(serving_url(services), paired_rows(name, "1", "2", 30, start, prefix=uuid.uuid4().hex[:8]))
-    done = evaluate.poke(cfg, "2", champion="1")
+    done = evaluate.poke(cfg, "2", champion="1", now=datetime.now(UTC) + timedelta(seconds=5))  # rows' times: +290 ms
     assert done["figures"]["n"] == 50 and done["passed"] and done["window"]["since"]
     assert evaluate.poke(cfg, "2", champion=None)["note"].startswith("no shadow evidence: there is no champion")
 
