@@ -184,3 +184,48 @@ def test_the_post_promotion_check_judges_the_serving_side_latency_when_there_is_
     assert result["worker_latency_ms_p95"] == 3.0 and result["latency_source"].startswith("serving (prediction_log: 60")
     assert result["latency_ms_p95"] == pytest.approx(np.percentile([r[6] for r in rows], 95), abs=1e-3)
     assert math.isfinite(result["latency_ms_p95"])
+
+
+def test_without_a_log_the_replay_query_is_scored_offline_and_a_failed_gate_rejects_once(models_dir: Path) -> None:
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from include.promotion.registry import client as mlflow_client
+    from include.promotion.tasks import promotion as tasks
+    from include.promotion.tasks import shadow as shadow_task
+    from tests.support import run_ref, seed_champion, unique
+
+    name = unique("replay")
+    cfg = yaml.safe_load(DEMO.read_text())
+    features = ", ".join(cfg["features"])
+    cfg.update(
+        name=name,
+        data={"source": "builtin", "dataset": "synthetic_transactions", "rows": 3000, "seed": 11},
+        estimator={
+            "class": "sklearn.linear_model.LogisticRegression",
+            "params": {"max_iter": 500, "class_weight": "balanced"},
+        },
+        shadow={
+            "enabled": True,
+            "replay_query": f"SELECT {features} FROM demo.transactions ORDER BY id",
+            "gates": {"max_psi": 0.0, "max_decision_change": 1.0},
+        },
+    )
+    (models_dir / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+    seed_champion(name)
+    run = run_ref()
+    trained = tasks.train(name, tasks.load_data(name, run), run)
+    staged = tasks.promote_to_staging(name, tasks.register(name, trained, tasks.evaluate(name, trained, run), run), run)
+    version = staged["version"]
+    for _attempt in range(2):  # the task's retry finds its own rejection: nothing recorded twice
+        with pytest.raises(AirflowSkipException) as skipped:
+            shadow_task.shadow_evaluate(name, staged, run)
+        assert "not promoted: shadow gate max_psi:" in str(skipped.value)
+    rejections = [r for r in audit.rows(name) if r["action"] == "reject"]
+    assert [(str(r["version"]), r["run_id"]) for r in rejections] == [(version, run.run_id)]
+    assert rejections[0]["reason"].startswith("shadow gate max_psi:")
+    client = mlflow_client.client()
+    mv = client.get_model_version(name, version)
+    assert mv.tags["shadow_source"] == "replay" and mv.tags["promotion_status"] == "rejected"
+    assert "replayed offline, not live traffic: 4000 inputs" in mv.tags["shadow_summary"]
+    assert "challenger" not in client.get_registered_model(name).aliases
+    assert client.get_run(mv.run_id).data.metrics["shadow_n"] == 4000

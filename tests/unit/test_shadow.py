@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
@@ -186,3 +187,20 @@ def test_bad_values_name_the_key(tmp_path: Path, demo: dict, shadow: dict, field
     with pytest.raises(ModelConfigError) as err:
         parse_model_config(path)
     assert f"field '{field}'" in str(err.value) and message in str(err.value)
+
+
+def test_the_model_page_shows_the_shadow_line_as_text() -> None:
+    import dataclasses
+
+    from include.promotion.web import pages
+    from tests.unit.test_pages import HOSTILE, HOSTILE_AS_TEXT, LINKS, METRICS, assert_only_own_script, report
+
+    # the tags are display only and anyone with EDIT on the model can write them: a hostile note stays text
+    line = evidence.page_line({"shadow_source": "none", "shadow_summary": json.dumps({"note": HOSTILE})})
+    assert line == f"shadow: {HOSTILE}"
+    assert evidence.page_line({"shadow_source": "live", "shadow_summary": "{not json"}) is None
+    base = report()
+    version = dataclasses.replace(base.versions[0], shadow=line)
+    html = pages.model_page(dataclasses.replace(base, versions=(version,)), LINKS, "carol", METRICS)
+    assert_only_own_script(html)
+    assert f'<div class="shadow muted">shadow: {HOSTILE_AS_TEXT}</div>' in html
