@@ -1,16 +1,17 @@
 """One governed promotion DAG per model config in ``include/models/``.
 
 The DAG id is ``model_promotion__<model>``; the tasks read like the flow they run:
-``load_data → train → evaluate → register → promote_to_staging → approve → promote_to_production →
-verify_in_production``, and ``notify_deployers`` once production changed.
+``load_data → train → evaluate → register → promote_to_staging → shadow_evaluate → approve →
+promote_to_production → verify_in_production``, and ``notify_deployers`` once production changed.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import dag, get_current_context, get_parsing_context, task
+from airflow.sdk import PokeReturnValue, dag, get_current_context, get_parsing_context, task
 
+from include.promotion import settings
 from include.promotion.airflow_run import RunRef
 from include.promotion.approval.gate import build_approval_task
 from include.promotion.config import ModelConfig, load_model_configs
@@ -30,14 +31,16 @@ DOC_MD = """
    **not promoted**: nothing is registered.
 4. **register** creates the model version (once, even if retried) with its tags.
 5. **promote_to_staging** makes it the `challenger` (stage Staging) and writes an audit row.
-6. **approve** waits for one of {reviewers} under *Required Actions* (never the user who triggered
-   the run); no answer within {timeout:g} h is a rejection.
-7. **promote_to_production** makes it the `champion`, archives the previous one, and checks that
+6. **shadow_evaluate** {shadow}
+7. **approve** waits for one of {reviewers} under *Required Actions* (never the user who triggered
+   the run); no answer within {timeout:g} h is a rejection. The evidence shows the offline metrics and the
+   shadow evaluation side by side.
+8. **promote_to_production** makes it the `champion`, archives the previous one, and checks that
    exactly one version is in production.
-8. **verify_in_production** loads `models:/{name}@champion` in a fresh interpreter through the serving
+9. **verify_in_production** loads `models:/{name}@champion` in a fresh interpreter through the serving
    loader, checks its signature, predicts the holdout sample `evaluate` logged (identical within 1e-9)
    and times single-row predictions (p95 under {latency:g} ms). {on_failure}
-9. **notify_deployers** sends one event per production change of this run (the promotion, and an
+10. **notify_deployers** sends one event per production change of this run (the promotion, and an
    automatic rollback) to the model's deploy targets; it runs only when something was promoted, and its
    failure never undoes the promotion.
 
@@ -57,6 +60,20 @@ def _on_failure(cfg: ModelConfig) -> str:
     return (
         "A failure rolls back **automatically** to the version it replaced (actor `post-promotion-check`), "
         "alerts, and fails the run."
+    )
+
+
+def _shadow(cfg: ModelConfig) -> str:
+    shadow = cfg.shadow
+    if not shadow.enabled:
+        return "is **off** for this model (`shadow.enabled: false`): it only says so, and the run goes on."
+    gates = ", ".join(f"`{k} <= {v:g}`" for k, v in shadow.gates.model_dump().items() if v is not None) or "none"
+    return (
+        f"waits, without holding a worker slot, until {shadow.min_requests} shadow predictions of the candidate were "
+        f"logged by the serving side or {shadow.max_wait // 60} min passed since it was staged; then compares "
+        "champion and challenger on the same live requests (decision flips, flagged rate, score PSI, serving "
+        f"latency, live metrics where labels arrived) and applies the shadow gates ({gates}). A failed gate rejects "
+        "the candidate (**not promoted**)."
     )
 
 
@@ -80,6 +97,7 @@ def build_promotion_dag(cfg: ModelConfig) -> None:
             reviewers=", ".join(cfg.approval.reviewers),
             timeout=cfg.approval.timeout_hours,
             latency=cfg.post_promotion.latency_ms_p95,
+            shadow=_shadow(cfg),
             on_failure=_on_failure(cfg),
         ),
         tags=["model-promotion", model, *cfg.tags],
@@ -126,6 +144,19 @@ def build_promotion_dag(cfg: ModelConfig) -> None:
 
             return steps.promote_to_staging(model, registered, _run())
 
+        @task.sensor(
+            poke_interval=settings.shadow_poke_seconds(),
+            timeout=cfg.shadow.max_wait + 15 * 60,  # it ends by itself at max_wait; this only bounds a stuck wait
+            mode="reschedule",
+        )
+        @fails_fast
+        def shadow_evaluate(staged: dict) -> PokeReturnValue:
+            """Wait for (or replay) the challenger's shadow evidence; reject it on a failed shadow gate."""
+            from include.promotion.tasks import shadow as steps
+
+            done, result = steps.shadow_evaluate(model, staged, _run())
+            return PokeReturnValue(is_done=done, xcom_value=result)
+
         @task
         @fails_fast
         def promote_to_production(staged: dict) -> dict:
@@ -153,7 +184,8 @@ def build_promotion_dag(cfg: ModelConfig) -> None:
         trained = train(load_data())
         verdict = evaluate(trained)
         staged = promote_to_staging(register(trained, verdict))
-        approved = build_approval_task(cfg, staged, verdict, trained, task_id="approve")
+        shadow = shadow_evaluate(staged)
+        approved = build_approval_task(cfg, staged, verdict, trained, shadow, task_id="approve")
         promoted = promote_to_production(staged)
         approved >> promoted
         verified = verify_in_production()

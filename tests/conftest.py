@@ -22,7 +22,12 @@ STARTED = pytest.StashKey[float]()
 # nobody: signed in with no role, so the auth manager lets them read no DAG (the Model promotion page's 403)
 REVIEWERS = {"admin": "admin", "alice": "user", "bob": "user", "carol": "user", "mallory": "user", "nobody": ""}
 # manual runs only: a scheduled run starting at unpause would race the tests' own runs
-MANUAL_RUNS_ONLY = {"PROMOTION_SCHEDULE_OVERRIDE": "none", "PROMOTION_WATCH_SCHEDULE": "none"}
+# (and shadow_evaluate looks at the prediction log every 3 s, not every minute)
+MANUAL_RUNS_ONLY = {
+    "PROMOTION_SCHEDULE_OVERRIDE": "none",
+    "PROMOTION_WATCH_SCHEDULE": "none",
+    "PROMOTION_SHADOW_POKE_SECONDS": "3",
+}
 
 
 @pytest.fixture(scope="session")

@@ -20,10 +20,10 @@ echo "airflow-init: migrating the Airflow metadata database"
 
 # As promotion_owner (connection promotion_db_owner): creates or upgrades the audit log tables, and grants
 # the application role the workers log in as INSERT + SELECT on them, nothing more, and the reader role the
-# api-server's Model promotion page reads with SELECT only.
+# api-server's Model promotion page reads with SELECT only; on the prediction log, the serving role INSERT only.
 echo "airflow-init: migrating the audit log schema"
 python -m include.promotion.audit.schema upgrade --owner-conn promotion_db_owner --app-role promotion_app \
-    --reader-role promotion_reader
+    --reader-role promotion_reader --serving-role promotion_serving
 
 if [[ "${PROMOTION_SEED_DEMO_DATA:-true}" == "true" ]]; then
     echo "airflow-init: demo data for the demo model"

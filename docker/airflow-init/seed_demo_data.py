@@ -40,6 +40,10 @@ def main() -> None:
         cur.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(schema, table), role))
     conn.close()
     print(f"{args.app_role} may read {demo_data.DEMO_TABLE}")
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:  # kept when it exists; grants re-applied
+        demo_data.create_labels_table(cur, demo_data.LABEL_WRITERS, (args.app_role, *demo_data.LABEL_READERS))
+    conn.close()
+    print(f"{demo_data.LABELS_TABLE}: {', '.join(demo_data.LABEL_WRITERS)} may insert labels")
 
 
 if __name__ == "__main__":

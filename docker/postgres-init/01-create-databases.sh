@@ -12,6 +12,8 @@
 #         `promotion_db`): it may connect, and nothing else until the migrations grant it.
 #     PROMOTION_DB_READER_USER (promotion_reader) is what the api-server's Model promotion page reads the audit
 #         log with (connection `promotion_db_reader`): the migrations grant it SELECT on it, nothing more.
+#     PROMOTION_DB_SERVING_USER (promotion_serving) is what scoring processes log predictions with
+#         (PROMOTION_PREDICTION_LOG_URL): the migrations grant it INSERT on the prediction log, nothing more.
 #   Nobody else may connect to a database but its owner (and promotion_app to `promotion`), and PUBLIC may
 #   not create objects in schema public of `promotion`.
 #
@@ -73,11 +75,14 @@ ensure_database "${MLFLOW_AUTH_DB_NAME:?}" "${MLFLOW_DB_USER}"
 ensure_role "${PROMOTION_DB_OWNER_USER:-}" "${PROMOTION_DB_OWNER_PASSWORD:-}"
 ensure_role "${PROMOTION_DB_APP_USER:-}" "${PROMOTION_DB_APP_PASSWORD:-}"
 ensure_role "${PROMOTION_DB_READER_USER:-}" "${PROMOTION_DB_READER_PASSWORD:-}"
+ensure_role "${PROMOTION_DB_SERVING_USER:-}" "${PROMOTION_DB_SERVING_PASSWORD:-}"
 ensure_database "${PROMOTION_DB_NAME:?}" "${PROMOTION_DB_OWNER_USER}"
-echo "postgres-init: '${PROMOTION_DB_APP_USER}' and '${PROMOTION_DB_READER_USER}' may connect to '${PROMOTION_DB_NAME}'; PUBLIC may not create in its schema public"
-run_sql -v db="${PROMOTION_DB_NAME}" -v app="${PROMOTION_DB_APP_USER}" -v reader="${PROMOTION_DB_READER_USER}" <<'EOSQL'
+echo "postgres-init: '${PROMOTION_DB_APP_USER}', '${PROMOTION_DB_READER_USER}' and '${PROMOTION_DB_SERVING_USER}' may connect to '${PROMOTION_DB_NAME}'; PUBLIC may not create in its schema public"
+run_sql -v db="${PROMOTION_DB_NAME}" -v app="${PROMOTION_DB_APP_USER}" -v reader="${PROMOTION_DB_READER_USER}" \
+    -v serving="${PROMOTION_DB_SERVING_USER}" <<'EOSQL'
 SELECT format('GRANT CONNECT ON DATABASE %I TO %I', :'db', :'app') \gexec
 SELECT format('GRANT CONNECT ON DATABASE %I TO %I', :'db', :'reader') \gexec
+SELECT format('GRANT CONNECT ON DATABASE %I TO %I', :'db', :'serving') \gexec
 \connect :"db"
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 EOSQL

@@ -111,6 +111,70 @@ class PostPromotion(_Strict):
     )
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_SHADOW_WAIT_SECONDS = 7 * 86400
+
+
+def duration_seconds(value: Any) -> int:
+    """``"15m"``, ``"2h"``, ``"1d"``, ``"90s"`` or a number of seconds, as whole seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like '15m', '2h' or seconds as a number, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"expected a duration like '15m', '2h' or seconds as a number, got {value!r}")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_SHADOW_WAIT_SECONDS):
+        raise ValueError(f"must be more than 0 and at most 7 days, got {value!r}")
+    return math.ceil(seconds)
+
+
+class ShadowGates(_Strict):
+    """Limits on the shadow comparison (champion vs challenger on the same live requests); each optional."""
+
+    max_decision_change: float | None = Field(
+        default=None, ge=0, le=1, description="Largest share of requests whose decision differs between the two."
+    )
+    max_flagged_rate_change: float | None = Field(
+        default=None, ge=0, le=1, description="Largest absolute change of the share of requests flagged."
+    )
+    max_psi: float | None = Field(default=None, ge=0, le=100, description="Largest score-distribution shift (PSI).")
+    max_latency_ms_p95: float | None = Field(
+        default=None, gt=0, le=60_000, description="Largest serving-side p95 latency of the challenger, in ms."
+    )
+
+
+class Shadow(_Strict):
+    """Shadow evaluation: the challenger scored on live traffic beside the champion before anyone approves it."""
+
+    enabled: bool = False
+    sample_rate: float = Field(default=1.0, gt=0, le=1, description="Share of requests the serving side shadows.")
+    min_requests: int = Field(default=200, ge=1, le=10_000_000)
+    max_wait: int = Field(default=1800, description="Duration ('30m', '2h', seconds); at most 7 days.")
+    gates: ShadowGates = Field(default_factory=ShadowGates)
+    replay_query: str | None = Field(
+        default=None,
+        min_length=1,
+        description="SELECT (through the model's Postgres connection) returning the feature columns of recent "
+        "production inputs: scored offline by both models when no prediction log is in use.",
+    )
+
+    @field_validator("max_wait", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> int:
+        return duration_seconds(value)
+
+    @field_validator("replay_query")
+    @classmethod
+    def _select_only(cls, query: str | None) -> str | None:
+        if query is not None and not re.match(r"^\s*(SELECT|WITH)\b", query, re.IGNORECASE):
+            raise ValueError("must be a SELECT (or WITH ... SELECT) returning the feature columns")
+        return query
+
+
 def _user_names(names: list[str]) -> list[str]:
     cleaned = [n.strip() for n in names]
     if any(not n for n in cleaned):
@@ -218,6 +282,7 @@ class ModelConfig(_Strict):
     )
     post_promotion: PostPromotion = Field(default_factory=PostPromotion)
     alerts: Alerts = Field(default_factory=Alerts)
+    shadow: Shadow = Field(default_factory=Shadow)
     deploy_notifications: DeployNotifications = Field(
         default_factory=DeployNotifications,
         description="Signed webhooks and Slack told of every production change (promotion, rollback, automatic "

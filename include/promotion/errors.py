@@ -72,6 +72,11 @@ class PostPromotionCheckFailed(PromotionError):
     """The champion did not pass the post-promotion check (the message says what failed and what was restored)."""
 
 
+class ShadowEvidenceError(PromotionError):
+    """Shadow evidence could not be gathered as configured (e.g. a ``shadow.replay_query`` that fails or lacks a
+    feature column); the message names the key to fix."""
+
+
 class WebhookRefused(PromotionError):
     """A delivery to the MLflow webhook receiver that is not acted on; ``status_code`` is the HTTP answer.
 

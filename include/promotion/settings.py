@@ -141,3 +141,37 @@ def git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def _positive_number(name: str, default: float) -> float:
+    value = (os.environ.get(name) or "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number > 0:
+        raise RuntimeError(f"{name} must be a positive number, got {value!r}")
+    return number
+
+
+def prediction_retention_days() -> float:
+    """How long the prediction log keeps a row (``PROMOTION_PREDICTION_RETENTION_DAYS``, default 30); older rows are
+    deleted by the registry watch's full sweeps."""
+    return _positive_number("PROMOTION_PREDICTION_RETENTION_DAYS", 30.0)
+
+
+def shadow_poke_seconds() -> int:
+    """How often ``shadow_evaluate`` looks at the prediction log while it waits (``PROMOTION_SHADOW_POKE_SECONDS``,
+    default 60; read when the DAG is parsed). Between looks it holds no worker slot."""
+    return max(1, int(_positive_number("PROMOTION_SHADOW_POKE_SECONDS", 60.0)))
+
+
+def labels_table() -> str:
+    """Where late ground truth of live requests is read (``PROMOTION_LABELS_TABLE``, default ``demo.labels``:
+    ``request_id``, ``label``), as ``schema.table``."""
+    value = (os.environ.get("PROMOTION_LABELS_TABLE") or "demo.labels").strip()
+    if not all(part.isidentifier() for part in value.split(".")) or value.count(".") != 1:
+        raise RuntimeError(f"PROMOTION_LABELS_TABLE must be schema.table, got {value!r}")
+    return value

@@ -30,6 +30,7 @@ class Kind(StrEnum):
     EVALUATION = "evaluation verdict"
     REGISTRATION = "registered version"
     STAGING = "staged version"
+    SHADOW = "shadow evaluation"
     ROLLBACK_PLAN = "rollback plan"
 
 

@@ -86,6 +86,9 @@ class Tag(StrEnum):
     ROLLBACK_REASON = "rollback_reason"
     ROLLED_BACK_BY = "rolled_back_by"
     ROLLBACK_TIMESTAMP = "rollback_timestamp"
+    # shadow evaluation (display only: the Model promotion page; the record is the version's run and the audit log)
+    SHADOW_SOURCE = "shadow_source"
+    SHADOW_SUMMARY = "shadow_summary"
 
 
 # on a registered model or experiment someone else could write: never adopted by the pipeline

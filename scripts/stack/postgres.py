@@ -29,11 +29,15 @@ DATABASES = ("airflow", "promotion")
 # The audit database's roles: the owner runs the schema migrations; the workers connect as the application
 # role, which may only INSERT and SELECT audit rows (and read the data tables); the api-server reads the audit
 # log for the Model promotion page as the reader role (SELECT on it, nothing else). Never a superuser.
+# The serving processes log their predictions as the serving role: INSERT into the prediction log (and the demo's
+# labels), nothing else; never given to Airflow.
 OWNER_ROLE, APP_ROLE, READER_ROLE = "promotion_owner", "promotion_app", "promotion_reader"
+SERVING_ROLE = "promotion_serving"
 ROLE_SECRETS = {
     OWNER_ROLE: "promotion_owner_password",
     APP_ROLE: "promotion_app_password",
     READER_ROLE: "promotion_reader_password",
+    SERVING_ROLE: "promotion_serving_password",
 }
 AUDIT_OBJECTS = ("model_promotion_audit", "audit_schema_version", "model_promotion_audit_id_seq")
 
@@ -63,7 +67,8 @@ class Postgres:
         return self.state.pgdata
 
     def role_uri(self, role: str, db: str = "promotion") -> str:
-        """The URI of one of the audit database's roles (``OWNER_ROLE``, ``APP_ROLE`` or ``READER_ROLE``)."""
+        """The URI of one of the promotion database's roles (``OWNER_ROLE``, ``APP_ROLE``, ``READER_ROLE`` or
+        ``SERVING_ROLE``)."""
         url = urlsplit(self.uri(db))
         password = quote(self.state.secrets[ROLE_SECRETS[role]], safe="")
         return urlunsplit((url.scheme, f"{role}:{password}@{url.hostname}:{url.port}", url.path, url.query, ""))
@@ -267,7 +272,9 @@ class Postgres:
         conn.close()
         owner_conn = psycopg2.connect(self.role_uri(OWNER_ROLE))
         try:
-            applied = audit_schema.upgrade(owner_conn, app_role=APP_ROLE, reader_role=READER_ROLE)
+            applied = audit_schema.upgrade(
+                owner_conn, app_role=APP_ROLE, reader_role=READER_ROLE, serving_role=SERVING_ROLE
+            )
         finally:
             owner_conn.close()
         if applied:

@@ -15,7 +15,7 @@ from scripts.stack.airflow_services import COMPONENTS, AirflowServices
 from scripts.stack.celery_workers import CeleryWorkers
 from scripts.stack.config import StackConfig
 from scripts.stack.mlflow_server import MlflowServer
-from scripts.stack.postgres import APP_ROLE, OWNER_ROLE, READER_ROLE, Postgres
+from scripts.stack.postgres import APP_ROLE, OWNER_ROLE, READER_ROLE, SERVING_ROLE, Postgres
 from scripts.stack.processes import Port, Supervisor
 from scripts.stack.redis import Redis
 from scripts.stack.state import StateDir
@@ -137,6 +137,11 @@ class ServiceStack:
         if self.config.models_dir is not None:
             env["PROMOTION_MODELS_DIR"] = str(self.config.models_dir)
         return env
+
+    def serving_env(self) -> dict[str, str]:
+        """What a serving process needs to log its predictions: the serving role's URL (INSERT into the prediction
+        log and the demo's labels, nothing else). Never part of ``package_env``: no Airflow process gets it."""
+        return {"PROMOTION_PREDICTION_LOG_URL": self.postgres.role_uri(SERVING_ROLE)}
 
     def airflow_env(self) -> dict[str, str]:
         return self.airflow.env()

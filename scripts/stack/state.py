@@ -31,6 +31,8 @@ _SECRETS = {
     # what the api-server reads the Model promotion page with: the audit log's read-only role, MLflow's reader
     "promotion_reader_password": lambda: secrets.token_urlsafe(24),
     "mlflow_reader_password": lambda: secrets.token_urlsafe(24),
+    # the serving processes' role: INSERT into the prediction log only (PROMOTION_PREDICTION_LOG_URL)
+    "promotion_serving_password": lambda: secrets.token_urlsafe(24),
     "redis_password": lambda: secrets.token_urlsafe(24),  # the Celery broker (make run-distributed)
 }
 

@@ -74,6 +74,7 @@ def test_promotion_dag_has_the_contract_task_ids(parsed: dict) -> None:
         "evaluate",
         "register",
         "promote_to_staging",
+        "shadow_evaluate",
         "approve",
         "promote_to_production",
         "verify_in_production",

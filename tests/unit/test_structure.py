@@ -22,6 +22,7 @@ TASK_IDS = {
     "evaluate",
     "register",
     "promote_to_staging",
+    "shadow_evaluate",
     "approve",
     "promote_to_production",
     "verify_in_production",

@@ -35,14 +35,17 @@ class GovernedApprovalOperator(ApprovalOperator):
     XComArgs; they are verified before the evidence is shown and again when the answer arrives.
     """
 
-    template_fields = (*ApprovalOperator.template_fields, "staged", "evaluation", "trained")
+    template_fields = (*ApprovalOperator.template_fields, "staged", "evaluation", "trained", "shadow")
 
-    def __init__(self, *, model_name: str, staged: Any, evaluation: Any, trained: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *, model_name: str, staged: Any, evaluation: Any, trained: Any, shadow: Any = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.model_name = model_name
         self.staged = staged
         self.evaluation = evaluation
         self.trained = trained
+        self.shadow = shadow
 
     @fails_fast
     def execute(self, context: Any) -> Any:
@@ -62,6 +65,7 @@ class GovernedApprovalOperator(ApprovalOperator):
             evaluation,
             signing.verify(Kind.TRAINING, run, self.trained),
             approval.champion_note(approval.champion_tags(cfg.name, evaluation.get("champion_version"))),
+            signing.verify(Kind.SHADOW, run, self.shadow) if self.shadow is not None else None,
         )
         self.log.info(
             "Waiting for one of %s to approve %s v%s (Required Actions in the Airflow UI); timeout %s.",
@@ -97,7 +101,7 @@ class GovernedApprovalOperator(ApprovalOperator):
 
 
 def build_approval_task(
-    cfg: ModelConfig, staged: Any, evaluation: Any, trained: Any, **kwargs: Any
+    cfg: ModelConfig, staged: Any, evaluation: Any, trained: Any, shadow: Any = None, **kwargs: Any
 ) -> GovernedApprovalOperator:
     """The approval task of a model's promotion DAG (the DAG file names it)."""
     return GovernedApprovalOperator(
@@ -105,6 +109,7 @@ def build_approval_task(
         staged=staged,
         evaluation=evaluation,
         trained=trained,
+        shadow=shadow,
         subject=f"Promote {cfg.name} to production?",
         body="The evidence is written when the candidate reaches this step.",
         assigned_users=[HITLUser(id=r, name=r) for r in cfg.approval.reviewers],

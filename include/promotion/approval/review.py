@@ -18,6 +18,7 @@ from include.promotion.pipeline.evaluation import Evaluation, comparison_markdow
 from include.promotion.registry import client as mlflow_client
 from include.promotion.registry import lifecycle
 from include.promotion.retries import retry_transient
+from include.promotion.shadow import evidence as shadow_evidence
 from include.promotion.states import Tag
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,11 @@ def evidence_markdown(
     evaluation: dict[str, Any],
     trained: dict[str, Any],
     champion_approval: str | None = None,
+    shadow: dict[str, Any] | None = None,
 ) -> str:
-    """What a reviewer needs to decide, in Markdown: metrics side by side, gates, data, links, and who approved
-    the current champion and why (``champion_note``, already escaped)."""
+    """What a reviewer needs to decide, in Markdown: metrics side by side, gates, the shadow evaluation on live
+    traffic (``shadow.evidence``), data, links, and who approved the current champion and why (``champion_note``,
+    already escaped)."""
     version = staged["version"]
     champion_version = evaluation.get("champion_version")
     table = comparison_markdown(Evaluation(**evaluation)).splitlines()
@@ -105,6 +108,8 @@ def evidence_markdown(
             "",
             "**Gates**",
             *gates,
+            "",
+            *shadow_evidence.markdown(shadow),
             "",
             f"- data version: `{trained['data_version']}`",
             f"- MLflow run: [{trained['run_id']}]({run_link}) "

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from include.promotion.errors import AuditLogError
+from include.promotion.shadow import prediction_log
 from include.promotion.states import AuditAction
 
 AUDIT_TABLE = "model_promotion_audit"
@@ -188,6 +189,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "TRUNCATE refused", _sql(_NO_TRUNCATE)),
     Migration(3, "action restricted to the AuditAction vocabulary", _action_check),
     Migration(4, "rows hash-chained per model", _hash_chain),
+    Migration(5, "prediction_log: the serving side's predictions (shadow evaluation)", _sql(prediction_log.DDL)),
 )
 CURRENT_VERSION = MIGRATIONS[-1].version
 
@@ -212,10 +214,16 @@ def applied_version(conn: Any) -> int:
 
 
 def upgrade(
-    conn: Any, app_role: str | None = None, start_new_log: bool = False, reader_role: str | None = None
+    conn: Any,
+    app_role: str | None = None,
+    start_new_log: bool = False,
+    reader_role: str | None = None,
+    serving_role: str | None = None,
 ) -> list[int]:
     """Apply the pending migrations as the schema owner; grant ``app_role`` INSERT and SELECT only, and
-    ``reader_role`` (what the api-server's Model promotion page reads with) SELECT only.
+    ``reader_role`` (what the api-server's Model promotion page reads with) SELECT only, on the audit log; on the
+    prediction log, ``serving_role`` INSERT only, ``app_role`` SELECT and DELETE, ``reader_role`` SELECT
+    (``shadow.prediction_log``).
 
     Returns the versions applied (empty when already current). Idempotent and safe to run concurrently.
     """
@@ -259,6 +267,7 @@ def upgrade(
                 reader = sql.Identifier(reader_role)
                 for table in (AUDIT_TABLE, VERSION_TABLE):
                     cur.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(table), reader))
+            prediction_log.grant(cur, app_role, reader_role, serving_role)
         conn.commit()
     except BaseException:
         conn.rollback()
@@ -277,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--owner-conn", default=OWNER_CONN_ID, help="Airflow connection id of the owner role")
     up.add_argument("--app-role", help="role that writes audit rows: granted INSERT and SELECT only")
     up.add_argument("--reader-role", help="role the api-server reads the audit log with: granted SELECT only")
+    up.add_argument("--serving-role", help="role the serving side logs predictions with: granted INSERT only")
     up.add_argument("--start-new-log", action="store_true", help="accept starting over after the table was dropped")
     status = sub.add_parser("status", help="print the schema version")
     status.add_argument("--conn", default=DEFAULT_CONN_ID)
@@ -288,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "upgrade":
         conn = connect(args.owner_conn)
         try:
-            done = upgrade(conn, args.app_role, args.start_new_log, args.reader_role)
+            done = upgrade(conn, args.app_role, args.start_new_log, args.reader_role, args.serving_role)
         finally:
             conn.close()
         print(f"audit schema at v{CURRENT_VERSION}" + (f" (applied {done})" if done else " (nothing to do)"))

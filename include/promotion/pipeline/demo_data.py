@@ -8,6 +8,11 @@ if TYPE_CHECKING:
     import pandas as pd
 
 DEMO_TABLE = "demo.transactions"
+LABELS_TABLE = "demo.labels"  # ground truth arriving late, by request id (written by the demo's traffic generator)
+# Who may use the labels table, granted when the role exists: the serving role writes labels, the workers and the
+# api-server read them. The stack's role names; docker-compose passes its own (``seed_transactions(roles=...)``).
+LABEL_WRITERS = ("promotion_serving",)
+LABEL_READERS = ("promotion_app", "promotion_reader")
 TRANSACTION_FEATURES = ["amount", "hour", "merchant_risk", "distance_km", "tx_last_24h", "account_age_days"]
 
 
@@ -62,8 +67,15 @@ def builtin_frame(dataset: str, rows: int, seed: int) -> pd.DataFrame:
     raise ValueError(f"unknown built-in dataset '{dataset}'")
 
 
-def seed_transactions(dsn: str, rows: int = 4000, seed: int = 7, table: str = DEMO_TABLE) -> int:
-    """(Re)create the demo table in PostgreSQL with ``rows`` synthetic transactions; return the row count."""
+def seed_transactions(
+    dsn: str,
+    rows: int = 4000,
+    seed: int = 7,
+    table: str = DEMO_TABLE,
+    roles: tuple[tuple[str, ...], tuple[str, ...]] = (LABEL_WRITERS, LABEL_READERS),
+) -> int:
+    """(Re)create the demo table in PostgreSQL with ``rows`` synthetic transactions, and the labels table when it is
+    missing (``roles``: who writes and who reads it); return the row count."""
     import psycopg2
     from psycopg2 import sql
 
@@ -87,5 +99,29 @@ def seed_transactions(dsn: str, rows: int = 4000, seed: int = 7, table: str = DE
             sql.SQL(", ").join(sql.Placeholder() * len(columns)),
         )
         cur.executemany(insert, [tuple(r) for r in frame[columns].astype(object).itertuples(index=False)])
+        create_labels_table(cur, *roles)
     conn.close()
     return len(frame)
+
+
+def create_labels_table(cur: object, writers: tuple[str, ...], readers: tuple[str, ...]) -> None:
+    """``demo.labels(request_id, label, labelled_at)``, kept when it exists; INSERT for ``writers``, SELECT for
+    ``readers`` (those of them that exist), nothing for anyone else."""
+    from psycopg2 import sql
+
+    schema, name = LABELS_TABLE.split(".", 1)
+    ident = sql.Identifier(schema, name)
+    cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    cur.execute(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (request_id TEXT PRIMARY KEY CHECK (char_length(request_id) <= 128), "
+            "label SMALLINT NOT NULL CHECK (label IN (0, 1)), labelled_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        ).format(ident)
+    )
+    cur.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (list(writers) + list(readers),))
+    existing = {r[0] for r in cur.fetchall()}
+    for role, privilege in [*((w, "INSERT") for w in writers), *((r, "SELECT") for r in readers)]:
+        if role in existing:
+            who = sql.Identifier(role)
+            cur.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), who))
+            cur.execute(sql.SQL("GRANT " + privilege + " ON {} TO {}").format(ident, who))

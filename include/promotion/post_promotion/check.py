@@ -222,7 +222,11 @@ def failures_of(result: dict[str, Any], cfg: ModelConfig) -> list[str]:
         )
     p95, limit = result.get("latency_ms_p95"), cfg.post_promotion.latency_ms_p95
     if p95 is None or p95 > limit:
-        failed.append(f"single-row prediction p95 {p95} ms is over post_promotion.latency_ms_p95 = {limit:g} ms")
+        where = result.get("latency_source", "worker")
+        failed.append(
+            f"single-row prediction p95 {p95} ms is over post_promotion.latency_ms_p95 = {limit:g} ms "
+            f"(measured: {where})"
+        )
     return failed
 
 
@@ -274,6 +278,7 @@ def verify_in_production(cfg: ModelConfig, run: RunRef) -> dict[str, Any]:
             log.warning("%s v%s: %s; measuring once more before judging", name, promotion.version, result)
             result = run_fresh_interpreter(name, sample, Path(tmp, "again"))
     result["check_seconds"] = round(time.perf_counter() - started, 3)
+    _serving_latency(name, promotion.version, result)
     loaded = result.get("version")
     if loaded is not None and loaded != promotion.version:
         _moved(cfg, promotion, loaded)
@@ -282,7 +287,7 @@ def verify_in_production(cfg: ModelConfig, run: RunRef) -> dict[str, Any]:
         _fail(cfg, promotion, failed, change)
     log.info(
         "%s v%s passed its post-promotion check: loaded in %.2f s through the serving loader, %d holdout "
-        "probabilities within %g of evaluate's (max %.3g), single-row p95 %.2f ms (limit %g ms)",
+        "probabilities within %g of evaluate's (max %.3g), single-row p95 %.2f ms (limit %g ms; %s)",
         name,
         promotion.version,
         result["load_seconds"],
@@ -291,8 +296,42 @@ def verify_in_production(cfg: ModelConfig, run: RunRef) -> dict[str, Any]:
         result["max_abs_diff"],
         result["latency_ms_p95"],
         cfg.post_promotion.latency_ms_p95,
+        result["latency_source"],
     )
     return {**result, "checked": True, "passed": True}
+
+
+SERVING_LATENCY_MIN_ROWS = 50  # champion predictions of the version in the last hour, for the serving-side p95
+SERVING_LATENCY_WINDOW_SECONDS = 3600
+
+
+def _serving_latency(name: str, version: str, result: dict[str, Any]) -> None:
+    """Judge latency where the model serves: the p95 of ``latency_ms`` in the prediction log (role champion, this
+    version, the last hour, at least ``SERVING_LATENCY_MIN_ROWS`` rows) replaces the worker's figure when it exists
+    (a busy worker must not roll back a good model); ``latency_source`` says which one was judged."""
+    from datetime import UTC, datetime, timedelta
+
+    from include.promotion.audit.schema import connect
+    from include.promotion.shadow import queries
+
+    result["latency_source"] = "worker"
+    since = datetime.now(UTC) - timedelta(seconds=SERVING_LATENCY_WINDOW_SECONDS)
+    try:
+        conn = connect()
+        try:
+            p95, rows = queries.serving_latency(conn, name, version, since)
+        finally:
+            conn.close()
+    except Exception:  # the worker's own measurement stands
+        log.warning(
+            "%s v%s: could not read the serving-side latency; judging the worker's", name, version, exc_info=True
+        )
+        return
+    if p95 is not None and rows >= SERVING_LATENCY_MIN_ROWS:
+        result["worker_latency_ms_p95"] = result.get("latency_ms_p95")
+        result["latency_ms_p95"] = round(float(p95), 3)
+        result["latency_source"] = f"serving (prediction_log: {rows} champion predictions in the last hour)"
+    log.info("%s v%s: latency judged from %s", name, version, result["latency_source"])
 
 
 def _moved(cfg: ModelConfig, promotion: Promotion, holder: str | None) -> None:

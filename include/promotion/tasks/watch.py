@@ -39,6 +39,8 @@ def watch_registry(model_name: str | None, run: RunRef) -> dict[str, Any]:
             for line in lines:
                 log.warning("%s", line)
     result = watch.summary(reports)
+    if not name:  # a full sweep, every few minutes: also the prediction log's retention
+        result["prediction_log_deleted"] = prune_prediction_log()
     log.info("registry watch: %s", result)
     problems = []
     if failed := [r.model_name for r in reports if r.failed]:
@@ -48,3 +50,33 @@ def watch_registry(model_name: str | None, run: RunRef) -> dict[str, Any]:
     if problems:
         raise RegistryDrift("; ".join(problems))
     return result
+
+
+def prune_prediction_log() -> int | None:
+    """Delete prediction-log rows older than ``PROMOTION_PREDICTION_RETENTION_DAYS``, in bounded batches.
+
+    Here because the watch's full sweep already runs on the workers every few minutes whatever the models do (a
+    promotion run may not come for weeks), so each sweep deletes a little and the log never piles up; it never fails
+    the watch (None: not done this time, the next sweep tries again).
+    """
+    from datetime import UTC, datetime, timedelta
+
+    from include.promotion import settings
+    from include.promotion.audit.schema import connect
+    from include.promotion.shadow import queries
+
+    try:
+        conn = connect()
+        try:
+            if not queries.table_readable(conn):
+                return None
+            cutoff = datetime.now(UTC) - timedelta(days=settings.prediction_retention_days())
+            deleted = queries.delete_older_than(conn, cutoff)
+        finally:
+            conn.close()
+    except Exception:  # housekeeping: the registry check's result stands; the next sweep tries again
+        log.warning("registry watch: could not prune the prediction log", exc_info=True)
+        return None
+    if deleted:
+        log.info("registry watch: deleted %d prediction-log rows logged before %s", deleted, cutoff.isoformat())
+    return deleted

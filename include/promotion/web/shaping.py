@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from include.promotion.audit.queries import CHECK_DEMOTED, ENDED_BY, SERVES_AFTER, Event
 from include.promotion.config import METRICS
+from include.promotion.shadow.evidence import page_line
 from include.promotion.states import METRIC_TAG_PREFIX, AuditAction, Status, Tag
 from include.promotion.web.views import Challenger, Champion, LastRun, VersionRow
 
@@ -59,6 +60,7 @@ def version_row(mv: ModelVersion, aliases: Mapping[str, str], events: Mapping[tu
         promoted=_latest(events, version, SERVES_AFTER),
         approved=events.get((version, str(AuditAction.APPROVE))),
         ended=_latest(events, version, (*ENDED_BY, CHECK_DEMOTED)),
+        shadow=page_line(tags),
     )
 
 

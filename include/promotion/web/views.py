@@ -27,6 +27,7 @@ class VersionRow:
     promoted: Event | None = None  # the last time it went into production (promotion or restore)
     approved: Event | None = None
     ended: Event | None = None  # archived, rejected, superseded or rolled back: the last of these
+    shadow: str | None = None  # the shadow evaluation's figures, from its display tags (``shadow.evidence``)
 
 
 @dataclass(frozen=True)

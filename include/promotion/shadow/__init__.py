@@ -1,0 +1,1 @@
+"""Shadow evaluation: the challenger scored on live traffic beside the champion, judged before approval."""
