@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_model_names_are_the_ones_the_configs_accept() -> None:
-    assert names.MODEL_NAME.pattern == config._MODEL_NAME.pattern
+    assert config.MODEL_NAME is names.MODEL_NAME  # one definition
+    assert config.parse_model_config is not None and names.MODEL_NAME.fullmatch("fraud-detector")
 
 
 def test_the_aliases_are_defined_once_in_the_client() -> None:

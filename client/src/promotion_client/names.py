@@ -11,7 +11,7 @@ import re
 CHAMPION_ALIAS = "champion"  # the production version
 CHALLENGER_ALIAS = "challenger"  # the version awaiting approval
 
-# The registered-model names the package's configs accept (include/promotion/config.py; tests/unit/test_serving.py
-# keeps them equal), used with fullmatch: "$" alone accepts a final "\n".
+# The registered-model names the package's configs accept (include/promotion/config.py uses this one), used with
+# fullmatch: "$" alone accepts a final "\n".
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
