@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import requests
 import yaml
+from promotion_client.signing import sign
 
 from include.promotion.watch.mlflow_webhook import (
     LOG_EVENT,
@@ -25,7 +26,6 @@ from include.promotion.watch.mlflow_webhook import (
     URL_PREFIX,
     WATCH_DAG_ID,
     WEBHOOK_ACTOR,
-    sign,
 )
 from scripts.airflow_api import AirflowAPI
 from tests.support import register
