@@ -173,3 +173,49 @@ def test_the_readmes_deploy_receiver_runs_in_the_client_venv(client_venv: Path, 
     finally:
         server.kill()
         server.wait(timeout=30)
+
+
+def test_the_readmes_scoring_server_runs_in_the_client_venv(
+    client_venv: Path, governed_champion: str, services: Any, tmp_path: Path
+) -> None:
+    """The README's scoring server, as written (its model name, cache folder and bind address moved to this test's),
+    serves the governed champion with nothing but the client installed, as a read-only MLflow account."""
+    import requests
+    from mlflow import MlflowClient
+
+    from include.promotion.pipeline.demo_data import synthetic_transactions
+    from scripts.stack.processes import free_port, port_is_open
+    from tests.support import DEMO
+
+    port = free_port()
+    code = (
+        readme_example("A scoring server in a few lines")
+        .replace('"fraud-detector", "/var/cache/models/fraud-detector"', f"{governed_champion!r}, {str(tmp_path)!r}")
+        .replace('("0.0.0.0", 8000)', f'("127.0.0.1", {port})')
+    )
+    assert repr(governed_champion) in code and f"{port})" in code, "the README's scoring example changed"
+    (tmp_path / "serve.py").write_text(code)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PROMOTION_", "AIRFLOW", "MLFLOW_"))}
+    env.update(
+        services.mlflow.reader_env(),
+        MLFLOW_TRACKING_URI=services.mlflow_url,
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="1",
+        MLFLOW_HTTP_REQUEST_TIMEOUT="10",
+    )
+    server = subprocess.Popen([str(client_venv), str(tmp_path / "serve.py")], env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not port_is_open(port) and server.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert server.poll() is None and port_is_open(port), "the README's scoring server did not start"
+        features = yaml.safe_load(DEMO.read_text())["features"]
+        rows = synthetic_transactions(rows=3, seed=99)[features].to_dict(orient="records")
+        answer = requests.post(f"http://127.0.0.1:{port}/", json={"rows": rows}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        champion = MlflowClient(services.mlflow_url).get_model_version_by_alias(governed_champion, "champion")
+        assert answer.json()["version"] == str(champion.version)
+        probabilities = answer.json()["fraud_probability"]
+        assert len(probabilities) == 3 and all(0.0 <= p <= 1.0 for p in probabilities)
+    finally:
+        server.kill()
+        server.wait(timeout=30)
