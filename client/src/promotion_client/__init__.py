@@ -14,7 +14,9 @@ from promotion_client.cache import ChampionCache
 from promotion_client.errors import ClientError, CopyRefused, DeliveryRefused, RegistryUnreachable, ServingError
 from promotion_client.events import DeployEvent, EventType
 from promotion_client.names import CHALLENGER_ALIAS, CHAMPION_ALIAS
+from promotion_client.prediction_log import PredictionLog, RecordRefused
 from promotion_client.receiver import RecentDeliveries, Seen, verify_delivery
+from promotion_client.scorer import FeaturesRefused, Scorer
 from promotion_client.served import Served
 
 __all__ = ["ClientError"]
@@ -32,3 +34,6 @@ __all__ += [
 
 # -- signing and deploy events
 __all__ += ["DeliveryRefused", "DeployEvent", "EventType", "RecentDeliveries", "Seen", "verify_delivery"]
+
+# -- prediction log and shadow
+__all__ += ["FeaturesRefused", "PredictionLog", "RecordRefused", "Scorer"]

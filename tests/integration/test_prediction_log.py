@@ -1,0 +1,133 @@
+"""The serving side's prediction log and shadow scoring against the real PostgreSQL (INSERT-only serving role) and
+the real MLflow server: every prediction is a row as it was made, the challenger scores in the shadow without ever
+answering, and a failing challenger never touches the champion's answers."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+import yaml
+from promotion_client import ChampionCache, FeaturesRefused, PredictionLog, Scorer
+
+from include.promotion.pipeline.demo_data import synthetic_transactions
+from include.promotion.registry import client as mlflow_client
+from tests.support import DEMO, seed_champion, unique
+
+
+def rows_of(services: Any, model: str) -> list[dict[str, Any]]:
+    """What the log holds for ``model``, read as the database owner (the serving role cannot read it)."""
+    conn = psycopg2.connect(services.postgres_uri("promotion"))
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT request_id, version, role, score, decision, latency_ms, features FROM prediction_log "
+                "WHERE model_name = %s ORDER BY id",
+                (model,),
+            )
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+def wait_for(what: Any, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (found := what()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return found
+
+
+@pytest.fixture(scope="module")
+def governed(services: Any, models_dir: Path) -> tuple[str, list[str]]:
+    """A model the package's own tasks put in production, and its features."""
+    raw = yaml.safe_load(DEMO.read_text())
+    raw.update(
+        name=unique("plog"),
+        schedule=None,
+        data={"source": "builtin", "dataset": "synthetic_transactions", "rows": 2000, "seed": 17},
+    )
+    raw["estimator"]["params"].update(n_estimators=20, max_depth=6)
+    (models_dir / f"{raw['name']}.yaml").write_text(yaml.safe_dump(raw))
+    seed_champion(raw["name"])
+    return raw["name"], list(raw["features"])
+
+
+@pytest.fixture
+def scorer(services: Any, governed: tuple[str, list[str]], tmp_path: Path) -> Iterator[Scorer]:
+    name, features = governed
+    cache = ChampionCache(name, tmp_path / "cache", poll_interval=None).start()
+    writer = PredictionLog(services.serving_env()["PROMOTION_PREDICTION_LOG_URL"], flush_seconds=0.1)
+    scoring = Scorer(cache, features, prediction_log=writer, shadow_poll_interval=None)
+    try:
+        yield scoring
+    finally:
+        scoring.close()
+        writer.close()
+
+
+def requests_for(features: list[str], n: int, seed: int) -> list[dict[str, float]]:
+    return synthetic_transactions(rows=n, seed=seed)[features].astype(float).to_dict(orient="records")
+
+
+def test_every_prediction_is_a_row_as_it_was_made(services: Any, scorer: Scorer) -> None:
+    name, before = scorer.cache.model_name, len(rows_of(services, scorer.cache.model_name))
+    answers = [scorer.score(row, request_id=f"req-{i}") for i, row in enumerate(requests_for(scorer.features, 20, 1))]
+    with pytest.raises(FeaturesRefused, match="unknown \\['color'\\]"):
+        scorer.score({**requests_for(scorer.features, 1, 2)[0], "color": 1.0})
+    with pytest.raises(FeaturesRefused, match="finite"):
+        scorer.score({**requests_for(scorer.features, 1, 2)[0], scorer.features[0]: float("nan")})
+    assert scorer.prediction_log is not None
+    scorer.prediction_log.close()
+    logged = rows_of(services, name)[before:]
+    assert [r["request_id"] for r in logged] == [a["request_id"] for a in answers]  # refused requests: no row
+    for answer, row, sent in zip(answers, logged, requests_for(scorer.features, 20, 1), strict=True):
+        assert (row["version"], row["role"]) == (answer["version"], "champion")
+        assert row["score"] == pytest.approx(answer["score"]) and row["decision"] == (answer["score"] >= 0.5)
+        assert row["latency_ms"] >= 0 and row["features"] == json.loads(json.dumps(sent))
+    assert {a["version"] for a in answers} == {str(scorer.cache.version)}
+
+
+def test_the_challenger_scores_in_the_shadow_and_never_answers(services: Any, scorer: Scorer) -> None:
+    name = scorer.cache.model_name
+    client = mlflow_client.client()  # the pipeline's service account: a second version of the same files
+    champion = client.get_model_version_by_alias(name, "champion")
+    model_id = champion.source.removeprefix("models:/")  # the LoggedModel the champion was registered from
+    challenger = client.create_model_version(name, champion.source, champion.run_id, model_id=model_id)
+    client.set_registered_model_alias(name, "challenger", challenger.version)
+    try:
+        assert scorer.refresh_challenger() == str(challenger.version)
+        sent = requests_for(scorer.features, 15, 3)
+        answers = [scorer.score(row, request_id=f"shadow-{i}") for i, row in enumerate(sent)]
+        assert {a["version"] for a in answers} == {str(champion.version)}  # the caller only sees the champion
+        shadow = wait_for(lambda: [r for r in rows_of(services, name) if r["role"] == "shadow"][14:])
+        assert shadow, f"shadow rows: {scorer.stats()}"
+        shadow_rows = [r for r in rows_of(services, name) if r["role"] == "shadow"]
+        assert {r["version"] for r in shadow_rows} == {str(challenger.version)}
+        assert {r["request_id"] for r in shadow_rows} == {a["request_id"] for a in answers}
+    finally:
+        client.delete_registered_model_alias(name, "challenger")
+    assert scorer.refresh_challenger() is None  # approved or rejected: the shadow stops
+    count = len([r for r in rows_of(services, name) if r["role"] == "shadow"])
+    scorer.score(requests_for(scorer.features, 1, 4)[0])
+    time.sleep(1.0)
+    assert len([r for r in rows_of(services, name) if r["role"] == "shadow"]) == count
+
+
+def test_a_challenger_that_fails_leaves_the_champions_answers_intact(services: Any, scorer: Scorer) -> None:
+    class Broken:
+        version = "999"
+
+        def predict_proba(self, frame: Any) -> Any:
+            raise RuntimeError("the challenger cannot score")
+
+    scorer._shadow_served = Broken()  # type: ignore[assignment]  # a challenger whose model raises on every row
+    answers = [scorer.score(row) for row in requests_for(scorer.features, 10, 5)]
+    assert {a["version"] for a in answers} == {str(scorer.cache.version)}
+    assert wait_for(lambda: scorer.stats()["shadow_failed"] == 10), scorer.stats()
+    assert not [r for r in rows_of(services, scorer.cache.model_name) if r["version"] == "999"]
