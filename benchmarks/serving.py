@@ -93,9 +93,9 @@ def main() -> int:
                 )
             stats = writer.close(timeout=120)
             seconds = time.perf_counter() - started
+            rate, dropped = stats["written"] / seconds, stats["dropped"]
             print(
-                f"prediction log: {stats['written']} of {n} records in {seconds:.1f} s = {stats['written'] / seconds:,.0f}/s, "
-                f"dropped {stats['dropped']}"
+                f"prediction log: {stats['written']} of {n} records in {seconds:.1f} s = {rate:,.0f}/s, dropped {dropped}"
             )
     return 0
 
