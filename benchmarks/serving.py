@@ -95,7 +95,8 @@ def main() -> int:
             seconds = time.perf_counter() - started
             rate, dropped = stats["written"] / seconds, stats["dropped"]
             print(
-                f"prediction log: {stats['written']} of {n} records in {seconds:.1f} s = {rate:,.0f}/s, dropped {dropped}"
+                f"prediction log: {stats['written']} of {n} records in {seconds:.1f} s = {rate:,.0f}/s, "
+                f"dropped {dropped}"
             )
     return 0
 
