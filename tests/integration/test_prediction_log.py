@@ -131,3 +131,61 @@ def test_a_challenger_that_fails_leaves_the_champions_answers_intact(services: A
     assert {a["version"] for a in answers} == {str(scorer.cache.version)}
     assert wait_for(lambda: scorer.stats()["shadow_failed"] == 10), scorer.stats()
     assert not [r for r in rows_of(services, scorer.cache.model_name) if r["version"] == "999"]
+
+
+@pytest.fixture
+def service_url(scorer: Scorer) -> Iterator[str]:
+    """The scoring service on a loopback port, served by uvicorn for real."""
+    import threading
+
+    import uvicorn
+    from promotion_client.service import app
+
+    from scripts.stack.processes import free_port, port_is_open
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app(scorer), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert wait_for(lambda: port_is_open(port), timeout=30)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_the_scoring_service_answers_and_refuses_bad_requests_logging_nothing(
+    services: Any, scorer: Scorer, service_url: str
+) -> None:
+    import requests
+
+    name, good = scorer.cache.model_name, requests_for(scorer.features, 1, 6)[0]
+    before = len(rows_of(services, name))
+    refused = {
+        "not json": requests.post(f"{service_url}/score", data=b"{nope", timeout=10),
+        "no features": requests.post(f"{service_url}/score", json={"rows": [good]}, timeout=10),
+        "unknown feature": requests.post(f"{service_url}/score", json={"features": {**good, "zip": 1}}, timeout=10),
+        "missing feature": requests.post(
+            f"{service_url}/score", json={"features": dict(list(good.items())[1:])}, timeout=10
+        ),
+        "not a number": requests.post(
+            f"{service_url}/score", json={"features": {**good, scorer.features[0]: "12"}}, timeout=10
+        ),
+        "long id": requests.post(f"{service_url}/score", json={"request_id": "r" * 129, "features": good}, timeout=10),
+        "huge": requests.post(
+            f"{service_url}/score", data=b'{"features": {}, "pad": "' + b"x" * 20_000 + b'"}', timeout=10
+        ),
+    }
+    assert {why: r.status_code for why, r in refused.items()} == {
+        **{why: 400 for why in refused if why != "huge"},
+        "huge": 413,
+    }
+    assert "zip" in refused["unknown feature"].json()["error"]
+    answer = requests.post(f"{service_url}/score", json={"request_id": "svc-1", "features": good}, timeout=10)
+    assert answer.status_code == 200 and answer.json()["version"] == str(scorer.cache.version)
+    health = requests.get(f"{service_url}/health", timeout=10).json()
+    assert health["version"] == str(scorer.cache.version) and "dropped" in health["log"]
+    assert scorer.prediction_log is not None
+    scorer.prediction_log.close()
+    assert [r["request_id"] for r in rows_of(services, name)[before:]] == ["svc-1"]  # refused requests: no row
