@@ -10,8 +10,11 @@ nothing on disk, and MLflow on PostgreSQL, as docker-compose.yaml runs it; state
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 import time
+from pathlib import Path
 
 import psycopg2
 
@@ -22,6 +25,69 @@ from scripts.stack import ServiceStack, main
 
 DEMO_MODEL = "fraud-detector"
 FIRST_RUN_WAIT = 20.0
+DEMO_SERVING_PORT = 8090
+REPO = Path(__file__).resolve().parents[1]
+
+
+def serving_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """``make run``'s own switches (the demo's scoring service and traffic); the rest goes to the stack."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--no-serving", action="store_true", help="no scoring service and no demo traffic")
+    parser.add_argument("--scoring-port", type=int, default=DEMO_SERVING_PORT)
+    parser.add_argument("--label-delay", type=float, default=60.0, help="seconds until a demo request's label arrives")
+    return parser.parse_known_args(argv)
+
+
+def start_demo_serving(stack: ServiceStack, port: int, label_delay: float) -> str:
+    """The scoring service (promotion_client, as a serving team runs it: read-only MLflow account, INSERT-only
+    prediction log) and the demo's traffic, supervised with the stack; they start serving once a champion exists."""
+    from include.promotion.pipeline.demo_data import TRANSACTION_FEATURES
+
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", ""),
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "client" / "src")]),
+        "MLFLOW_TRACKING_URI": stack.mlflow_url,
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        **stack.mlflow.reader_env(),
+        **stack.serving_env(),
+    }
+    serving_dir = stack.state_dir / "serving"
+    serving_dir.mkdir(exist_ok=True)
+    features = ",".join(TRANSACTION_FEATURES)
+    stack.spawn_client(
+        "scoring",
+        [
+            sys.executable,
+            "-m",
+            "promotion_client.service",
+            "--model",
+            DEMO_MODEL,
+            "--features",
+            features,
+            "--port",
+            str(port),
+            "--cache-dir",
+            str(serving_dir / "cache"),
+            "--wait-for-champion",
+            "604800",
+        ],
+        env,
+        serving_dir,
+    )
+    stack.spawn_client(
+        "traffic",
+        [
+            *(sys.executable, "-m", "scripts.traffic", "--url", url, "--label-delay", str(label_delay)),
+            *("--degrade-file", str(stack.state_dir / "degrade")),
+        ],
+        env,
+        REPO,
+    )
+    return url
 
 
 def demo_table_exists(dsn: str) -> bool:
@@ -43,8 +109,9 @@ def wait_for_first_run(api: AirflowAPI, dag_id: str, seconds: float = FIRST_RUN_
         time.sleep(1)
 
 
-def prepare_demo(stack: ServiceStack) -> None:
-    """Seed the demo data on first start; trigger the first retraining run; print the next steps."""
+def prepare_demo(stack: ServiceStack, serving: argparse.Namespace) -> None:
+    """Seed the demo data on first start; trigger the first retraining run; start the demo's serving; print the next
+    steps."""
     dsn = stack.postgres_uri("promotion")
     if not demo_table_exists(dsn):
         rows = demo_data.seed_transactions(dsn)
@@ -59,6 +126,16 @@ def prepare_demo(stack: ServiceStack) -> None:
     else:
         print(f"Triggered the first retraining run of {DEMO_MODEL}: {admin.trigger(dag_id)}")
     again = "make run-distributed" if stack.config.distributed else "make run"
+    if serving.no_serving:
+        scoring = "  (no scoring service: started with --no-serving)"
+    else:
+        url = start_demo_serving(stack, serving.scoring_port, serving.label_delay)
+        degrade = stack.state_dir / "degrade"
+        scoring = (
+            f"  5. Scoring service: {url}/score serves the champion (once there is one) to demo traffic\n"
+            f"     (2 requests/s), whose labels arrive {serving.label_delay:g} s later. `touch {degrade}` makes\n"
+            f"     the live fraud pattern drift. Try: curl -s {url}/health"
+        )
     print(
         f"""
 Next steps
@@ -71,10 +148,12 @@ Next steps
      (alias 'champion' = production, 'challenger' = awaiting approval).
   4. To undo a promotion (on-call: alice, bob, carol): "Model promotion" -> {DEMO_MODEL} -> Roll back, or
      trigger the DAG 'model_rollback' from its form (model, optional version, reason).
+{scoring}
 Press Ctrl-C to stop everything; `{again}` again resumes with all the state in {stack.state_dir}.
 """
     )
 
 
 if __name__ == "__main__":
-    sys.exit(main(["run", *sys.argv[1:]], after_start=prepare_demo))
+    options, rest = serving_options(sys.argv[1:])
+    sys.exit(main(["run", *rest], after_start=lambda stack: prepare_demo(stack, options)))

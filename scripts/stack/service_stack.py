@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import psutil
 
@@ -66,6 +67,7 @@ class ServiceStack:
             self.workers,
         )
         self._stopped = False
+        self._clients: list[str] = []  # spawn_client: stopped before everything else
         atexit.register(self.stop)
 
     # -- where things are --------------------------------------------------------------------------------
@@ -223,6 +225,12 @@ class ServiceStack:
             self.stop()
             raise
 
+    def spawn_client(self, name: str, args: list[str], env: dict[str, str], cwd: Path) -> None:
+        """A process of the serving side (``make run``'s scoring service and demo traffic) supervised with the
+        stack: only ``env`` and the user's own environment, none of the stack's secrets; stopped first."""
+        self.supervisor.spawn(name, args, env, cwd)
+        self._clients.append(name)
+
     def stop(self) -> None:
         """Stop everything this stack started; safe to call twice (also runs at interpreter exit)."""
         if self._stopped:
@@ -231,6 +239,9 @@ class ServiceStack:
         t0 = time.monotonic()
         started = set(self.supervisor.procs)
         try:
+            # the serving side first: it reads MLflow and writes the prediction log
+            self.supervisor.stop(self._clients)
+            self._clients.clear()
             # Reverse start order: Airflow before MLflow and PostgreSQL (it holds DB connections).
             self.airflow.stop()
             t1 = time.monotonic()

@@ -34,7 +34,8 @@ class MakeRun:
     def start(self) -> None:
         args = (
             f"--state-dir {self.state_dir} --airflow-port {self.ports['airflow']} "
-            f"--mlflow-port {self.ports['mlflow']} --postgres-port {self.ports['postgres']}"
+            f"--mlflow-port {self.ports['mlflow']} --postgres-port {self.ports['postgres']} "
+            f"--scoring-port {self.ports['scoring']} --label-delay 2"
         )
         # a user's shell: none of the harness's settings (PROMOTION_SCHEDULE_OVERRIDE among them), so the demo
         # model keeps its real weekly schedule, as in a terminal
@@ -88,11 +89,13 @@ class MakeRun:
         return AirflowAPI(f"http://127.0.0.1:{self.ports['airflow']}", user, passwords[user], scheduler_log)
 
 
-def audit_rows(state_dir: Path, port: int) -> list[tuple]:
+def owner_dsn(state_dir: Path, port: int) -> str:
     secrets = json.loads((state_dir / "secrets.json").read_text())
-    conn = psycopg2.connect(
-        host="127.0.0.1", port=port, user="postgres", password=secrets["postgres_password"], dbname="promotion"
-    )
+    return f"postgresql://postgres:{secrets['postgres_password']}@127.0.0.1:{port}/promotion"
+
+
+def audit_rows(state_dir: Path, port: int) -> list[tuple]:
+    conn = psycopg2.connect(owner_dsn(state_dir, port))
     try:
         with conn.cursor() as cur:
             cur.execute(
@@ -104,6 +107,25 @@ def audit_rows(state_dir: Path, port: int) -> list[tuple]:
         conn.close()
 
 
+def wait_for_rows(state_dir: Path, port: int, timeout: float = 120) -> list[tuple]:
+    """The demo traffic's logged predictions (version, role, whether its label arrived), once some were labelled."""
+    deadline = time.monotonic() + timeout
+    while True:
+        conn = psycopg2.connect(owner_dsn(state_dir, port))
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT p.version, p.role, l.request_id IS NOT NULL FROM prediction_log p "
+                    "LEFT JOIN demo.labels l USING (request_id) WHERE p.model_name = 'fraud-detector'"
+                )
+                rows = cur.fetchall()
+        finally:
+            conn.close()
+        if any(labelled for _, _, labelled in rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(2)
+
+
 def approve_next_run(stack: MakeRun, run_id: str) -> None:
     bob = stack.api("bob")
     bob.wait_for_gate(DAG_ID, run_id, timeout=300)
@@ -112,7 +134,7 @@ def approve_next_run(stack: MakeRun, run_id: str) -> None:
 
 
 def test_make_run_tells_the_whole_story_and_keeps_its_state(tmp_path: Path) -> None:
-    ports = {"airflow": free_port(), "mlflow": free_port(), "postgres": free_port()}
+    ports = {"airflow": free_port(), "mlflow": free_port(), "postgres": free_port(), "scoring": free_port()}
     stack = MakeRun(tmp_path / "state", ports, tmp_path / "make-run.log")
     try:
         stack.start()
@@ -135,6 +157,13 @@ def test_make_run_tells_the_whole_story_and_keeps_its_state(tmp_path: Path) -> N
         (first,) = admin.request("GET", f"/dags/{DAG_ID}/dagRuns")["dag_runs"]  # the run make run started
         approve_next_run(stack, first["dag_run_id"])
         assert stack.champion() == "1"
+        # the demo's scoring service serves the new champion to the demo traffic: logged, then labelled
+        scoring = f"http://127.0.0.1:{ports['scoring']}"
+        assert f"{scoring}/score" in output
+        logged = wait_for_rows(stack.state_dir, ports["postgres"])
+        assert logged and {(version, role) for version, role, _ in logged} == {("1", "champion")}
+        assert any(labelled for _, _, labelled in logged), "no label arrived for the demo traffic"
+        assert requests.get(f"{scoring}/health", timeout=10).json()["version"] == "1"
         rows = audit_rows(stack.state_dir, ports["postgres"])
         assert rows == [
             ("1", "register", DAG_ID),

@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from typing import Any
 
 from fastapi import FastAPI, Request  # the [service] extra; this module alone needs it (FastAPI reads the annotations)
 from fastapi.responses import JSONResponse
 
-from promotion_client.errors import ClientError
+from promotion_client.errors import ClientError, ServingError
 from promotion_client.prediction_log import MAX_REQUEST_ID_CHARS
 from promotion_client.scorer import Scorer
 
@@ -79,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--shadow-sample-rate", type=float, default=1.0)
     parser.add_argument("--no-log", action="store_true", help="do not record predictions (no prediction log)")
+    parser.add_argument(
+        "--wait-for-champion",
+        type=float,
+        default=0.0,
+        help="seconds to wait for a first champion before giving up (a fresh deployment has none yet)",
+    )
     args = parser.parse_args(argv)
 
     import uvicorn
@@ -86,7 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     from promotion_client.cache import ChampionCache
     from promotion_client.prediction_log import PredictionLog
 
-    cache = ChampionCache(args.model, args.cache_dir or os.path.join("model-cache", args.model)).start()
+    cache = ChampionCache(args.model, args.cache_dir or os.path.join("model-cache", args.model))
+    deadline = time.monotonic() + args.wait_for_champion
+    while True:
+        try:
+            cache.start()
+            break
+        except ServingError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(5)
     log = None if args.no_log else PredictionLog(os.environ["PROMOTION_PREDICTION_LOG_URL"])
     scorer = Scorer(
         cache,

@@ -16,8 +16,13 @@ LABEL_READERS = ("promotion_app", "promotion_reader")
 TRANSACTION_FEATURES = ["amount", "hour", "merchant_risk", "distance_km", "tx_last_24h", "account_age_days"]
 
 
-def synthetic_transactions(rows: int = 4000, seed: int = 7, fraud_rate: float = 0.08) -> pd.DataFrame:
-    """Card transactions where fraud is rare and depends (noisily) on amount, hour, risk and velocity."""
+def synthetic_transactions(
+    rows: int = 4000, seed: int = 7, fraud_rate: float = 0.08, degraded: bool = False
+) -> pd.DataFrame:
+    """Card transactions where fraud is rare and depends (noisily) on amount, hour, risk and velocity.
+
+    ``degraded``: the live pattern has drifted (the demo traffic's ``--degrade``): fraud now comes from small daytime
+    payments on young accounts, which a model trained on the usual pattern misses."""
     import numpy as np
     import pandas as pd
 
@@ -38,6 +43,14 @@ def synthetic_transactions(rows: int = 4000, seed: int = 7, fraud_rate: float = 
         - 0.35 * np.log1p(account_age_days) / 8
         + rng.normal(0, 0.6, size=rows)
     )
+    if degraded:
+        score = (
+            1.6 * (amount < 25)
+            + 1.4 * (account_age_days < 120)
+            + 0.6 * (1 - night)
+            - 0.8 * merchant_risk
+            + rng.normal(0, 0.6, size=rows)
+        )
     threshold = np.quantile(score, 1 - fraud_rate)
     return pd.DataFrame(
         {
