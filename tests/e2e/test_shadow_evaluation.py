@@ -3,16 +3,18 @@ the serving side logs predictions, then shows the figures in the approval body, 
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime
 
 import pytest
+import yaml
 
 from benchmarks.shadow import FEATURES, insert_labels, insert_predictions
 from include.promotion.audit import log as audit
 from include.promotion.config import dag_id_for
 from include.promotion.registry import client as mlflow_client
-from tests.support import seed_champion
+from tests.support import DEMO, seed_champion
 
 pytestmark = pytest.mark.e2e
 
@@ -42,22 +44,63 @@ def reach_shadow_evaluate(services, as_user, add_model, **shadow: object) -> tup
     return name, dag_id, run_id, champion, candidate
 
 
-def test_the_run_waits_for_shadow_traffic_and_the_reviewer_sees_its_figures(services, as_user, add_model) -> None:
+def logged_pairs(services, name: str, candidate: str) -> list[tuple[str, bool, bool]]:
+    """(request id, champion's decision, challenger's decision) of every request both scored, from the log."""
+    import psycopg2
+
+    conn = psycopg2.connect(services.postgres_uri("promotion"))
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT c.request_id, c.decision, s.decision FROM prediction_log c JOIN prediction_log s "
+                "ON s.request_id = c.request_id AND s.role = 'shadow' AND s.version = %s "
+                "WHERE c.model_name = %s AND c.role = 'champion'",
+                (candidate, name),
+            )
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def test_the_run_waits_for_live_traffic_and_the_reviewer_sees_its_figures(
+    services, as_user, add_model, tmp_path
+) -> None:
+    """Real traffic through the serving client (``Scorer``: champion answers, challenger in the shadow, both logged
+    by ``PredictionLog`` as the INSERT-only role); the figures in the approval body are the log's rows'."""
+    from promotion_client import ChampionCache, PredictionLog, Scorer
+
+    from include.promotion.pipeline.demo_data import synthetic_transactions
+
     name, dag_id, run_id, champion, candidate = reach_shadow_evaluate(
-        services, as_user, add_model, gates={"max_decision_change": 0.5, "max_latency_ms_p95": 100}
+        services, as_user, add_model, gates={"max_decision_change": 0.5, "max_latency_ms_p95": 10_000}
     )
-    decisions = [(i % 4 == 0, i % 4 == 0 or i % 10 == 1) for i in range(60)]
-    rows = serving_rows(name, champion, candidate, decisions)
+    features = list(yaml.safe_load(DEMO.read_text())["features"])
     url = services.serving_env()["PROMOTION_PREDICTION_LOG_URL"]
-    insert_predictions(url, rows)
-    insert_labels(url, [(rows[i][0], int(i % 8 == 0)) for i in range(0, 40, 2)])
+    cache = ChampionCache(name, tmp_path / "cache", poll_interval=None).start()
+    writer = PredictionLog(url, flush_seconds=0.2)
+    scorer = Scorer(cache, features, prediction_log=writer, shadow_poll_interval=None)
+    try:
+        assert scorer.refresh_challenger() == str(candidate)
+        traffic = synthetic_transactions(rows=60, seed=23)[features].astype(float).to_dict(orient="records")
+        answers = [scorer.score(row) for row in traffic]
+        assert {a["version"] for a in answers} == {str(champion)}  # the caller only ever sees the champion
+        deadline = time.monotonic() + 60
+        while scorer.stats()["shadow_scored"] < 60 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        scorer.close()
+        writer.close()
+        cache.stop()
+    pairs = logged_pairs(services, name, str(candidate))
+    assert len(pairs) == 60, scorer.stats()
+    insert_labels(url, [(request_id, int(i % 8 == 0)) for i, (request_id, _, _) in enumerate(pairs[:20])])
 
     bob = as_user("bob")
     body = bob.wait_for_gate(dag_id, run_id)["body"]
-    agreement = sum(1 for c, s in decisions if c == s) / len(decisions)
-    flag_to_pass = sum(1 for c, s in decisions if c and not s)
-    pass_to_flag = sum(1 for c, s in decisions if s and not c)
-    assert "Shadow evaluation (live traffic)" in body and "| roc_auc |" in body
+    agreement = sum(1 for _, c, s in pairs if c == s) / len(pairs)
+    flag_to_pass = sum(1 for _, c, s in pairs if c and not s)
+    pass_to_flag = sum(1 for _, c, s in pairs if s and not c)
+    assert "Shadow evaluation (live traffic)" in body
     assert f"| figure | champion (v{champion}) | challenger (v{candidate}) |" in body
     assert "n = 60 requests" in body and f"decision agreement: {agreement:.2%}" in body
     assert f"flips: {flag_to_pass} flagged by the champion but passed by the challenger, {pass_to_flag} the" in body
