@@ -29,6 +29,7 @@ from pathlib import Path
 
 import psutil
 
+from scripts.stack.config import StackError
 from scripts.stack.processes import Supervisor, process_tree
 from scripts.stack.state import StateDir
 
@@ -124,6 +125,8 @@ class CeleryWorkers:
         """SIGKILL a worker's whole process group and session at once, as a lost machine would: the worker, its
         pool, the tasks' supervisors and task processes. Returns the pids killed."""
         proc = self.supervisor.procs[name]
+        if proc.poll() is not None:  # reaped: its pid may be another process's by now
+            raise StackError(f"Celery {name} has already exited ({proc.returncode})")
         victims = process_tree(proc.pid)
         with contextlib.suppress(OSError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -140,7 +143,7 @@ class CeleryWorkers:
         """Cold shutdown (SIGQUIT): Celery's warm one waits for running tasks, and the stack stops them anyway
         (a task stopped half-way is one the package retries safely)."""
         started = [name for name in self.names if name in self.supervisor.procs]
-        for name in started:
+        for pid in self.supervisor.own_pids(started):
             with contextlib.suppress(OSError):
-                os.killpg(self.supervisor.procs[name].pid, signal.SIGQUIT)
+                os.killpg(pid, signal.SIGQUIT)
         self.supervisor.stop(started)

@@ -90,8 +90,26 @@ def _session_members(sid: int) -> list[psutil.Process]:
     return members
 
 
+def started_at(pid: int) -> float | None:
+    """The start time of the process ``pid`` (None: no such process), to tell it from a later one given the same
+    pid: the kernel hands out the pid of a process we have reaped again (after ``pid_max``, 32768 here)."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def still_ours(pid: int, started: float) -> bool:
+    """Whether ``pid`` may still be signalled as the process started at ``started`` (or its leftovers): it is
+    that process, or no process has the pid now (then only its own process group or session can carry it).
+    False when the pid belongs to another process now: signalling it, its group or its session would hit a
+    stranger (seen: a PostgreSQL server of the test session killed through a reused pid)."""
+    now = started_at(pid)
+    return now is None or abs(now - started) < 0.01
+
+
 def process_tree(pid: int) -> set[psutil.Process]:
-    """``pid``, its descendants and the rest of its session."""
+    """``pid``, its descendants and the rest of its session (the caller made sure ``pid`` is still ours)."""
     tree: set[psutil.Process] = set()
     with contextlib.suppress(psutil.Error):
         root = psutil.Process(pid)
@@ -193,6 +211,7 @@ class Supervisor:
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self.procs: dict[str, subprocess.Popen] = {}
+        self.started: dict[str, float] = {}  # name -> the process's start time (its pid may be reused once reaped)
 
     def spawn(self, name: str, args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
         log_path = self.state.log(name)
@@ -209,16 +228,22 @@ class Supervisor:
                 start_new_session=True,
             )
         self.procs[name] = proc
+        if (started := started_at(proc.pid)) is not None:  # None: it is gone already (``wait`` says why)
+            self.started[name] = started
         self._record_pids()
         return proc
 
     def _record_pids(self) -> None:
-        records = []
-        for name, proc in self.procs.items():
-            with contextlib.suppress(psutil.Error):
-                started = psutil.Process(proc.pid).create_time()
-                records.append({"name": name, "pid": proc.pid, "started": started})
+        records = [{"name": n, "pid": self.procs[n].pid, "started": t} for n, t in self.started.items()]
         write_private(self.state.pids_file, json.dumps(records) + "\n")
+
+    def own_pids(self, names: Iterable[str]) -> list[int]:
+        """The pids of the processes named ``names`` that are still ours to signal (see ``still_ours``)."""
+        return [
+            self.procs[name].pid
+            for name in names
+            if name in self.started and still_ours(self.procs[name].pid, self.started[name])
+        ]
 
     def reap_stale(self) -> None:
         """Kill what a previous run on this state_dir left behind (e.g. after SIGKILL of `make run`)."""
@@ -227,10 +252,10 @@ class Supervisor:
             return
         stale = []
         for rec in json.loads(pids_file.read_text() or "[]"):
-            with contextlib.suppress(psutil.Error):
-                if abs(psutil.Process(rec["pid"]).create_time() - rec["started"]) < 0.01:
-                    stale.append(rec["pid"])
-                    log.warning("stopping %s (pid %s) left over from a previous run", rec["name"], rec["pid"])
+            started = started_at(rec["pid"])
+            if started is not None and abs(started - rec["started"]) < 0.01:
+                stale.append(rec["pid"])
+                log.warning("stopping %s (pid %s) left over from a previous run", rec["name"], rec["pid"])
         if stale:
             kill_sessions(stale, self.stop_timeout)
         pids_file.unlink(missing_ok=True)
@@ -263,14 +288,14 @@ class Supervisor:
     def trees(self) -> set[psutil.Process]:
         """Every live process started here, with its descendants and the rest of its session."""
         found: set[psutil.Process] = set()
-        for proc in self.procs.values():
-            found |= process_tree(proc.pid)
+        for pid in self.own_pids(self.procs):
+            found |= process_tree(pid)
         return found
 
     def stop(self, names: Iterable[str], lingering: Iterable[str] = ()) -> None:
         """``kill_sessions`` for the processes named ``names`` (those started)."""
-        pids = [self.procs[name].pid for name in names if name in self.procs]
-        lingering_pids = [self.procs[name].pid for name in lingering if name in self.procs]
+        pids = self.own_pids(names)
+        lingering_pids = self.own_pids(lingering)
         kill_sessions(pids, self.stop_timeout, lingering=lingering_pids)
 
     def reap(self) -> None:
@@ -282,4 +307,5 @@ class Supervisor:
     def forget(self) -> None:
         """Forget every process (once stopped): nothing is left for a later stack to reap."""
         self.procs.clear()
+        self.started.clear()
         self.state.pids_file.unlink(missing_ok=True)

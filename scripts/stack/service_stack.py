@@ -270,6 +270,13 @@ class ServiceStack:
     def failed_components(self) -> list[str]:
         return self.supervisor.failed()
 
+    def down(self) -> list[str]:
+        """The components that have exited, PostgreSQL's server included (when this stack started it)."""
+        down = self.failed_components()
+        if self.postgres.running and self.postgres.postmaster_pid() is None:
+            down.append("postgres")
+        return down
+
     def processes(self) -> list[psutil.Process]:
         """Every live process the stack started (with descendants), PostgreSQL's included."""
         return sorted(self.supervisor.trees() | self.postgres.processes(), key=lambda p: p.pid)
@@ -279,10 +286,24 @@ class ServiceStack:
 
         For a failed test's report: an end-to-end failure on a CI machine is otherwise a bare "failed".
         """
-        keys = ("error", "warning", "exception", "traceback", "state mismatch", "failed")
+        keys = (
+            "error",
+            "warning",
+            "exception",
+            "traceback",
+            "state mismatch",
+            "failed",
+            "fatal",
+            "panic",
+            "shut",
+            "by signal",
+        )
         parts = []
+        if down := self.down():
+            parts.append(f"== DOWN: {', '.join(down)}")
         logs_dir = self.logs_dir
-        files = sorted(logs_dir.glob("*.log")) + sorted(
+        # PostgreSQL's first: every other component fails when it went away
+        files = sorted(logs_dir.glob("*.log"), key=lambda p: (p.name != "postgres.log", p.name)) + sorted(
             p for p in (logs_dir / "airflow").rglob("*.log") if p.stat().st_mtime >= since
         )
         for path in files:

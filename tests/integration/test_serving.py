@@ -99,8 +99,8 @@ class ThrowawayMlflow:
 
     def kill(self) -> None:
         """SIGKILL the server's whole process group and session (the uvicorn worker too), as a crash would."""
-        if self.proc is None:
-            return
+        if self.proc is None or self.proc.returncode is not None:
+            return  # reaped already (killed before, or seen exited): its pid may be another process's by now
         tree = process_tree(self.proc.pid)
         with suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
