@@ -26,6 +26,7 @@ REVIEWERS = {"admin": "admin", "alice": "user", "bob": "user", "carol": "user", 
 MANUAL_RUNS_ONLY = {
     "PROMOTION_SCHEDULE_OVERRIDE": "none",
     "PROMOTION_WATCH_SCHEDULE": "none",
+    "PROMOTION_HEALTH_SCHEDULE": "none",
     "PROMOTION_SHADOW_POKE_SECONDS": "3",
 }
 

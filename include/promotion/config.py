@@ -29,6 +29,7 @@ from include.promotion.config_sections import (
     DataSource,
     DeployNotifications,
     Estimator,
+    Health,
     Holdout,
     Metric,
     PostgresSource,
@@ -88,6 +89,9 @@ class ModelConfig(_Strict):
     post_promotion: PostPromotion = Field(default_factory=PostPromotion)
     alerts: Alerts = Field(default_factory=Alerts)
     shadow: Shadow = Field(default_factory=Shadow)
+    health: Health | None = Field(
+        default=None, description="Production health checks (model_health); without this section, none."
+    )
     deploy_notifications: DeployNotifications = Field(
         default_factory=DeployNotifications,
         description="Signed webhooks and Slack told of every production change (promotion, rollback, automatic "

@@ -159,6 +159,62 @@ class Shadow(_Strict):
         return query
 
 
+class Health(_Strict):
+    """Production health (``model_health``): the champion's logged live predictions judged against the labels that
+    arrived, its inputs and scores against its training run's reference distribution, and its traffic volume."""
+
+    conn_id: str = Field(default="promotion_db", description="The Airflow connection labels_query runs through.")
+    labels_query: str | None = Field(
+        default=None,
+        min_length=1,
+        description="SELECT returning the columns request_id and label (1 = positive) of live requests whose true "
+        "outcome is known; default: every row of PROMOTION_LABELS_TABLE (the demo's demo.labels).",
+    )
+    window: int = Field(default=86400, description="Duration judged, back from each check ('24h', '90m', seconds).")
+    min_labels: int = Field(
+        default=100, ge=1, le=10_000_000, description="Fewer labelled predictions in the window: metrics not judged."
+    )
+    min_predictions: int = Field(
+        default=1, ge=0, le=100_000_000, description="Fewer champion predictions in the window is a finding (volume)."
+    )
+    min_roc_auc: float | None = Field(default=None, ge=0, le=1)
+    min_average_precision: float | None = Field(default=None, ge=0, le=1)
+    min_recall: float | None = Field(default=None, ge=0, le=1)
+    min_precision: float | None = Field(default=None, ge=0, le=1)
+    min_f1: float | None = Field(default=None, ge=0, le=1)
+    max_psi: float | None = Field(
+        default=0.25, ge=0, le=100, description="Largest PSI of any input feature, or of the scores, vs the reference."
+    )
+    on_breach: Literal["alert", "rollback", "retrain"] = Field(
+        default="alert",
+        description="After alerting: restore the previous champion, or start a retraining run (an Asset event).",
+    )
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> int:
+        return duration_seconds(value)
+
+    @field_validator("conn_id")
+    @classmethod
+    def _conn(cls, conn_id: str) -> str:
+        return _conn_id(conn_id)
+
+    @field_validator("labels_query")
+    @classmethod
+    def _select_only(cls, query: str | None) -> str | None:
+        if query is not None and not re.match(r"^\s*(SELECT|WITH)\b", query, re.IGNORECASE):
+            raise ValueError("must be a SELECT (or WITH ... SELECT) returning the columns request_id and label")
+        if query is not None and ";" in query.strip().rstrip(";"):
+            raise ValueError("must be one statement (no ';' inside)")
+        return None if query is None else query.strip().rstrip(";")
+
+    def minimums(self, gates: dict[str, float]) -> dict[str, float]:
+        """The live metrics' minimums: ``min_<metric>`` where set, else the model's offline gate of that metric."""
+        mins = {m: v for m in METRICS if (v := getattr(self, f"min_{m}")) is not None}
+        return {**{m: v for m, v in gates.items() if m not in mins}, **mins}
+
+
 def _user_names(names: list[str]) -> list[str]:
     cleaned = [n.strip() for n in names]
     if any(not n for n in cleaned):

@@ -77,6 +77,15 @@ class ShadowEvidenceError(PromotionError):
     feature column); the message names the key to fix."""
 
 
+class HealthCheckError(PromotionError):
+    """A model's production health could not be checked as configured (e.g. a ``health.labels_query`` that fails or
+    returns the wrong columns); the message names the model and the key to fix."""
+
+
+class HealthDegraded(PromotionError):
+    """A champion's production health check found a breach (the message says what, and what was done)."""
+
+
 class WebhookRefused(PromotionError):
     """A delivery to the MLflow webhook receiver that is not acted on; ``status_code`` is the HTTP answer.
 

@@ -52,6 +52,15 @@ def watch_schedule() -> str | None:
     return None if value.lower() in {"none", "null"} else value
 
 
+def health_schedule() -> str | None:
+    """How often ``model_health`` checks the champions in production (``PROMOTION_HEALTH_SCHEDULE``; ``none``:
+    manual runs only). Default hourly: a degrading champion is noticed within the hour its labels arrive."""
+    value = (os.environ.get("PROMOTION_HEALTH_SCHEDULE") or "").strip()
+    if not value:
+        return "@hourly"
+    return None if value.lower() in {"none", "null"} else value
+
+
 def clock_skew_seconds() -> float:
     """How far apart the clocks of the workers and the MLflow server may be (``PROMOTION_CLOCK_SKEW_SECONDS``,
     default 60). The registry watch calls a version created later than that after the pipeline registered it a

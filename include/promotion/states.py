@@ -58,6 +58,9 @@ class AuditAction(StrEnum):
     DRIFT_DETECTED = "drift_detected"
     DRIFT_RESTORE = "drift_restore"
     POST_CHECK_ROLLBACK = "post_check_rollback"
+    # production health (model_health): a finding opened on the champion, and the same finding gone
+    HEALTH_DEGRADED = "health_degraded"
+    HEALTH_RECOVERED = "health_recovered"
 
 
 class Tag(StrEnum):

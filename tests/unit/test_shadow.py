@@ -12,6 +12,7 @@ import yaml
 
 from include.promotion.config import ModelConfig, duration_seconds, parse_model_config
 from include.promotion.errors import ModelConfigError
+from include.promotion.health.reference import EPSILON
 from include.promotion.shadow import evaluate, evidence, metrics
 
 DEMO = Path(__file__).resolve().parents[2] / "include" / "models" / "fraud-detector.yaml"
@@ -40,7 +41,7 @@ def test_psi_matches_a_hand_computation_on_fixed_bins() -> None:
     # champion scores 0..99 -> deciles edges at 9.9, 19.8, ...; the challenger puts everything in the top decile
     expected, actual = list(range(100)), [99.0] * 50
     share = 0.1
-    by_hand = 9 * (metrics.PSI_EPSILON - share) * math.log(metrics.PSI_EPSILON / share) + (1 - share) * math.log(10)
+    by_hand = 9 * (EPSILON - share) * math.log(EPSILON / share) + (1 - share) * math.log(10)
     assert metrics.psi(expected, actual) == pytest.approx(by_hand)
 
 

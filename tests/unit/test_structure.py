@@ -31,6 +31,9 @@ TASK_IDS = {
     "restore_previous_champion",
     "verify",
     "reconcile_registry",
+    "models_to_check",
+    "check_model_health",
+    "health_verdict",
 }
 
 

@@ -68,6 +68,8 @@ class AuditedState:
     open_drift: frozenset[str] = frozenset()
     # when the pipeline registered each version (its ``register`` row): a version created after that was replaced
     registered_at: dict[str, datetime] = field(default_factory=dict)
+    # versions with an open production-health finding: a ``health_degraded`` row no later ``health_recovered`` closed
+    degraded: frozenset[str] = frozenset()
 
     def previous_champion(self, exists: Callable[[str], bool]) -> str | None:
         """The latest earlier champion that still exists and was not rolled back: a rollback's default target."""
@@ -83,8 +85,15 @@ def audited_state(model_name: str, rows: Iterable[Mapping[str, Any]]) -> Audited
     history: list[str] = []
     open_drift: set[str] = set()
     registered_at: dict[str, datetime] = {}
+    degraded: set[str] = set()
     for row in rows:
         version = str(row["version"])
+        if row["action"] == AuditAction.HEALTH_DEGRADED:
+            degraded.add(version)
+            continue
+        if row["action"] == AuditAction.HEALTH_RECOVERED:
+            degraded.discard(version)
+            continue
         if row["action"] == AuditAction.DRIFT_DETECTED:
             open_drift.add(row["reason"] or "")
             continue
@@ -114,6 +123,7 @@ def audited_state(model_name: str, rows: Iterable[Mapping[str, Any]]) -> Audited
         statuses=statuses,
         open_drift=frozenset(open_drift),
         registered_at=registered_at,
+        degraded=frozenset(degraded),
     )
 
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from include.promotion.errors import AuditLogError
+from include.promotion.health import history as health_history
 from include.promotion.shadow import prediction_log
 from include.promotion.states import AuditAction
 
@@ -184,12 +185,18 @@ def _hash_chain(cur: Any) -> None:
     cur.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {AUDIT_TABLE}_chain_idx ON {AUDIT_TABLE} (model_name, prev_hash)")
 
 
+def _health(cur: Any) -> None:
+    cur.execute(health_history.DDL)
+    _action_check(cur)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "audit table, append-only trigger on UPDATE and DELETE", _sql(_INITIAL)),
     Migration(2, "TRUNCATE refused", _sql(_NO_TRUNCATE)),
     Migration(3, "action restricted to the AuditAction vocabulary", _action_check),
     Migration(4, "rows hash-chained per model", _hash_chain),
     Migration(5, "prediction_log: the serving side's predictions (shadow evaluation)", _sql(prediction_log.DDL)),
+    Migration(6, "production health: model_health_checks; actions health_degraded, health_recovered", _health),
 )
 CURRENT_VERSION = MIGRATIONS[-1].version
 
@@ -268,6 +275,7 @@ def upgrade(
                 for table in (AUDIT_TABLE, VERSION_TABLE):
                     cur.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(table), reader))
             prediction_log.grant(cur, app_role, reader_role, serving_role)
+            health_history.grant(cur, app_role, reader_role)
         conn.commit()
     except BaseException:
         conn.rollback()

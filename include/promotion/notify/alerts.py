@@ -84,6 +84,26 @@ def alert_deploy_notification(cfg: ModelConfig, lines: list[str]) -> None:
     )
 
 
+def alert_health(cfg: ModelConfig, lines: list[str], recovered: bool = False) -> None:
+    """Tell on-call that the champion degraded in production (or is healthy again): ``model_health``'s alert."""
+    if recovered:
+        _alert(
+            cfg,
+            "PRODUCTION HEALTH RECOVERED",
+            f"[production health recovered] {cfg.name}: the champion is healthy again",
+            "model_health found:",
+            lines,
+        )
+        return
+    _alert(
+        cfg,
+        "PRODUCTION HEALTH DEGRADED",
+        f"[production health degraded] {cfg.name}: the champion breaches its health limits",
+        "model_health found:",
+        lines,
+    )
+
+
 def alert_targets(cfg: ModelConfig) -> list[Target]:
     """Where the model's on-call alerts go besides the task log (``alerts``; default ``approval.notify_emails``)."""
     targets: list[Target] = []

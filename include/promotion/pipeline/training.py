@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from include.promotion import settings
 from include.promotion.config import ModelConfig
 from include.promotion.errors import EstimatorError
+from include.promotion.health import reference as health_reference
 from include.promotion.registry import client as mlflow_client
 from include.promotion.states import Tag
 
@@ -201,6 +202,12 @@ def train_and_log(
             input_example=example,
             pip_requirements=pip_requirements(),
             skops_trusted_types=trusted_sklearn_types(pipeline),
+        )
+        # what production's inputs and scores are compared with (model_health): training rows, holdout scores
+        holdout_scores = pipeline.predict_proba(split.x_test)[:, 1]
+        mlflow.log_dict(
+            health_reference.build({f: split.x_train[f] for f in cfg.features}, holdout_scores, len(split.x_train)),
+            health_reference.REFERENCE_ARTIFACT,
         )
         # Written last: a run carrying model_uri is complete and may be reused by a retry.
         mlflow.set_tag("model_uri", info.model_uri)

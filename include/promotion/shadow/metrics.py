@@ -10,27 +10,15 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-PSI_BINS = 10  # quantile bins of the champion's scores
-PSI_EPSILON = 1e-4  # a share of 0 in a bin counts as this much: PSI stays finite
 
+def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
+    """Population stability index of ``actual`` (challenger's scores) against ``expected`` (champion's), on the
+    ``expected`` quantile bins (``health.reference``: the one PSI of the package). NaN when either is empty."""
+    from include.promotion.health.reference import bins_of, psi_against
 
-def psi(expected: Sequence[float], actual: Sequence[float], bins: int = PSI_BINS, eps: float = PSI_EPSILON) -> float:
-    """Population stability index of ``actual`` (challenger's scores) against ``expected`` (champion's).
-
-    Bin edges are the ``bins``-quantiles of ``expected`` (repeated edges merged, so a model giving few distinct
-    scores still gets sound bins); each bin's share is floored at ``eps``. 0 means the same distribution; above
-    0.25 is commonly read as a large shift.
-    """
-    import numpy as np
-
-    exp, act = np.asarray(expected, dtype=float), np.asarray(actual, dtype=float)
-    if exp.size == 0 or act.size == 0:
+    if len(expected) == 0 or len(actual) == 0:
         return float("nan")
-    inner = np.unique(np.quantile(exp, np.linspace(0, 1, bins + 1)[1:-1]))
-    exp_share = np.bincount(np.searchsorted(inner, exp, side="right"), minlength=inner.size + 1) / exp.size
-    act_share = np.bincount(np.searchsorted(inner, act, side="right"), minlength=inner.size + 1) / act.size
-    exp_share, act_share = np.maximum(exp_share, eps), np.maximum(act_share, eps)
-    return float(np.sum((act_share - exp_share) * np.log(act_share / exp_share)))
+    return psi_against(bins_of(expected), actual)
 
 
 def live_metrics(labels: Sequence[int], scores: Sequence[float], decisions: Sequence[bool]) -> dict[str, Any]:
