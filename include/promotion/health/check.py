@@ -125,6 +125,21 @@ def check_model(cfg: ModelConfig, run: RunRef, now: datetime | None = None) -> d
         log.info("%s: no champion, nothing to check", cfg.name)
         return {"model": cfg.name, "status": "no_champion", "findings": [], "retrain": False}
     version = str(champion.version)
+    if (earlier := finding_of_this_run(cfg.name, run)) and earlier["version"] != version:
+        # a retry after this run's rollback: the version it found degraded no longer serves; judge nothing new
+        log.info(
+            "%s: this run already found v%s degraded and acted; v%s serves now", cfg.name, earlier["version"], version
+        )
+        return {
+            "model": cfg.name,
+            "version": earlier["version"],
+            "status": judging.DEGRADED,
+            "findings": [earlier["reason"]],
+            "opened": True,
+            "closed": False,
+            "retrain": False,
+            "action": f"done by this run's first try: v{version} is the champion now",
+        }
     figures = gather(cfg, version, champion.run_id, now or datetime.now(UTC), client)
     verdict: judging.Verdict = figures["verdict"]
     change = Change(actor=HEALTH_ACTOR, dag_id=run.dag_id, run_id=run.run_id)
@@ -175,6 +190,16 @@ def check_model(cfg: ModelConfig, run: RunRef, now: datetime | None = None) -> d
     elif verdict.findings:
         log.warning("%s v%s: still degraded (finding open, alerted before): %s", cfg.name, version, verdict.findings)
     return result
+
+
+def finding_of_this_run(name: str, run: RunRef) -> dict[str, Any] | None:
+    """The ``health_degraded`` row an earlier try of this run wrote, if any."""
+    rows = [
+        r
+        for r in audit.rows(name)
+        if r["action"] == AuditAction.HEALTH_DEGRADED and r["dag_id"] == run.dag_id and r["run_id"] == run.run_id
+    ]
+    return rows[-1] if rows else None
 
 
 def record_judgement(name: str, version: str, verdict: judging.Verdict, change: Change) -> tuple[bool, bool]:
