@@ -159,9 +159,14 @@ class AirflowAPI:
                 )
             time.sleep(1)
 
-    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
-        """The task's log as text (the API serves structured events; their messages, one per line)."""
-        body = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}")
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1) -> str:
+        """The task's log as text (the API serves structured events; their messages, one per line); ``map_index``
+        for one instance of a mapped task."""
+        body = self.request(
+            "GET",
+            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
+            params={"map_index": map_index},
+        )
         content = body.get("content", [])
         if isinstance(content, str):
             return content

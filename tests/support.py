@@ -83,6 +83,17 @@ def seed_champion(name: str, reason: str = "seed") -> str:
     return version
 
 
+def promote_next(name: str) -> str:
+    """A new real version of a configured model, trained on its current data by the tasks' own code, approved by bob
+    and put in production over the champion; return it."""
+    run = run_ref(triggered_by="alice", dag_id=f"model_promotion__{name}")
+    trained = tasks.train(name, tasks.load_data(name, run), run)
+    staged = tasks.promote_to_staging(name, tasks.register(name, trained, tasks.evaluate(name, trained, run), run), run)
+    lifecycle.record_approval(name, staged["version"], "bob", "lgtm", Change("bob", run.dag_id, run.run_id))
+    tasks.promote_to_production(name, staged, run)
+    return staged["version"]
+
+
 def snapshot(name: str) -> dict[str, Any]:
     """Everything a refused change must leave as it was: versions (stage, tags), aliases, audit rows."""
     client = mlflow_client.client()

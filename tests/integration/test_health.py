@@ -28,7 +28,7 @@ from include.promotion.errors import HealthCheckError
 from include.promotion.health import check, history
 from include.promotion.health.check import champion_since
 from include.promotion.pipeline.demo_data import TRANSACTION_FEATURES, synthetic_transactions
-from tests.support import DEMO, champion, run_ref, seed_champion, unique
+from tests.support import DEMO, champion, promote_next, run_ref, seed_champion, unique
 
 pytestmark = pytest.mark.usefixtures("services")
 # the fast model's holdout roc_auc is about 0.82: the live minimums sit below what healthy traffic shows
@@ -64,20 +64,6 @@ def set_health(models_dir: Path, name: str, **health: Any) -> None:
     cfg = yaml.safe_load(path.read_text())
     cfg["health"] = {**cfg["health"], **health}
     path.write_text(yaml.safe_dump(cfg))
-
-
-def promote_next(name: str) -> str:
-    """A second real version, trained on the model's current data, approved by bob and put in production."""
-    from include.promotion.registry import lifecycle
-    from include.promotion.registry.lifecycle import Change
-    from include.promotion.tasks import promotion as tasks
-
-    run = run_ref(triggered_by="alice", dag_id=f"model_promotion__{name}")
-    trained = tasks.train(name, tasks.load_data(name, run), run)
-    staged = tasks.promote_to_staging(name, tasks.register(name, trained, tasks.evaluate(name, trained, run), run), run)
-    lifecycle.record_approval(name, staged["version"], "bob", "lgtm", Change("bob", run.dag_id, run.run_id))
-    tasks.promote_to_production(name, staged, run)
-    return staged["version"]
 
 
 class Traffic:
