@@ -26,6 +26,8 @@ from scripts.stack import ServiceStack, main
 DEMO_MODEL = "fraud-detector"
 FIRST_RUN_WAIT = 20.0
 DEMO_SERVING_PORT = 8090
+# the demo checks production health every 5 minutes (the package's default is hourly): a drift shows within minutes
+DEMO_HEALTH_SCHEDULE = "*/5 * * * *"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -131,10 +133,14 @@ def prepare_demo(stack: ServiceStack, serving: argparse.Namespace) -> None:
     else:
         url = start_demo_serving(stack, serving.scoring_port, serving.label_delay)
         degrade = stack.state_dir / "degrade"
+        health = os.environ.get("PROMOTION_HEALTH_SCHEDULE", DEMO_HEALTH_SCHEDULE)
         scoring = (
             f"  5. Scoring service: {url}/score serves the champion (once there is one) to demo traffic\n"
             f"     (2 requests/s), whose labels arrive {serving.label_delay:g} s later. `touch {degrade}` makes\n"
-            f"     the live fraud pattern drift. Try: curl -s {url}/health"
+            f"     the live fraud pattern drift. Try: curl -s {url}/health\n"
+            f"  6. Production health: 'model_health' judges the champion on its last 15 minutes of labelled\n"
+            f"     traffic ({health}); after the drift it alerts and rolls back to the previous champion\n"
+            f"     (health.on_breach). See 'Production health' on the model's page."
         )
     print(
         f"""
@@ -156,4 +162,5 @@ Press Ctrl-C to stop everything; `{again}` again resumes with all the state in {
 
 if __name__ == "__main__":
     options, rest = serving_options(sys.argv[1:])
+    os.environ.setdefault("PROMOTION_HEALTH_SCHEDULE", DEMO_HEALTH_SCHEDULE)  # yours wins when set
     sys.exit(main(["run", *rest], after_start=lambda stack: prepare_demo(stack, options)))
