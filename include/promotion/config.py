@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from promotion_client.names import MODEL_NAME
@@ -154,8 +154,9 @@ def _field_hint(model: type[BaseModel], loc: tuple[Any, ...], bad_key: str) -> s
         info = getattr(current, "model_fields", {}).get(part) if isinstance(part, str) else None
         if info is None:
             break
-        annotation = info.annotation
-        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        # a section that may be absent (``Health | None``) is still that section
+        candidates = (info.annotation, *get_args(info.annotation))
+        current = next((a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)), None)
         if current is None:
             break
     fields = []
