@@ -57,6 +57,8 @@ def window_label(seconds: int) -> str:
 def load_reference(client: MlflowClient, run_id: str) -> dict[str, Any] | None:
     """The reference distribution the version's training run logged, or None (trained before references)."""
     folder = str(Path(ref.REFERENCE_ARTIFACT).parent)
+    if not run_id:  # a version registered from a model with no run: nothing was logged for it
+        return None
     if not any(a.path == ref.REFERENCE_ARTIFACT for a in client.list_artifacts(run_id, folder)):
         return None
     with tempfile.TemporaryDirectory() as tmp:
