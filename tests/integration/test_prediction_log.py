@@ -1,11 +1,17 @@
 """The serving side's prediction log and shadow scoring against the real PostgreSQL (INSERT-only serving role) and
 the real MLflow server: every prediction is a row as it was made, the challenger scores in the shadow without ever
-answering, and a failing challenger never touches the champion's answers."""
+answering, a failing challenger never touches the champion's answers, and PostgreSQL going away (a proxy in front of
+it closed, then opened again) fails no prediction: dropped records are counted and the log resumes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import socket
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -189,3 +195,102 @@ def test_the_scoring_service_answers_and_refuses_bad_requests_logging_nothing(
     assert scorer.prediction_log is not None
     scorer.prediction_log.close()
     assert [r["request_id"] for r in rows_of(services, name)[before:]] == ["svc-1"]  # refused requests: no row
+
+
+class Proxy:
+    """A TCP proxy to PostgreSQL on a port of its own: ``close()`` drops every connection and stops listening (what a
+    client sees of a database server that went away), ``open()`` listens on the same port again."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+
+    def open(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(OSError):  # shutdown wakes the accept() blocked on it (close alone does not)
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            self._listener = None
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+        self._conns = []
+
+
+def test_predictions_go_on_while_postgres_is_away_and_the_log_resumes(
+    services: Any, governed: tuple[str, list[str]], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from urllib.parse import urlsplit, urlunsplit
+
+    name, features = governed
+    proxy = Proxy(services.postgres_port)
+    proxy.open()
+    url = urlsplit(services.serving_env()["PROMOTION_PREDICTION_LOG_URL"])
+    via_proxy = urlunsplit(url._replace(netloc=url.netloc.rsplit(":", 1)[0] + f":{proxy.port}"))
+    cache = ChampionCache(name, tmp_path / "cache", poll_interval=None).start()
+    writer = PredictionLog(via_proxy, max_queue=20, batch_size=5, flush_seconds=0.05, max_backoff=0.5)
+    scorer = Scorer(cache, features, prediction_log=writer, shadow_poll_interval=None)
+    prefix, traffic = uuid.uuid4().hex[:8], requests_for(features, 150, seed=31)
+    caplog.set_level(logging.INFO, logger="promotion_client")
+    try:
+        before = [scorer.score(f, request_id=f"{prefix}-a{i}") for i, f in enumerate(traffic[:15])]
+        assert wait_for(lambda: writer.stats()["written"] == 15), writer.stats()
+        proxy.close()  # PostgreSQL gone
+        during = [scorer.score(f, request_id=f"{prefix}-b{i}") for i, f in enumerate(traffic[15:115])]
+        assert len(during) == 100 and {a["version"] for a in during} == {cache.version}  # every one answered
+        assert wait_for(lambda: writer.stats()["failed_batches"] >= 1 and writer.stats()["queue_depth"] == 0)
+        away = writer.stats()
+        assert away["dropped"] >= 100 - 20 - 5 and away["written"] == 15  # beyond the queue bound: dropped, counted
+        proxy.open()  # back
+        after = []
+        for i, f in enumerate(traffic[115:]):  # at a pace the writer keeps up with once it reconnected
+            after.append(scorer.score(f, request_id=f"{prefix}-c{i}"))
+            if i % 5 == 4:
+                assert wait_for(lambda: writer.stats()["queue_depth"] == 0)
+    finally:
+        scorer.close()
+        final = writer.close()
+        cache.stop()
+        proxy.close()
+    assert final["written"] + final["dropped"] == 150 and final["written"] >= 15 + 35 - 5, final
+    logged = {r["request_id"] for r in rows_of(services, name) if r["request_id"].startswith(prefix)}
+    assert len(logged) == final["written"]  # what it says it wrote is what the table holds
+    assert {a["request_id"] for a in before} <= logged
+    assert len([m for m in caplog.messages if "prediction log unavailable" in m]) == 1  # one line per outage
+    assert [m for m in caplog.messages if "prediction log back after" in m]
