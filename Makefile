@@ -39,10 +39,11 @@ browser:
 
 # Two test processes (pytest-xdist): much of an end-to-end test is waiting for a scheduler, so two of them share 2
 # cores well. A test file stays in one process (its module fixtures, e.g. the Celery stack, start once); each process
-# starts the session stacks its files need. PYTEST_WORKERS=0 runs everything in this process.
+# starts the session stacks its files need. PYTEST_WORKERS=0 runs everything in this process. The 20 slowest tests are
+# listed at the end: the suite must stay under 15 minutes on 2 cores.
 PYTEST_WORKERS ?= 2
 test: $(STAMP) browser
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=20 $(PYTEST_ARGS)
 
 # The inner loop: the unit, DAG-integrity and integration tiers (real MLflow and PostgreSQL servers; no Airflow
 # scheduler, no browser, no end-to-end DAG runs). `make test` runs these and tests/e2e.
