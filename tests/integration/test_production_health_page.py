@@ -128,7 +128,7 @@ def test_the_page_shows_the_champions_checks_its_chart_and_the_open_finding(serv
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt; drift: PSI" in html
     findings = html[html.index('id="health-findings"') : html.index('id="health-latest"')]
     assert f'<li data-version="{champion}">v{champion}' in findings and "by model-health" in findings
-    assert f'<a href="/promotion/models/{cfg.name}/rollback" class="button">Roll back</a>' in findings
+    assert f'<a href="/promotion/models/{cfg.name}/rollback" class="button">Open the rollback form</a>' in findings
     assert f'Champion v{champion}: <b class="health-degraded">degraded</b>' in html
     assert "Predictions <b>1337</b>" in html
     assert '<tr data-metric="roc_auc" class="over"><td>roc_auc</td><td class="num"><b>0.6100</b> below</td>' in html

@@ -102,10 +102,11 @@ def test_the_page_shows_the_figures_the_drift_over_its_limit_and_the_open_findin
     assert '<tr data-feature="amount" class="over"><td>amount</td><td class="num"><b>0.4200</b> above</td></tr>' in html
     block = html[html.index('id="health-findings"') : html.index('id="health-latest"')]
     assert "quality: live recall 0.100 is below its minimum 0.3" in block and 'data-version="7"' in block
-    assert '<a href="/promotion/models/fraud-detector/rollback" class="button">Roll back</a>' in block
+    assert '<a href="/promotion/models/fraud-detector/rollback" class="button">Open the rollback form</a>' in block
     others = page(shaped(rows, [finding()]), user="mallory")
     blocked = others[others.index('id="health-findings"') : others.index('id="health-latest"')]
-    assert "Roll back</a>" not in blocked and "on-call only" in blocked
+    assert "rollback form</a>" not in blocked and "on-call only" in blocked
+    assert html.count(">Roll back</a>") == 1  # the page's own button stays the one link of that name
     assert_no_inline_code(html)
 
 
