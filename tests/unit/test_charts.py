@@ -12,6 +12,7 @@ from markupsafe import Markup
 
 from include.promotion.web.charts import (
     HEIGHT,
+    INSET,
     MARGIN_BOTTOM,
     MARGIN_LEFT,
     MARGIN_RIGHT,
@@ -27,6 +28,7 @@ from include.promotion.web.charts import (
 START = datetime(2026, 12, 1, tzinfo=UTC)
 END = START + timedelta(days=4)
 LEFT, RIGHT, TOP, BOTTOM = MARGIN_LEFT, WIDTH - MARGIN_RIGHT, MARGIN_TOP, HEIGHT - MARGIN_BOTTOM
+LOWEST, HIGHEST = BOTTOM - INSET, TOP + INSET  # where the ends of the value range are drawn
 HOSTILE = '"><script>alert(1)</script>&'
 
 
@@ -47,7 +49,7 @@ def test_points_land_where_their_time_and_value_say() -> None:
     points = [(START, 0.2), (START + timedelta(days=2), 0.4), (END, 0.6)]
     root = svg(line_chart("c", "roc_auc", [Series("live roc_auc", points)], start=START, end=END))
     (line,) = polylines(root)
-    assert line == [(LEFT, BOTTOM), ((LEFT + RIGHT) / 2, (TOP + BOTTOM) / 2), (RIGHT, TOP)]
+    assert line == [(LEFT, LOWEST), ((LEFT + RIGHT) / 2, (TOP + BOTTOM) / 2), (RIGHT, HIGHEST)]
     ticks = [t.text for t in root.iter("text")]
     assert ticks[:3] == ["0.20", "0.40", "0.60"] and "12-01 00:00" in ticks and "12-05 00:00" in ticks
 
@@ -60,7 +62,7 @@ def test_a_minimum_and_the_offline_value_are_horizontal_lines_at_their_value() -
     assert set(lines) == {"minimum", "offline v3"}
     for level in levels:  # the range is 0.5..0.9
         line = lines[level.label]
-        expected = BOTTOM - (level.value - 0.5) / 0.4 * (BOTTOM - TOP)
+        expected = LOWEST - (level.value - 0.5) / 0.4 * (LOWEST - HIGHEST)
         assert float(line.get("y1")) == float(line.get("y2")) == round(expected, 1)
         assert (float(line.get("x1")), float(line.get("x2"))) == (LEFT, RIGHT)
         assert line.get("class") == f"level level-{level.kind}"
@@ -70,7 +72,7 @@ def test_a_minimum_and_the_offline_value_are_horizontal_lines_at_their_value() -
 def test_a_level_outside_the_values_widens_the_range_so_it_stays_visible() -> None:
     root = svg(line_chart("c", "t", [Series("live", [(START, 0.85), (END, 0.9)])], [Level("minimum", 0.3, "minimum")]))
     (minimum,) = [ln for ln in root.iter("line") if ln.get("data-level") == "minimum"]
-    assert float(minimum.get("y1")) == BOTTOM  # the range starts at 0.3
+    assert float(minimum.get("y1")) == LOWEST  # the range starts at 0.3
     assert value_range([0.85, 0.9, 0.3]) == (0.3, 0.9)
 
 
@@ -86,7 +88,7 @@ def test_none_and_nan_values_are_left_out_and_break_the_line() -> None:
     lines = polylines(root)
     assert [len(line) for line in lines] == [1, 2]
     (dot,) = root.iter("circle")  # a lone point has no line to show it: a dot
-    assert (float(dot.get("cx")), float(dot.get("cy"))) == lines[0][0] == (LEFT, BOTTOM)
+    assert (float(dot.get("cx")), float(dot.get("cy"))) == lines[0][0] == (LEFT, LOWEST)
     assert root.find("desc").text.startswith("3 point(s)")
 
 

@@ -19,6 +19,7 @@ from markupsafe import Markup
 
 WIDTH, HEIGHT = 360, 200
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 44, 12, 28, 26
+INSET = 6  # between the plot's border and the lowest (highest) value
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,11 @@ class Frame:
         return self.left + min(1.0, max(0.0, share)) * (self.right - self.left)
 
     def y(self, value: float) -> float:
+        """Values from ``low`` to ``high`` span the plot's height less ``INSET`` at each end (a line at a limit of the
+        range stays clear of the plot's border)."""
         span = self.high - self.low
         share = (value - self.low) / span if span > 0 else 0.5
-        return self.bottom - min(1.0, max(0.0, share)) * (self.bottom - self.top)
+        return self.bottom - INSET - min(1.0, max(0.0, share)) * (self.bottom - self.top - 2 * INSET)
 
 
 def value_range(values: Sequence[float]) -> tuple[float, float]:
