@@ -142,7 +142,8 @@ def test_the_page_shows_the_champions_checks_its_chart_and_the_open_finding(serv
     values = [0.91, 0.9, 0.61]
     levels = [cfg.gates["roc_auc"], 0.93]
     low, high = value_range(values + levels)
-    frame = Frame(health.since, health.since + timedelta(days=CHART_DAYS), low, high)
+    assert health.until - health.since == timedelta(days=CHART_DAYS)
+    frame = Frame(health.since, health.until, low, high)
     moments = [c.checked_at for c in health.checks]
     expected = [f"{frame.x(m):.1f},{frame.y(v):.1f}" for m, v in zip(moments, values, strict=True)]
     assert points.split() == expected

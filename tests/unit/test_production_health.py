@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from include.promotion.config import METRICS, parse_model_config
 from include.promotion.web import pages
 from include.promotion.web import production_health as ph
+from include.promotion.web.charts import MARGIN_LEFT, MARGIN_RIGHT, WIDTH
 from include.promotion.web.routes import SafeJSONResponse
 from include.promotion.web.views import as_json
 from tests.support import DEMO
@@ -126,6 +127,16 @@ def test_the_chart_draws_each_check_and_the_table_lists_every_figure() -> None:
     table = html[html.index('id="health-checks"') :]
     assert table.count('<tr data-status="') == 3 and '<tr data-status="degraded">' in table
     assert "<b>0.7000</b>" not in table and '<td class="num">0.7000</td>' in table
+
+
+def test_at_the_limit_the_chart_spans_the_checks_it_has_not_the_whole_week() -> None:
+    rows = [row(i / 12, metrics={"roc_auc": 0.9}) for i in range(ph.CHART_LIMIT)][::-1]  # every 5 minutes: 41 h
+    health = shaped(rows)
+    assert (health.since, health.until) == (NOW - timedelta(hours=(ph.CHART_LIMIT - 1) / 12), NOW)
+    (points,) = re.findall(r'points="([^"]+)"', str(ph.chart(health, "roc_auc")))
+    xs = [float(p.split(",")[0]) for p in points.split()]
+    assert (xs[0], xs[-1]) == (MARGIN_LEFT, WIDTH - MARGIN_RIGHT) and len(xs) == ph.CHART_LIMIT
+    assert shaped(rows[1:]).since == NOW - timedelta(days=ph.CHART_DAYS)
 
 
 def test_no_check_yet_is_said_in_words_not_shown_as_an_empty_table() -> None:

@@ -11,7 +11,7 @@ metrics the version was registered and approved with (as the versions table show
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from markupsafe import Markup
@@ -96,14 +96,15 @@ def shape(
     now: datetime,
 ) -> ProductionHealth:
     """The section: the champion's latest check next to its offline metrics and live minimums, the drift against
-    ``health.max_psi``, the open findings, and every check since ``now`` - CHART_DAYS (oldest first)."""
+    ``health.max_psi``, the open findings, and every check since ``now`` - CHART_DAYS (oldest first; since the
+    oldest of them when there are CHART_LIMIT)."""
     health = cfg.health
     open_ = tuple(
         Finding(str(f["version"]), f.get("created_at"), str(f.get("actor") or ""), str(f.get("reason") or ""))
         for f in findings
     )
     if health is None:
-        return ProductionHealth(False, champion, None, (), (), None, None, None, open_, (), (), None)
+        return ProductionHealth(False, champion, None, (), (), None, None, None, open_, (), (), None, None)
     checks = tuple(check_of(r) for r in rows)
     latest = next((c for c in reversed(checks) if c.version == champion), None) if champion else None
     minimums = health.minimums(dict(cfg.gates))
@@ -121,6 +122,9 @@ def shape(
         DriftFigure(feature, psi, psi is not None and health.max_psi is not None and psi > health.max_psi)
         for feature, psi in (latest.drift.items() if latest is not None else ())
     )
+    since = now - timedelta(days=CHART_DAYS)
+    if len(checks) >= CHART_LIMIT:  # the newest CHART_LIMIT checks span less: chart (and say) what they span
+        since = checks[0].checked_at
     headline = cfg.champion_comparison.metric
     charted = tuple(dict.fromkeys([headline, *(m for m in METRICS if m in minimums)]))
     return ProductionHealth(
@@ -135,8 +139,13 @@ def shape(
         open_findings=open_,
         charted=charted,
         checks=checks,
-        since=now - timedelta(days=CHART_DAYS),
+        since=since,
+        until=now,
     )
+
+
+def _utc(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
 
 
 def chart(section: ProductionHealth, metric: str) -> Markup:
@@ -149,18 +158,17 @@ def chart(section: ProductionHealth, metric: str) -> Markup:
     if live is not None and live.offline is not None and section.champion:
         levels.append(Level(f"offline v{section.champion}", live.offline, "offline"))
     marks = [
-        Mark(c.checked_at, f"v{c.version} degraded at {c.checked_at:%Y-%m-%d %H:%M} UTC")
+        Mark(c.checked_at, f"v{c.version} degraded at {_utc(c.checked_at)}")
         for c in section.checks
         if c.status == "degraded"
     ]
     points = [(c.checked_at, c.metrics.get(metric)) for c in section.checks]
-    end = section.since + timedelta(days=CHART_DAYS) if section.since is not None else None
     return line_chart(
         f"health-{metric}",
-        f"Live {metric} per health check, last {CHART_DAYS} days",
+        f"Live {metric} per health check since {_utc(section.since)}" if section.since else metric,
         [Series(f"live {metric}", points)],
         levels,
         marks,
         start=section.since,
-        end=end,
+        end=section.until,
     )

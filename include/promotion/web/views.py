@@ -132,8 +132,9 @@ class ProductionHealth:
     min_labels: int | None
     open_findings: tuple[Finding, ...]  # ``health_degraded`` rows no later ``health_recovered`` closed
     charted: tuple[str, ...]  # the metrics charted, headline first
-    checks: tuple[HealthCheck, ...]  # every version's, oldest first, since ``since``
+    checks: tuple[HealthCheck, ...]  # every version's, oldest first, from ``since`` to ``until``
     since: datetime | None
+    until: datetime | None
 
 
 @dataclass(frozen=True)
