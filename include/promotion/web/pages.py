@@ -20,6 +20,7 @@ from urllib.parse import quote, urlencode
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from include.promotion.inputs import MAX_REASON_CHARS, MAX_VERSION
+from include.promotion.web import production_health
 from include.promotion.web.views import Lineage, ModelOverview, ModelReport, iso_utc
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -120,7 +121,11 @@ def environment() -> Environment:
     )
     env.filters.update(iso=iso_utc, metric=metric, short=short)
     env.globals.update(
-        ROLLBACK_DAG_ID=ROLLBACK_DAG_ID, MAX_VERSION=MAX_VERSION, MAX_REASON_CHARS=MAX_REASON_CHARS, url=url
+        ROLLBACK_DAG_ID=ROLLBACK_DAG_ID,
+        MAX_VERSION=MAX_VERSION,
+        MAX_REASON_CHARS=MAX_REASON_CHARS,
+        SCORES=production_health.SCORES,
+        url=url,
     )
     return env
 
@@ -136,8 +141,13 @@ def overview_page(models: Iterable[ModelOverview], links: Links, user: str) -> s
 
 
 def model_page(report: ModelReport, links: Links, user: str, metrics: Sequence[str]) -> str:
-    """A model's registry report (every version), its audit history (one page) and the Roll back link."""
-    return render("model.html", links, user, report=report, metrics=metrics)
+    """A model's registry report (every version), its production health (charted), its audit history (one page)
+    and the Roll back link."""
+    health = report.health
+    charts = []
+    if health is not None and health.enabled and health.checks:
+        charts = [production_health.chart(health, metric) for metric in health.charted]
+    return render("model.html", links, user, report=report, metrics=metrics, charts=charts)
 
 
 def lineage_page(found: Lineage, links: Links, user: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 from include.promotion.audit.queries import (
@@ -33,6 +34,7 @@ from include.promotion.audit.schema import connect
 from include.promotion.config import ModelConfig
 from include.promotion.registry import client as mlflow_client
 from include.promotion.states import CHALLENGER_ALIAS, CHAMPION_ALIAS, CLAIM_REFUSED_TAG, Status, Tag
+from include.promotion.web import production_health
 from include.promotion.web.limits import DEFAULT_PAGE_SIZE, clean_data_version
 from include.promotion.web.registry_reads import (
     LINEAGE_LIMIT,
@@ -43,8 +45,8 @@ from include.promotion.web.registry_reads import (
     trained_on,
     version_page,
 )
-from include.promotion.web.shaping import alerts_for, challenger_of, champion_of, millis, version_row
-from include.promotion.web.views import LastRun, Lineage, LineageHit, ModelOverview, ModelReport
+from include.promotion.web.shaping import alerts_for, challenger_of, champion_of, metrics_of, millis, version_row
+from include.promotion.web.views import LastRun, Lineage, LineageHit, ModelOverview, ModelReport, VersionRow
 
 # The audit database as a reader: SELECT on the audit log only (the api-server never holds a role that writes it).
 READER_CONN_ID = "promotion_db_reader"
@@ -92,17 +94,24 @@ def model_report(
     its alerts.
 
     Registry calls: ``get_registered_model`` and one ``search_model_versions``, whatever the number of versions.
-    SQL: five parameterized queries. The registry's reads and the audit log's run side by side.
+    SQL: five parameterized queries, and two more for a model with a ``health:`` section (``production_health``;
+    plus one ``get_model_version`` when its champion is not on the page). The registry's reads and the audit log's
+    run side by side.
     """
-    with ThreadPoolExecutor(max_workers=3) as pool:
+    now = datetime.now(UTC)
+    with ThreadPoolExecutor(max_workers=4) as pool:
         registered_read = pool.submit(registered_model, mlflow_client.client(), cfg.name)
         versions_read = pool.submit(version_page, mlflow_client.client(), cfg.name, before)
         audit_read = pool.submit(_model_audit, conn_id, cfg.name, page, per_page)
+        health_read = pool.submit(production_health.read, conn_id, cfg.name, now) if cfg.health is not None else None
         versions, older = versions_read.result()
         events = _version_audit(conn_id, cfg.name, [str(mv.version) for mv in versions])
         registered, (history, audited, drift) = registered_read.result(), audit_read.result()
+        checks, findings = health_read.result() if health_read is not None else ([], [])
     aliases = aliases_of(registered)
     rows = [version_row(mv, aliases, events) for mv in versions]
+    champion = aliases.get(CHAMPION_ALIAS)
+    offline = _offline(cfg.name, champion, rows) if cfg.health is not None else {}
     by_status: dict[str, int] = {}
     for row in rows:
         by_status[row.status] = by_status.get(row.status, 0) + 1
@@ -123,7 +132,20 @@ def model_report(
         alerts=alerts_for(
             cfg.name, aliases.get(CHAMPION_ALIAS), audited, drift, last_run, tags_of(registered).get(CLAIM_REFUSED_TAG)
         ),
+        health=production_health.shape(cfg, champion, offline, checks, findings, now),
     )
+
+
+def _offline(model: str, champion: str | None, rows: Sequence[VersionRow]) -> dict[str, float]:
+    """The champion's offline holdout metrics (its ``metric_<name>`` tags): from the page's versions when it is
+    listed there, else one ``get_model_version``."""
+    if champion is None:
+        return {}
+    listed = next((row for row in rows if row.version == champion), None)
+    if listed is not None:
+        return dict(listed.metrics)
+    mv = mlflow_client.get_version(mlflow_client.client(), model, champion)
+    return metrics_of(dict(mv.tags or {})) if mv is not None else {}
 
 
 def overview(

@@ -72,6 +72,72 @@ class ModelOverview:
 
 
 @dataclass(frozen=True)
+class HealthCheck:
+    """One ``model_health`` check of the model (a row of ``model_health_checks``)."""
+
+    checked_at: datetime
+    version: str
+    status: str  # healthy | degraded | insufficient_labels | no_champion
+    window_start: datetime | None
+    window_end: datetime | None
+    predictions: int
+    labelled: int
+    metrics: dict[str, float | None]
+    drift: dict[str, float | None]  # feature -> PSI; ``SCORES`` the scores' PSI
+    findings: tuple[str, ...]  # what it found, and what it could not judge
+    dag_id: str
+    run_id: str
+
+
+@dataclass(frozen=True)
+class LiveMetric:
+    """A live metric of the champion's latest check next to the offline holdout value its reviewer approved."""
+
+    metric: str
+    live: float | None
+    offline: float | None
+    minimum: float | None
+    below: bool  # under its live minimum
+
+
+@dataclass(frozen=True)
+class DriftFigure:
+    feature: str  # ``SCORES``: the model's scores
+    psi: float | None
+    above: bool  # above ``health.max_psi``
+
+
+@dataclass(frozen=True)
+class Finding:
+    """An open production-health finding: a ``health_degraded`` audit row no ``health_recovered`` closed."""
+
+    version: str
+    at: datetime | None
+    actor: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ProductionHealth:
+    """The "Production health" section of a model's page: the champion's latest check, its open findings, and the
+    model's checks of the last days (what the charts draw)."""
+
+    enabled: bool  # the model's config has a ``health:`` section
+    champion: str | None
+    latest: HealthCheck | None  # the champion's latest check
+    live: tuple[LiveMetric, ...]
+    drift: tuple[DriftFigure, ...]
+    max_psi: float | None
+    min_predictions: int | None
+    min_labels: int | None
+    open_findings: tuple[Finding, ...]  # ``health_degraded`` rows no later ``health_recovered`` closed
+    charted: tuple[str, ...]  # the metrics charted, headline first
+    checks: tuple[HealthCheck, ...]  # every version's, oldest first, from ``since`` to ``until``
+    since: datetime | None
+    until: datetime | None
+
+
+@dataclass(frozen=True)
 class ModelReport:
     name: str
     dag_id: str
@@ -87,6 +153,7 @@ class ModelReport:
     older_versions: str | None  # the next page's ``versions_before``, when older versions exist
     history: AuditPage
     alerts: tuple[str, ...]
+    health: ProductionHealth | None = None
 
 
 @dataclass(frozen=True)
@@ -132,12 +199,17 @@ __all__ = [
     "AuditPage",
     "Challenger",
     "Champion",
+    "DriftFigure",
     "Event",
+    "Finding",
+    "HealthCheck",
     "LastRun",
     "Lineage",
     "LineageHit",
+    "LiveMetric",
     "ModelOverview",
     "ModelReport",
+    "ProductionHealth",
     "VersionRow",
     "as_json",
     "iso_utc",
