@@ -134,6 +134,14 @@ def test_alerts_name_drift_a_champion_the_log_disagrees_with_a_failed_run_and_a_
     assert alerts_for("m", "5", "5", [], None, None) == ()
 
 
+def test_an_open_health_finding_is_an_alert_only_while_its_version_serves() -> None:
+    findings = [{"version": "4", "reason": "quality: live recall 0.1"}, {"version": "5", "reason": "drift: PSI 0.9"}]
+    assert alerts_for("m", "5", "5", [], None, None, findings) == (
+        "production health: the champion v5 is degraded (drift: PSI 0.9)",
+    )
+    assert alerts_for("m", "6", "6", [], None, None, findings) == ()  # rolled back or replaced: history, no alert
+
+
 def test_json_times_are_iso_utc() -> None:
     assert as_json({"at": datetime(2026, 1, 2, 3, 4, 5), "nested": [LastRun("d", "r", "x", T0, None, "o")]}) == {
         "at": "2026-01-02T03:04:05Z",

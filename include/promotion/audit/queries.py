@@ -174,6 +174,27 @@ def open_drift(conn: Any, models: Sequence[str]) -> dict[str, list[str]]:
     return found
 
 
+def open_health_findings(conn: Any, models: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """{model: its ``health_degraded`` rows (id, version, actor, reason, created_at), oldest first, that no later
+    ``health_recovered`` row of the same version closed} (``replay``'s ``degraded``, in SQL)."""
+    rows = fetch(
+        conn,
+        f"SELECT d.model_name, d.id, d.version, d.actor, d.reason, d.created_at FROM {AUDIT_TABLE} d "
+        "WHERE d.model_name = ANY(%(models)s) AND d.action = %(degraded)s AND NOT EXISTS (SELECT 1 FROM "
+        f"{AUDIT_TABLE} r WHERE r.model_name = d.model_name AND r.version = d.version AND r.action = %(recovered)s "
+        "AND r.id > d.id) ORDER BY d.model_name, d.id",
+        {
+            "models": list(models),
+            "degraded": str(AuditAction.HEALTH_DEGRADED),
+            "recovered": str(AuditAction.HEALTH_RECOVERED),
+        },
+    )
+    found: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        found.setdefault(row.pop("model_name"), []).append(row)
+    return found
+
+
 def history_page(conn: Any, model: str, page: int, per_page: int) -> AuditPage:
     """One page of a model's audit rows, newest first."""
     with conn.cursor() as cur:

@@ -16,12 +16,11 @@ from typing import Any
 
 from markupsafe import Markup
 
-from include.promotion.audit.queries import fetch, table_exists
-from include.promotion.audit.schema import AUDIT_TABLE, connect
+from include.promotion.audit.queries import open_health_findings, table_exists
+from include.promotion.audit.schema import connect
 from include.promotion.config import METRICS, ModelConfig
 from include.promotion.health.history import HEALTH_TABLE, history
 from include.promotion.health.reference import SCORE
-from include.promotion.states import AuditAction
 from include.promotion.web.charts import Level, Mark, Series, line_chart
 from include.promotion.web.views import DriftFigure, Finding, HealthCheck, LiveMetric, ProductionHealth
 
@@ -38,26 +37,10 @@ def read(conn_id: str, model: str, now: datetime) -> tuple[list[dict[str, Any]],
             cur.execute("SELECT to_regclass(%s)", (HEALTH_TABLE,))
             has_checks = cur.fetchone()[0] is not None
         checks = history(conn, model, now - timedelta(days=CHART_DAYS), CHART_LIMIT) if has_checks else []
-        findings = open_findings(conn, model) if table_exists(conn) else []
+        findings = open_health_findings(conn, [model]).get(model, []) if table_exists(conn) else []
     finally:
         conn.close()
     return checks, findings
-
-
-def open_findings(conn: Any, model: str) -> list[dict[str, Any]]:
-    """The model's ``health_degraded`` rows that no later ``health_recovered`` row of the same version closed."""
-    return fetch(
-        conn,
-        f"SELECT d.id, d.version, d.actor, d.reason, d.created_at FROM {AUDIT_TABLE} d "
-        "WHERE d.model_name = %(model)s AND d.action = %(degraded)s AND NOT EXISTS (SELECT 1 FROM "
-        f"{AUDIT_TABLE} r WHERE r.model_name = d.model_name AND r.version = d.version AND r.action = %(recovered)s "
-        "AND r.id > d.id) ORDER BY d.id",
-        {
-            "model": model,
-            "degraded": str(AuditAction.HEALTH_DEGRADED),
-            "recovered": str(AuditAction.HEALTH_RECOVERED),
-        },
-    )
 
 
 def _number(value: Any) -> float | None:

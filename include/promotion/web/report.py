@@ -26,6 +26,7 @@ from include.promotion.audit.queries import (
     audited_champions,
     history_page,
     open_drift,
+    open_health_findings,
     pair_events,
     table_exists,
     version_events,
@@ -130,7 +131,13 @@ def model_report(
         older_versions=rows[-1].version if older and rows else None,
         history=history,
         alerts=alerts_for(
-            cfg.name, aliases.get(CHAMPION_ALIAS), audited, drift, last_run, tags_of(registered).get(CLAIM_REFUSED_TAG)
+            cfg.name,
+            aliases.get(CHAMPION_ALIAS),
+            audited,
+            drift,
+            last_run,
+            tags_of(registered).get(CLAIM_REFUSED_TAG),
+            findings,
         ),
         health=production_health.shape(cfg, champion, offline, checks, findings, now),
     )
@@ -156,7 +163,7 @@ def overview(
     """One line per governed model: champion, challenger, last run, alerts.
 
     Registry calls per model: ``get_registered_model`` and ``get_model_version`` for the champion and the
-    challenger (at most three). SQL: three queries for all models together.
+    challenger (at most three). SQL: four queries for all models together.
     """
     last_runs = last_runs or {}
     names = [cfg.name for cfg in configs]
@@ -167,8 +174,9 @@ def overview(
     try:
         if table_exists(conn):
             events, audited, drift = pair_events(conn, pairs), audited_champions(conn, names), open_drift(conn, names)
+            findings = open_health_findings(conn, names)
         else:
-            events, audited, drift = {}, {}, {}
+            events, audited, drift, findings = {}, {}, {}, {}
     finally:
         conn.close()
     lines = []
@@ -190,6 +198,7 @@ def overview(
                     drift.get(cfg.name, []),
                     last_run,
                     tags_of(registered).get(CLAIM_REFUSED_TAG),
+                    findings.get(cfg.name, []),
                 ),
             )
         )

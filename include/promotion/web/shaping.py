@@ -106,9 +106,15 @@ def alerts_for(
     open_drift: Iterable[str],
     last_run: LastRun | None,
     claim_refused: str | None,
+    health_findings: Iterable[Mapping[str, Any]] = (),
 ) -> tuple[str, ...]:
     """What someone responsible for the model should look at now."""
     alerts = [f"registry drift on record: {reason}" for reason in sorted(open_drift)]
+    alerts += [
+        f"production health: the champion v{f['version']} is degraded ({f['reason']})"
+        for f in health_findings
+        if str(f["version"]) == registry_champion
+    ]
     if registry_champion != audited_champion:
         alerts.append(
             f"the registry's champion is {_v(registry_champion)} but the audit log's is {_v(audited_champion)}: "
