@@ -267,3 +267,24 @@ def test_a_body_cut_short_is_refused_without_a_traceback_and_acts_on_nothing(
     assert (good.status_code, good.json()["status"]) == (200, "triggered"), good.text
     assert list(watch_runs(admin, name)) == [good.json()["run_id"]]
     assert "Traceback" not in api_server_log(airflow, start)
+
+
+def test_a_flood_of_forged_deliveries_writes_a_few_lines_to_the_api_server_log(airflow, admin, governed) -> None:
+    """Unauthenticated traffic does not grow the log line by line: each kind's first at once, then a summary a minute
+    (the package's lines; Airflow's own access log keeps its line per request)."""
+    name = governed("flood")
+    start = (airflow.logs_dir / "api-server.log").stat().st_size
+    body = event(name)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(lambda _: deliver(airflow, body, secret="forged-secret-" * 3).status_code, range(200)))
+    assert answers == [401] * 200
+    good = deliver(airflow, body)  # the receiver still acts on MLflow's deliveries meanwhile
+    assert (good.status_code, good.json()["status"]) == (200, "triggered"), good.text
+
+    time.sleep(1)  # the api-server's log is written by the same process that answered: give it a moment
+    ours = [line for line in api_server_log(airflow, start).splitlines() if "[include.promotion.web.app]" in line]
+    refused = [line for line in ours if "refused" in line]
+    # at most: this kind's first line (none if an earlier test's forgery was within the minute) and summaries of
+    # windows that ended meanwhile; 200 lines before
+    assert len(refused) <= 3, refused
+    assert all("signature does not match" in line or "more deliveries refused" in line for line in refused), refused

@@ -33,6 +33,7 @@ from include.promotion.config import load_model_configs
 from include.promotion.errors import WebhookRefused
 from include.promotion.watch import mlflow_webhook as webhooks
 from include.promotion.web import routes
+from include.promotion.web.refusals import RefusalLog, kind_of
 from include.promotion.web.runs import RunTasks
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 # A delivery's whole body arrives within this long (MLflow sends a few hundred bytes at once): a sender that declares
 # more than it sends and keeps the connection open is answered 408 instead of holding a request open for good.
 BODY_SECONDS = 10.0
+# refused deliveries come from anyone: each kind's first is logged at once, the rest as one summary line a minute
+refusals = RefusalLog(log)
 
 
 @cache
@@ -98,12 +101,12 @@ async def mlflow_webhook(request: Request) -> JSONResponse:
         try:
             secret = settings.webhook_secret()
         except RuntimeError as exc:
-            log.error("MLflow webhook receiver not configured: %s", exc)
-            raise WebhookRefused("the receiver is not configured (PROMOTION_WEBHOOK_SECRET)", 503) from None
+            refusals.refused("receiver not configured", f"MLflow webhook receiver not configured: {exc}", logging.ERROR)
+            return JSONResponse({"detail": "the receiver is not configured (PROMOTION_WEBHOOK_SECRET)"}, 503)
         delivery = webhooks.receive(request.headers, body, secret)
         outcome = await run_in_threadpool(_wake_watch, delivery)
     except WebhookRefused as exc:
-        log.warning("MLflow webhook from %s refused (%s): %s", client, exc.status_code, exc)
+        refusals.refused(kind_of(exc), f"MLflow webhook from {client} refused ({exc.status_code}): {exc}")
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
     log.info("MLflow webhook %s: %s: %s %s", delivery.delivery_id, delivery.describe(), outcome.status, outcome.run_id)
     return JSONResponse({"status": outcome.status, "detail": outcome.detail, "run_id": outcome.run_id})
