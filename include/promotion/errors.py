@@ -90,7 +90,8 @@ class WebhookRefused(PromotionError):
     """A delivery to the MLflow webhook receiver that is not acted on; ``status_code`` is the HTTP answer.
 
     401: not signed by MLflow with the shared secret, outside the time window, or a replay; 413: too large;
-    400: signed but not a registry event; 503: nothing can act on it now (MLflow retries).
+    400: signed but not a registry event, or a body cut short; 408: a body that did not arrive in time; 503: nothing
+    can act on it now (MLflow retries).
     """
 
     def __init__(self, message: str, status_code: int = 401):

@@ -7,6 +7,7 @@ The runs are not waited for: what the watch does is ``test_registry_watch``'s bu
 from __future__ import annotations
 
 import json
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -208,3 +210,81 @@ def test_an_alias_set_in_mlflow_wakes_the_watch_within_seconds(airflow, admin, g
     row = delivered[0]
     assert (row["extra"]["subject"], row["extra"]["version"]) == ("e2e-probe", version)
     assert row["run_id"] in watch_runs(admin, name)  # triggered for it, or queued for it already (coalesced)
+
+
+# -- a body cut short, from the sender's side: a raw socket, since no HTTP client sends less than it declares --------
+def api_server_log(airflow, since: int = 0) -> str:
+    """What the api-server wrote to its log after byte ``since``."""
+    with (airflow.logs_dir / "api-server.log").open("rb") as log:
+        log.seek(since)
+        return log.read().decode(errors="replace")
+
+
+def raw_delivery(airflow, body: bytes, sent: int, *, close: bool = True, wait: float = 30) -> bytes:
+    """A delivery signed for all of ``body`` whose first ``sent`` bytes only go out, then the socket is closed for
+    writing (``close``) or kept open; what the api-server answered, if anything, before it closed the connection."""
+    delivery_id, timestamp = str(uuid.uuid4()), str(int(time.time()))
+    signature = sign(airflow.package_env()["PROMOTION_WEBHOOK_SECRET"], delivery_id, timestamp, body)
+    url = urlsplit(airflow.airflow_url)
+    head = (
+        f"POST {URL_PREFIX}{RECEIVER_ROUTE} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nX-MLflow-Delivery-Id: {delivery_id}\r\nX-MLflow-Timestamp: {timestamp}\r\n"
+        f"X-MLflow-Signature: {signature}\r\nConnection: close\r\n\r\n"
+    )
+    with socket.create_connection((url.hostname, url.port), timeout=wait) as sock:
+        sock.sendall(head.encode() + body[:sent])
+        if close:
+            sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    return answer
+
+
+def test_a_body_cut_short_is_refused_without_a_traceback_and_acts_on_nothing(
+    airflow, admin, governed, watch_paused
+) -> None:
+    name = governed("cut")
+    body = event(name)
+    start = (airflow.logs_dir / "api-server.log").stat().st_size
+
+    # signed for the whole body (the worst case: MLflow's own delivery cut on the way), half of it sent, then closed
+    assert raw_delivery(airflow, body, len(body) // 2) == b""  # nobody left to answer: the connection is closed
+    # the rest never comes and the connection stays open: answered, and closed
+    answer = raw_delivery(airflow, body, len(body) // 2, close=False)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b"did not arrive within" in answer
+
+    deadline = time.monotonic() + 10
+    while "body cut short" not in (logged := api_server_log(airflow, start)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "body cut short" in logged and "did not arrive within" in logged, logged
+    assert "Traceback" not in logged and "ClientDisconnect" not in logged, logged
+    assert watch_runs(admin, name) == {} and webhook_log(admin, name) == []  # nothing acted on
+
+    # the receiver still works: a whole delivery triggers its run
+    good = deliver(airflow, body)
+    assert (good.status_code, good.json()["status"]) == (200, "triggered"), good.text
+    assert list(watch_runs(admin, name)) == [good.json()["run_id"]]
+    assert "Traceback" not in api_server_log(airflow, start)
+
+
+def test_a_flood_of_forged_deliveries_writes_a_few_lines_to_the_api_server_log(airflow, admin, governed) -> None:
+    """Unauthenticated traffic does not grow the log line by line: each kind's first at once, then a summary a minute
+    (the package's lines; Airflow's own access log keeps its line per request)."""
+    name = governed("flood")
+    start = (airflow.logs_dir / "api-server.log").stat().st_size
+    body = event(name)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(lambda _: deliver(airflow, body, secret="forged-secret-" * 3).status_code, range(200)))
+    assert answers == [401] * 200
+    good = deliver(airflow, body)  # the receiver still acts on MLflow's deliveries meanwhile
+    assert (good.status_code, good.json()["status"]) == (200, "triggered"), good.text
+
+    time.sleep(1)  # the api-server's log is written by the same process that answered: give it a moment
+    ours = [line for line in api_server_log(airflow, start).splitlines() if "[include.promotion.web.app]" in line]
+    refused = [line for line in ours if "refused" in line]
+    # at most: this kind's first line (none if an earlier test's forgery was within the minute) and summaries of
+    # windows that ended meanwhile; 200 lines before
+    assert len(refused) <= 3, refused
+    assert all("signature does not match" in line or "more deliveries refused" in line for line in refused), refused

@@ -101,22 +101,101 @@ def test_no_promotion_without_an_approval_recorded_by_the_same_run() -> None:
     assert snapshot(name) == before
 
 
-def test_a_candidate_is_not_promoted_over_a_champion_it_was_not_compared_with() -> None:
+def stale_candidate(name: str) -> str:
+    """Champion v2 over v1, and v3 staged as the challenger, evaluated against v2."""
     from tests.support import new_run, tiny_model_uri
 
-    name = unique("stale")
     promote(name)
     promote(name)
     trained = {"run_id": new_run(name), "model_uri": tiny_model_uri()}
     v3 = lifecycle.register_version(name, trained, {"champion_at_evaluation": "2"}, "d", change())
     lifecycle.promote_to_staging(name, v3, change())
+    return v3
+
+
+def watch_now(name: str) -> list[str]:
+    """What a run of the registry watch finds for the model (without repairing): the reasons of its differences."""
+    from include.promotion.watch.reconcile import WATCH_ACTOR, watch_model
+
+    report = watch_model(name, lifecycle.Change(WATCH_ACTOR, "model_registry_watch", run_ref().run_id), restore=False)
+    return [drift.reason for drift in report.drifts]
+
+
+def withdrawn(name: str, v: str, approval: lifecycle.Change, champion_now: str) -> None:
+    """What a promotion refused because the champion moved must leave: the candidate taken back, one row saying why."""
+    mv = version(name, v)
+    why = f"the champion moved: evaluated against champion v2, but the champion is now v{champion_now}"
+    assert (mv.tags["promotion_status"], mv.tags["rejection_reason"], mv.current_stage) == ("rejected", why, "None")
+    assert "challenger" not in mlflow_client.client().get_registered_model(name).aliases
+    rows = [(r["version"], r["action"], r["actor"], r["reason"], r["run_id"]) for r in audit.rows(name)]
+    assert rows[-1] == (v, "supersede", approval.dag_id, why, approval.run_id)
+    assert [r for r in rows if r[0] == v][-2:] == [(v, "approve", "bob", "ok", approval.run_id), rows[-1]]
+
+
+def test_a_candidate_is_not_promoted_over_a_champion_it_was_not_compared_with() -> None:
+    """The champion moved by an audited rollback meanwhile: refused, and the candidate's approval cannot be reused."""
+    name = unique("stale")
+    v3 = stale_candidate(name)
     rollback.rollback(rollback.plan_rollback(name, None), "on-call rolled back meanwhile", change("oncall"))
     approval = change("bob")
     lifecycle.record_approval(name, v3, "bob", "ok", approval)
-    before = snapshot(name)
-    with pytest.raises(RegistryStateError, match="evaluated against champion 2, but the champion is now 1"):
+    with pytest.raises(RegistryStateError, match="evaluated against champion v2, but the champion is now v1"):
         lifecycle.promote_to_production(name, v3, approval)
-    assert snapshot(name) == before
+    assert champion(name) == "1" and verify_invariant(name) == "1"
+    withdrawn(name, v3, approval, champion_now="1")
+    assert watch_now(name) == []  # the audit log and the registry agree: no drift
+    with pytest.raises(RegistryStateError, match="is no longer the challenger"):  # approving it again: refused
+        lifecycle.record_approval(name, v3, "alice", "ok", change("alice"))
+
+
+def test_a_champion_moved_behind_the_runs_back_withdraws_the_candidate_once(services) -> None:
+    """The MLflow admin moves ``champion`` outside the pipeline while v3 waits, approved: the promotion is refused
+    with the reason, v3 is no longer the challenger, one audit row says why, and a retry records nothing twice."""
+    from include.promotion.registry.accounts import acting_as
+
+    name = unique("moved")
+    v3 = stale_candidate(name)
+    approval = change("bob")
+    lifecycle.record_approval(name, v3, "bob", "ok", approval)
+    with acting_as("admin", services.passwords()["admin"]):
+        mlflow_client.client().set_registered_model_alias(name, "champion", "1")
+
+    message = r"v3 was not promoted: the champion moved: .* now v1\. It is no longer the challenger"
+    with pytest.raises(RegistryStateError, match=message):
+        lifecycle.promote_to_production(name, v3, approval)
+    withdrawn(name, v3, approval, champion_now="1")
+    after = snapshot(name)
+    with pytest.raises(RegistryStateError, match=message):  # the task's retry: the same answer, nothing new
+        lifecycle.promote_to_production(name, v3, approval)
+    assert snapshot(name) == after
+    # the watch reports the admin's move, and nothing about the candidate: its record and the registry agree
+    assert watch_now(name) == ["alias 'champion' points at v1; the audit log records v2 as the production version"]
+
+
+@pytest.mark.parametrize("fail_at", range(1, 6))
+def test_a_withdrawal_retried_after_a_crash_ends_like_a_clean_one(services, fail_at: int) -> None:
+    """A crash before any registry write of the withdrawal: the retry finishes it, and records nothing twice."""
+    from include.promotion.registry.accounts import acting_as
+
+    clean, crashed = unique("wclean"), unique("wcrash")
+    for name in (clean, crashed):
+        v3 = stale_candidate(name)
+        with acting_as("admin", services.passwords()["admin"]):
+            mlflow_client.client().set_registered_model_alias(name, "champion", "1")
+    clean_approval, attempt = change("bob"), change("bob")
+    lifecycle.record_approval(clean, v3, "bob", "ok", clean_approval)
+    with pytest.raises(RegistryStateError, match="the champion moved"):
+        lifecycle.promote_to_production(clean, v3, clean_approval)
+
+    lifecycle.record_approval(crashed, v3, "bob", "ok", attempt)
+    # its five registry writes (three tags, the stage, the alias), after its audit row: a crash before each
+    with proxied_client(crash_at(fail_at), WRITES), pytest.raises(ConnectionError, match="injected crash"):
+        lifecycle.promote_to_production(crashed, v3, attempt)
+    with pytest.raises(RegistryStateError, match="the champion moved"):
+        lifecycle.promote_to_production(crashed, v3, attempt)  # the task's retry: same change id
+
+    assert state(crashed) == state(clean)
+    withdrawn(crashed, v3, attempt, champion_now="1")
 
 
 def test_rejection_clears_the_challenger_and_keeps_the_champion() -> None:

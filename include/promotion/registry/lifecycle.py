@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
+# why a challenger was taken back at promotion (its ``supersede`` row's reason starts so; also the row's key detail)
+CHAMPION_MOVED = "the champion moved"
+
 
 @dataclass(frozen=True)
 class Change:
@@ -162,9 +165,11 @@ def promote_to_production(
 
     Returns (approver, archived version). Refuses unless this run's approval task recorded an approval
     of the version in the audit log, the version is still the challenger in Staging, and the champion is
-    still the one it was evaluated against; ``check_approver`` may refuse the approver (four eyes). A retry
-    after a crash at any point completes the promotion: ``promoted_over`` is written first, so the retry
-    still knows which version it archives, and the audit rows are keyed by the change id.
+    still the one it was evaluated against; ``check_approver`` may refuse the approver (four eyes). A
+    champion that moved also withdraws the candidate (``_withdraw``: a ``supersede`` row by the DAG, no
+    ``challenger`` alias), so its approval cannot be reused. A retry after a crash at any point completes
+    the promotion (or the withdrawal): ``promoted_over`` is written first, so the retry still knows which
+    version it archives, and the audit rows are keyed by the change id.
     """
     client = mlflow_client.client()
     with audit.model_lock(name, change.change_id) as log:
@@ -178,6 +183,9 @@ def promote_to_production(
         approver, reason = approval["actor"], approval["reason"] or "approved"
         if check_approver is not None:
             check_approver(approver)
+        if withdrawn := log.recorded(AuditAction.SUPERSEDE, version, CHAMPION_MOVED):  # a retry of the refusal
+            _withdraw(client, log, name, mv, change, withdrawn["reason"])
+            raise RegistryStateError(_champion_moved_refusal(name, version, withdrawn["reason"]))
         champion = get_alias(client, name, CHAMPION_ALIAS)
         if champion is not None and str(champion.version) == str(version):
             previous = mv.tags.get(Tag.PROMOTED_OVER) or None  # resumed after the alias already moved
@@ -186,11 +194,12 @@ def promote_to_production(
             previous = str(champion.version) if champion is not None else None
             evaluated_against = mv.tags.get(Tag.CHAMPION_AT_EVALUATION)
             if evaluated_against is not None and evaluated_against != (previous or ""):
-                raise RegistryStateError(
-                    f"{name} v{version} was evaluated against champion {evaluated_against or '(none)'}, but the "
-                    f"champion is now {previous or '(none)'}; nothing was promoted. Trigger a new retraining run "
-                    "so the candidate is compared with the current champion."
+                why = (
+                    f"{CHAMPION_MOVED}: evaluated against champion {_shown(evaluated_against)}, but the champion "
+                    f"is now {_shown(previous)}"
                 )
+                _withdraw(client, log, name, mv, change, why)
+                raise RegistryStateError(_champion_moved_refusal(name, version, why))
             set_tags(client, name, version, {Tag.PROMOTED_OVER: previous or ""})
 
         set_stage(client, name, version, Stage.PRODUCTION, archive_existing=True)
@@ -220,6 +229,41 @@ def promote_to_production(
             )
         verify_invariant(name, client)
         return approver, previous
+
+
+def _shown(version: str | None) -> str:
+    return f"v{version}" if version else "(none)"
+
+
+def _champion_moved_refusal(name: str, version: str, why: str) -> str:
+    return (
+        f"{name} v{version} was not promoted: {why}. It is no longer the challenger (audit log: supersede), so its "
+        "approval cannot be reused. Trigger a new retraining run so a candidate is compared with the current champion."
+    )
+
+
+def _withdraw(client: MlflowClient, log: audit.AuditLog, name: str, mv: ModelVersion, change: Change, why: str) -> None:
+    """Take back a challenger that can no longer be promoted (the champion moved since it was evaluated): its
+    approval was given against another champion. The audit row first (actor: the DAG), then the registry as it says:
+    status rejected with the reason, stage None, no ``challenger`` alias. Each step is idempotent: a retry after a
+    crash anywhere finishes the same withdrawal, and records nothing twice."""
+    version = str(mv.version)
+    log.record(
+        change.entry(name, version, AuditAction.SUPERSEDE, Stage.STAGING, Stage.NONE, why, actor=change.dag_id),
+        CHAMPION_MOVED,
+    )
+    set_tags(
+        client,
+        name,
+        version,
+        {
+            Tag.STATUS: Status.REJECTED,
+            Tag.REJECTION_REASON: why,
+            Tag.REJECTION_TIMESTAMP: mv.tags.get(Tag.REJECTION_TIMESTAMP) or now_iso(),
+        },
+    )
+    set_stage(client, name, version, Stage.NONE)
+    delete_alias_if(client, name, CHALLENGER_ALIAS, version)
 
 
 def require_challenger(client: MlflowClient, name: str, mv: ModelVersion) -> None:
