@@ -179,6 +179,20 @@ class AirflowAPI:
             lines += [f"{d.get('exc_type')}: {d.get('exc_value')}" for d in event.get("error_detail") or []]
         return "\n".join(lines)
 
+    # -- Assets --------------------------------------------------------------------------------------
+    def asset_id(self, name: str) -> int:
+        """The id of the Asset named ``name`` (it exists once a parsed DAG schedules on it or produces it)."""
+        assets = self.request("GET", "/assets", params={"name_pattern": name, "limit": 100})["assets"]
+        for asset in assets:
+            if asset["name"] == name:
+                return int(asset["id"])
+        raise LookupError(f"no Asset named {name!r}: no parsed DAG schedules on it or produces it (yet)")
+
+    def add_asset_event(self, name: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Record an event on the Asset ``name``, as an upstream pipeline announces new data (needs role Op under
+        the simple auth manager); the DAGs scheduled on it start a run."""
+        return self.request("POST", "/assets/events", json={"asset_id": self.asset_id(name), "extra": extra or {}})
+
     # -- Human-in-the-loop ---------------------------------------------------------------------------
     def hitl_detail(self, dag_id: str, run_id: str, task_id: str = APPROVE_TASK_ID) -> dict[str, Any]:
         return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails")

@@ -1,11 +1,17 @@
 """The demo's live traffic: new synthetic transactions sent to the scoring service at a steady rate, and their true
-labels written to ``demo.labels`` later, as ground truth arrives in life.
+labels written later, as ground truth arrives in life.
 
     python -m scripts.traffic --url http://127.0.0.1:8090 [--rate 2] [--label-delay 60] [--degrade] [--seconds N]
+                              [--announce-every 500]
 
-Labels go through ``PROMOTION_PREDICTION_LOG_URL`` (the serving role: INSERT into ``demo.labels`` only). ``--degrade``
-(or creating the file named by ``--degrade-file``, so a running ``make run`` can be switched: ``touch
-.state/degrade``) makes the live fraud pattern drift away from the one the models were trained on. Loopback only.
+When a label arrives, the labeler writes it to ``demo.labels`` and appends the labelled transaction (features and
+``is_fraud``) to ``demo.transactions``, the demo model's training table, in one transaction, through
+``PROMOTION_PREDICTION_LOG_URL`` (the serving role: INSERT into those two, nothing else). Every ``--announce-every``
+new labels it records an event on the Airflow Asset ``demo-labelled-transactions`` (``POST /api/v2/assets/events``,
+as the stack's ``labeler`` account, role op: ``PROMOTION_DEMO_AIRFLOW_URL``, ``PROMOTION_DEMO_AIRFLOW_USER``,
+``PROMOTION_DEMO_AIRFLOW_PASSWORD``), which starts the demo model's retraining on the grown table. ``--degrade`` (or
+creating the file named by ``--degrade-file``, so a running ``make run`` can be switched: ``touch .state/degrade``)
+makes the live fraud pattern drift away from the one the models were trained on. Loopback only.
 """
 
 from __future__ import annotations
@@ -21,22 +27,69 @@ from urllib.parse import urlsplit
 
 log = logging.getLogger("traffic")
 BATCH = 200  # transactions drawn at a time
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-def write_labels(url: str, labels: list[tuple[str, int]]) -> None:
+def write_labels(url: str, labelled: list[tuple[str, dict]]) -> None:
+    """``labelled``: (request id, the transaction's features and ``is_fraud``): each label into ``demo.labels`` and
+    each transaction into ``demo.transactions``, all or none."""
     import psycopg2
+    from psycopg2 import sql
     from psycopg2.extras import execute_values
 
+    from include.promotion.pipeline.demo_data import DEMO_TABLE, TRANSACTION_FEATURES
+
+    columns = [*TRANSACTION_FEATURES, "is_fraud"]
+    append = sql.SQL("INSERT INTO {} ({}) VALUES %s").format(
+        sql.Identifier(*DEMO_TABLE.split(".", 1)), sql.SQL(", ").join(map(sql.Identifier, columns))
+    )
     conn = psycopg2.connect(url, connect_timeout=5)
     try:
         with conn, conn.cursor() as cur:
-            # a plain INSERT: the serving role may not read the table, which ON CONFLICT would need
+            # plain INSERTs: the serving role may not read either table, which ON CONFLICT or RETURNING would need
+            labels = [(request_id, int(row["is_fraud"])) for request_id, row in labelled]
             execute_values(cur, "INSERT INTO demo.labels (request_id, label) VALUES %s", labels)
+            execute_values(cur, append.as_string(cur), [tuple(row[c] for c in columns) for _, row in labelled])
     finally:
         conn.close()
 
 
+class Announcer:
+    """Records an event on the demo's data Asset once ``every`` new labels were written (none without an API)."""
+
+    def __init__(self, asset: str, every: int):
+        self.asset, self.every, self.unannounced = asset, every, 0
+        self.url = os.environ.get("PROMOTION_DEMO_AIRFLOW_URL")
+        self.user = os.environ.get("PROMOTION_DEMO_AIRFLOW_USER")
+        self.password = os.environ.get("PROMOTION_DEMO_AIRFLOW_PASSWORD")
+        if self.url and urlsplit(self.url).hostname not in LOOPBACK_HOSTS:
+            raise ValueError("PROMOTION_DEMO_AIRFLOW_URL must be a loopback address")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.every and self.url and self.user and self.password)
+
+    def labelled(self, count: int) -> None:
+        self.unannounced += count
+        if not self.enabled or self.unannounced < self.every:
+            return
+        from scripts.airflow_api import AirflowAPI
+
+        try:  # a fresh login each time: an announcement is minutes apart, longer than a token may live
+            api = AirflowAPI(self.url, self.user, self.password)
+            event = api.add_asset_event(self.asset, extra={"new_labels": self.unannounced, "source": "scripts.traffic"})
+        except Exception as exc:  # Airflow restarting, or the DAG not parsed yet: the count carries to the next try
+            log.warning("could not announce %d new labels (%s: %s)", self.unannounced, type(exc).__name__, exc)
+            return
+        log.info(
+            "announced %d new labelled transactions: event %s on Asset %s", self.unannounced, event["id"], self.asset
+        )
+        self.unannounced = 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    from include.promotion.pipeline.demo_data import DEMO_DATA_ASSET
+
     parser = argparse.ArgumentParser(prog="python -m scripts.traffic", description=__doc__.split("\n")[0])
     parser.add_argument("--url", required=True, help="the scoring service (loopback)")
     parser.add_argument("--rate", type=float, default=2.0, help="requests per second")
@@ -45,11 +98,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--degrade-file", type=Path, default=None, help="drift once this file exists")
     parser.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: until stopped)")
     parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument(
+        "--announce-every",
+        type=int,
+        default=500,
+        help="record an event on the data Asset after this many new labels (0: never)",
+    )
+    parser.add_argument("--asset", default=DEMO_DATA_ASSET, help="the Airflow Asset announced")
     args = parser.parse_args(argv)
-    if urlsplit(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
+    if urlsplit(args.url).hostname not in LOOPBACK_HOSTS:
         parser.error("--url must be a loopback address: the demo traffic never leaves this machine")
     if not 0 < args.rate <= 100:
         parser.error("--rate must be within (0, 100] requests per second")
+    if args.announce_every < 0:
+        parser.error("--announce-every must be 0 (never) or a number of labels")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s traffic %(message)s")
 
     import requests
@@ -57,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     from include.promotion.pipeline.demo_data import TRANSACTION_FEATURES, synthetic_transactions
 
     labels_url = os.environ.get("PROMOTION_PREDICTION_LOG_URL")
-    pending: collections.deque[tuple[float, str, int]] = collections.deque()
+    try:
+        announcer = Announcer(args.asset, args.announce_every)
+    except ValueError as exc:
+        parser.error(str(exc))
+    pending: collections.deque[tuple[float, str, dict]] = collections.deque()
     started, sent, refused, seed = time.monotonic(), 0, 0, args.seed
     batch: list[dict] = []
     while not args.seconds or time.monotonic() - started < args.seconds:
@@ -66,12 +132,14 @@ def main(argv: list[str] | None = None) -> int:
             frame = synthetic_transactions(rows=BATCH, seed=seed, degraded=degraded)
             batch, seed = frame[[*TRANSACTION_FEATURES, "is_fraud"]].to_dict(orient="records"), seed + 1
         row = batch.pop()
-        label = int(row.pop("is_fraud"))
+        features = {k: v for k, v in row.items() if k != "is_fraud"}
         request_id = f"demo-{uuid.uuid4()}"
         try:
-            answer = requests.post(f"{args.url}/score", json={"request_id": request_id, "features": row}, timeout=10)
+            answer = requests.post(
+                f"{args.url}/score", json={"request_id": request_id, "features": features}, timeout=10
+            )
             if answer.status_code == 200:
-                pending.append((time.monotonic() + args.label_delay, request_id, label))
+                pending.append((time.monotonic() + args.label_delay, request_id, row))
                 sent += 1
             else:
                 refused += 1
@@ -83,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         if due and labels_url:
             try:
                 write_labels(labels_url, due)
+                announcer.labelled(len(due))
             except Exception as exc:  # ground truth lost for these: say so, go on
                 log.warning("could not write %d labels (%s: %s)", len(due), type(exc).__name__, str(exc).strip()[:200])
         if (sent + refused) % 100 == 0:
