@@ -30,9 +30,9 @@ BATCH = 200  # transactions drawn at a time
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-def write_labels(url: str, labelled: list[tuple[str, dict]]) -> None:
+def write_labels(url: str, labelled: list[tuple[str, dict]], training_table: str | None = None) -> None:
     """``labelled``: (request id, the transaction's features and ``is_fraud``): each label into ``demo.labels`` and
-    each transaction into ``demo.transactions``, all or none."""
+    each transaction into ``training_table`` (default ``demo.transactions``), all or none."""
     import psycopg2
     from psycopg2 import sql
     from psycopg2.extras import execute_values
@@ -41,7 +41,7 @@ def write_labels(url: str, labelled: list[tuple[str, dict]]) -> None:
 
     columns = [*TRANSACTION_FEATURES, "is_fraud"]
     append = sql.SQL("INSERT INTO {} ({}) VALUES %s").format(
-        sql.Identifier(*DEMO_TABLE.split(".", 1)), sql.SQL(", ").join(map(sql.Identifier, columns))
+        sql.Identifier(*(training_table or DEMO_TABLE).split(".", 1)), sql.SQL(", ").join(map(sql.Identifier, columns))
     )
     conn = psycopg2.connect(url, connect_timeout=5)
     try:
