@@ -1,7 +1,8 @@
 """Data-aware retraining on the real stack: an event on a model's data Asset, posted through the REST API as an
-upstream pipeline (or the demo's labeler) does, starts the model's promotion DAG; a user without role op is refused.
+upstream pipeline does (here the demo's labeler, as the stack's ``labeler`` account), starts the model's promotion
+DAG; a user without role op is refused.
 
-The session runs with ``PROMOTION_SCHEDULE_OVERRIDE=none``: no cron, but the Assets stay (see README "Scheduling").
+The session runs with ``PROMOTION_SCHEDULE_OVERRIDE=none``: no cron, but the Assets stay (README "Configuration").
 The run is not followed to its gate: what the pipeline does is ``test_promotion_dag``'s business.
 """
 
@@ -15,6 +16,7 @@ import pytest
 from include.promotion.config import dag_id_for
 from scripts.airflow_api import AirflowAPI, AirflowAPIError
 from scripts.stack.config import LABELER
+from scripts.traffic import Announcer
 
 pytestmark = pytest.mark.e2e
 
@@ -24,12 +26,18 @@ def asset_triggered_runs(api: AirflowAPI, dag_id: str) -> list[dict]:
     return [r for r in runs if r["run_type"] == "asset_triggered"]
 
 
-def test_an_event_on_a_models_data_asset_starts_its_promotion_run(airflow, as_user, add_model) -> None:
+def test_an_event_on_a_models_data_asset_starts_its_promotion_run(
+    airflow, as_user, add_model, monkeypatch: pytest.MonkeyPatch
+) -> None:
     asset = f"e2e-labels-{uuid.uuid4().hex[:6]}"
     name = add_model("assets", schedule={"cron": "@weekly", "assets": [asset]})["name"]
     dag_id = dag_id_for(name)
     admin, alice = as_user("admin"), as_user("alice")
-    labeler = AirflowAPI(airflow.airflow_url, LABELER, airflow.service_password(LABELER))
+    # the demo's labeler, as make run starts it: the stack's service account 'labeler' (role op) from its environment
+    monkeypatch.setenv("PROMOTION_DEMO_AIRFLOW_URL", airflow.airflow_url)
+    monkeypatch.setenv("PROMOTION_DEMO_AIRFLOW_USER", LABELER)
+    monkeypatch.setenv("PROMOTION_DEMO_AIRFLOW_PASSWORD", airflow.service_password(LABELER))
+    labeler = Announcer(asset, every=500)
     asset_id = admin.asset_id(asset)
     assert admin.request("GET", "/assets/events", params={"asset_id": asset_id})["total_entries"] == 0
 
@@ -39,7 +47,12 @@ def test_an_event_on_a_models_data_asset_starts_its_promotion_run(airflow, as_us
     assert refused.value.status_code == 403
     assert admin.request("GET", "/assets/events", params={"asset_id": asset_id})["total_entries"] == 0
 
-    event = labeler.add_asset_event(asset, extra={"new_labels": 500})
+    labeler.labelled(499)  # not yet due: nothing sent
+    assert admin.request("GET", "/assets/events", params={"asset_id": asset_id})["total_entries"] == 0
+    labeler.labelled(1)
+    assert labeler.unannounced == 0
+    (event,) = admin.request("GET", "/assets/events", params={"asset_id": asset_id})["asset_events"]
+    assert event["extra"]["new_labels"] == 500 and event["extra"]["from_rest_api"] is True
     deadline = time.monotonic() + 90
     while not (runs := asset_triggered_runs(admin, dag_id)):
         assert time.monotonic() < deadline, f"no asset-triggered run of {dag_id} within 90 s of event {event['id']}"
