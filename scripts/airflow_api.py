@@ -180,13 +180,25 @@ class AirflowAPI:
         return "\n".join(lines)
 
     # -- Assets --------------------------------------------------------------------------------------
-    def asset_id(self, name: str) -> int:
-        """The id of the Asset named ``name`` (it exists once a parsed DAG schedules on it or produces it)."""
+    def asset(self, name: str) -> dict[str, Any]:
+        """The Asset named ``name`` (it exists once a parsed DAG schedules on it or produces it)."""
         assets = self.request("GET", "/assets", params={"name_pattern": name, "limit": 100})["assets"]
         for asset in assets:
             if asset["name"] == name:
-                return int(asset["id"])
+                return asset
         raise LookupError(f"no Asset named {name!r}: no parsed DAG schedules on it or produces it (yet)")
+
+    def asset_id(self, name: str) -> int:
+        return int(self.asset(name)["id"])
+
+    def busy_consumers(self, name: str) -> list[str]:
+        """The DAGs scheduled on the Asset ``name`` that have a queued or running run."""
+        busy = []
+        for ref in self.asset(name)["scheduled_dags"]:
+            params = {"state": ["queued", "running"], "limit": 1}
+            if self.request("GET", f"/dags/{ref['dag_id']}/dagRuns", params=params)["total_entries"]:
+                busy.append(ref["dag_id"])
+        return busy
 
     def add_asset_event(self, name: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Record an event on the Asset ``name``, as an upstream pipeline announces new data (needs role Op under

@@ -4,14 +4,15 @@ labels written later, as ground truth arrives in life.
     python -m scripts.traffic --url http://127.0.0.1:8090 [--rate 2] [--label-delay 60] [--degrade] [--seconds N]
                               [--announce-every 500]
 
-When a label arrives, the labeler writes it to ``demo.labels`` and appends the labelled transaction (features and
-``is_fraud``) to ``demo.transactions``, the demo model's training table, in one transaction, through
-``PROMOTION_PREDICTION_LOG_URL`` (the serving role: INSERT into those two, nothing else). Every ``--announce-every``
-new labels it records an event on the Airflow Asset ``demo-labelled-transactions`` (``POST /api/v2/assets/events``,
-as the stack's ``labeler`` account, role op: ``PROMOTION_DEMO_AIRFLOW_URL``, ``PROMOTION_DEMO_AIRFLOW_USER``,
-``PROMOTION_DEMO_AIRFLOW_PASSWORD``), which starts the demo model's retraining on the grown table. ``--degrade`` (or
-creating the file named by ``--degrade-file``, so a running ``make run`` can be switched: ``touch .state/degrade``)
-makes the live fraud pattern drift away from the one the models were trained on. Loopback only.
+Each label is written to ``demo.labels`` when it arrives, through ``PROMOTION_PREDICTION_LOG_URL`` (the serving role:
+INSERT into ``demo.labels`` and the feature and label columns of ``demo.transactions``, nothing else). The labelled
+transactions also become training data: appended to ``demo.transactions``, the demo model's training table,
+``--announce-every`` at a time while no run of the demo's promotion DAG is in progress, each batch followed by an event
+on the Airflow Asset ``demo-labelled-transactions`` (``POST /api/v2/assets/events`` as the stack's ``labeler``
+account, role op: ``PROMOTION_DEMO_AIRFLOW_URL``, ``PROMOTION_DEMO_AIRFLOW_USER``, ``PROMOTION_DEMO_AIRFLOW_PASSWORD``),
+which starts a retraining run on the grown table (``Labeler``). ``--degrade`` (or creating the file named by
+``--degrade-file``, so a running ``make run`` can be switched: ``touch .state/degrade``) makes the live fraud pattern
+drift away from the one the models were trained on. Loopback only.
 """
 
 from __future__ import annotations
@@ -30,9 +31,22 @@ BATCH = 200  # transactions drawn at a time
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-def write_labels(url: str, labelled: list[tuple[str, dict]], training_table: str | None = None) -> None:
-    """``labelled``: (request id, the transaction's features and ``is_fraud``): each label into ``demo.labels`` and
-    each transaction into ``training_table`` (default ``demo.transactions``), all or none."""
+def write_labels(url: str, labels: list[tuple[str, int]]) -> None:
+    import psycopg2
+    from psycopg2.extras import execute_values
+
+    conn = psycopg2.connect(url, connect_timeout=5)
+    try:
+        with conn, conn.cursor() as cur:
+            # a plain INSERT: the serving role may not read the table, which ON CONFLICT would need
+            execute_values(cur, "INSERT INTO demo.labels (request_id, label) VALUES %s", labels)
+    finally:
+        conn.close()
+
+
+def append_training_rows(url: str, rows: list[dict], table: str | None = None) -> None:
+    """Append labelled transactions (features and ``is_fraud``) to ``table`` (default ``demo.transactions``), all or
+    none, as the serving role (INSERT of those columns only: no RETURNING, no ON CONFLICT, which would read)."""
     import psycopg2
     from psycopg2 import sql
     from psycopg2.extras import execute_values
@@ -41,50 +55,81 @@ def write_labels(url: str, labelled: list[tuple[str, dict]], training_table: str
 
     columns = [*TRANSACTION_FEATURES, "is_fraud"]
     append = sql.SQL("INSERT INTO {} ({}) VALUES %s").format(
-        sql.Identifier(*(training_table or DEMO_TABLE).split(".", 1)), sql.SQL(", ").join(map(sql.Identifier, columns))
+        sql.Identifier(*(table or DEMO_TABLE).split(".", 1)), sql.SQL(", ").join(map(sql.Identifier, columns))
     )
     conn = psycopg2.connect(url, connect_timeout=5)
     try:
         with conn, conn.cursor() as cur:
-            # plain INSERTs: the serving role may not read either table, which ON CONFLICT or RETURNING would need
-            labels = [(request_id, int(row["is_fraud"])) for request_id, row in labelled]
-            execute_values(cur, "INSERT INTO demo.labels (request_id, label) VALUES %s", labels)
-            execute_values(cur, append.as_string(cur), [tuple(row[c] for c in columns) for _, row in labelled])
+            execute_values(cur, append.as_string(cur), [tuple(row[c] for c in columns) for row in rows])
     finally:
         conn.close()
 
 
-class Announcer:
-    """Records an event on the demo's data Asset once ``every`` new labels were written (none without an API)."""
+class Labeler:
+    """Turns labelled transactions into training data, a batch at a time, and announces each batch.
 
-    def __init__(self, asset: str, every: int):
-        self.asset, self.every, self.unannounced = asset, every, 0
+    A promotion run reads its training query three times (``load_data``, ``train``, ``evaluate``) and refuses data
+    that changed in between, so the table must not grow under a run: the labelled transactions are buffered and
+    appended ``every`` at a time, only while no DAG scheduled on the Asset has a queued or running run (a run waiting
+    for its reviewer included: the next batch follows its answer); then an event on the Asset starts the retraining.
+    Without an Airflow account (``PROMOTION_DEMO_AIRFLOW_*``) the batches are appended unannounced. The buffer lives
+    in memory: what a restart of the traffic drops stays labels only.
+    """
+
+    def __init__(self, db_url: str | None, asset: str, every: int, table: str | None = None):
+        self.db_url, self.asset, self.every, self.table = db_url, asset, every, table
+        self.buffer: list[dict] = []
+        self.unannounced = 0  # rows appended whose event is not recorded yet
         self.url = os.environ.get("PROMOTION_DEMO_AIRFLOW_URL")
         self.user = os.environ.get("PROMOTION_DEMO_AIRFLOW_USER")
         self.password = os.environ.get("PROMOTION_DEMO_AIRFLOW_PASSWORD")
+        self._held_for: list[str] = []
         if self.url and urlsplit(self.url).hostname not in LOOPBACK_HOSTS:
             raise ValueError("PROMOTION_DEMO_AIRFLOW_URL must be a loopback address")
 
     @property
-    def enabled(self) -> bool:
+    def announces(self) -> bool:
         return bool(self.every and self.url and self.user and self.password)
 
-    def labelled(self, count: int) -> None:
-        self.unannounced += count
-        if not self.enabled or self.unannounced < self.every:
+    def labelled(self, rows: list[dict]) -> None:
+        """``rows``: transactions whose label just arrived (features and ``is_fraud``)."""
+        if not self.every or not self.db_url:
             return
-        from scripts.airflow_api import AirflowAPI
+        self.buffer += rows
+        if len(self.buffer) < self.every and not self.unannounced:
+            return
+        api = None
+        if self.announces:
+            from scripts.airflow_api import AirflowAPI
 
-        try:  # a fresh login each time: an announcement is minutes apart, longer than a token may live
-            api = AirflowAPI(self.url, self.user, self.password)
-            event = api.add_asset_event(self.asset, extra={"new_labels": self.unannounced, "source": "scripts.traffic"})
-        except Exception as exc:  # Airflow restarting, or the DAG not parsed yet: the count carries to the next try
-            log.warning("could not announce %d new labels (%s: %s)", self.unannounced, type(exc).__name__, exc)
-            return
-        log.info(
-            "announced %d new labelled transactions: event %s on Asset %s", self.unannounced, event["id"], self.asset
-        )
-        self.unannounced = 0
+            try:  # a fresh login each time: batches are minutes apart, longer than a token may live
+                api = AirflowAPI(self.url, self.user, self.password)
+                busy = [] if self.unannounced else api.busy_consumers(self.asset)
+            except Exception as exc:  # Airflow restarting, or the DAG not parsed yet: try again with the next labels
+                log.warning(
+                    "Airflow not reachable (%s: %s); %d labelled rows wait", type(exc).__name__, exc, len(self.buffer)
+                )
+                return
+            if busy:
+                if busy != self._held_for:
+                    log.info("holding %d labelled rows: %s has a run in progress", len(self.buffer), ", ".join(busy))
+                self._held_for = busy
+                return
+            self._held_for = []
+        if len(self.buffer) >= self.every and not self.unannounced:
+            append_training_rows(self.db_url, self.buffer, self.table)  # fails loudly: the buffer is kept
+            log.info("appended %d labelled transactions to the training data", len(self.buffer))
+            self.unannounced += len(self.buffer) if self.announces else 0
+            self.buffer = []
+        if api is not None and self.unannounced:
+            try:
+                extra = {"new_rows": self.unannounced, "source": "scripts.traffic"}
+                event = api.add_asset_event(self.asset, extra=extra)
+            except Exception as exc:
+                log.warning("could not announce %d new rows (%s: %s)", self.unannounced, type(exc).__name__, exc)
+                return
+            log.info("announced %d new training rows: event %s on Asset %s", self.unannounced, event["id"], self.asset)
+            self.unannounced = 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         "--announce-every",
         type=int,
         default=500,
-        help="record an event on the data Asset after this many new labels (0: never)",
+        help="append labelled transactions to the training table this many at a time, each batch announced as an "
+        "event on the data Asset (0: labels only, never training data)",
     )
     parser.add_argument("--asset", default=DEMO_DATA_ASSET, help="the Airflow Asset announced")
     args = parser.parse_args(argv)
@@ -120,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
     labels_url = os.environ.get("PROMOTION_PREDICTION_LOG_URL")
     try:
-        announcer = Announcer(args.asset, args.announce_every)
+        labeler = Labeler(labels_url, args.asset, args.announce_every)
     except ValueError as exc:
         parser.error(str(exc))
     pending: collections.deque[tuple[float, str, dict]] = collections.deque()
@@ -150,10 +196,14 @@ def main(argv: list[str] | None = None) -> int:
             due.append(pending.popleft()[1:])
         if due and labels_url:
             try:
-                write_labels(labels_url, due)
-                announcer.labelled(len(due))
+                write_labels(labels_url, [(request_id, int(row["is_fraud"])) for request_id, row in due])
             except Exception as exc:  # ground truth lost for these: say so, go on
                 log.warning("could not write %d labels (%s: %s)", len(due), type(exc).__name__, str(exc).strip()[:200])
+            else:
+                try:
+                    labeler.labelled([row for _, row in due])
+                except Exception as exc:  # kept in the buffer: appended with the next labels
+                    log.warning("could not append training rows (%s: %s)", type(exc).__name__, str(exc).strip()[:200])
         if (sent + refused) % 100 == 0:
             log.info("%d scored, %d not answered, %d labels pending", sent, refused, len(pending))
         time.sleep(1.0 / args.rate)
