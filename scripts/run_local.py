@@ -153,10 +153,10 @@ def prepare_demo(stack: ServiceStack, serving: argparse.Namespace) -> None:
         degrade = stack.state_dir / "degrade"
         health = os.environ.get("PROMOTION_HEALTH_SCHEDULE", DEMO_HEALTH_SCHEDULE)
         retrain = (
-            f"  7. New data: each labelled transaction is appended to {demo_data.DEMO_TABLE}; every\n"
-            f"     {serving.announce_every} new labels the labeler records an event on the Asset\n"
-            f"     '{demo_data.DEMO_DATA_ASSET}', which starts a retraining run of {DEMO_MODEL} on the grown table\n"
-            "     (one at a time; it waits for review as usual)."
+            f"  7. New data: labelled transactions are appended to {demo_data.DEMO_TABLE},\n"
+            f"     {serving.announce_every} at a time between runs; each batch is an event on the Asset\n"
+            f"     '{demo_data.DEMO_DATA_ASSET}', which starts a retraining run of {DEMO_MODEL} on the grown\n"
+            "     table (it waits for review as usual)."
             if serving.announce_every
             else "  7. New data: --announce-every 0, so labels never start a retraining run."
         )
