@@ -15,12 +15,15 @@ from include.promotion import settings
 from include.promotion.airflow_run import RunRef
 from include.promotion.approval.gate import build_approval_task
 from include.promotion.config import ModelConfig, load_model_configs
+from include.promotion.scheduling import promotion_schedule, schedule_summary
 from include.promotion.tasks.boundary import fails_fast
 
 DOC_MD = """
 ### Governed promotion of `{name}`
 
 {description}
+
+Runs {runs_on}.
 
 1. **load_data** fetches the training data and refuses it if it is empty, too small, lacks a column,
    has a missing target or a single class; it fingerprints what it accepted (`data_version`).
@@ -82,7 +85,7 @@ def build_promotion_dag(cfg: ModelConfig) -> None:
 
     @dag(
         dag_id=cfg.dag_id,
-        schedule=cfg.effective_schedule,
+        schedule=promotion_schedule(cfg),
         start_date=datetime(2026, 1, 1),
         catchup=False,
         max_active_runs=1,  # one candidate per model at a time
@@ -90,6 +93,7 @@ def build_promotion_dag(cfg: ModelConfig) -> None:
         doc_md=DOC_MD.format(
             name=model,
             description=cfg.description,
+            runs_on=schedule_summary(cfg),
             estimator=cfg.estimator.class_path,
             gates=", ".join(f"`{m} >= {v}`" for m, v in cfg.gates.items()),
             metric=cfg.champion_comparison.metric,

@@ -179,6 +179,32 @@ class AirflowAPI:
             lines += [f"{d.get('exc_type')}: {d.get('exc_value')}" for d in event.get("error_detail") or []]
         return "\n".join(lines)
 
+    # -- Assets --------------------------------------------------------------------------------------
+    def asset(self, name: str) -> dict[str, Any]:
+        """The Asset named ``name`` (it exists once a parsed DAG schedules on it or produces it)."""
+        assets = self.request("GET", "/assets", params={"name_pattern": name, "limit": 100})["assets"]
+        for asset in assets:
+            if asset["name"] == name:
+                return asset
+        raise LookupError(f"no Asset named {name!r}: no parsed DAG schedules on it or produces it (yet)")
+
+    def asset_id(self, name: str) -> int:
+        return int(self.asset(name)["id"])
+
+    def busy_consumers(self, name: str) -> list[str]:
+        """The DAGs scheduled on the Asset ``name`` that have a queued or running run."""
+        busy = []
+        for ref in self.asset(name)["scheduled_dags"]:
+            params = {"state": ["queued", "running"], "limit": 1}
+            if self.request("GET", f"/dags/{ref['dag_id']}/dagRuns", params=params)["total_entries"]:
+                busy.append(ref["dag_id"])
+        return busy
+
+    def add_asset_event(self, name: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Record an event on the Asset ``name``, as an upstream pipeline announces new data (needs role Op under
+        the simple auth manager); the DAGs scheduled on it start a run."""
+        return self.request("POST", "/assets/events", json={"asset_id": self.asset_id(name), "extra": extra or {}})
+
     # -- Human-in-the-loop ---------------------------------------------------------------------------
     def hitl_detail(self, dag_id: str, run_id: str, task_id: str = APPROVE_TASK_ID) -> dict[str, Any]:
         return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails")

@@ -22,6 +22,7 @@ from include.promotion.config import dag_id_for
 from include.promotion.pipeline import demo_data
 from scripts.airflow_api import AirflowAPI
 from scripts.stack import ServiceStack, main
+from scripts.stack.config import LABELER
 
 DEMO_MODEL = "fraud-detector"
 FIRST_RUN_WAIT = 20.0
@@ -37,12 +38,20 @@ def serving_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--no-serving", action="store_true", help="no scoring service and no demo traffic")
     parser.add_argument("--scoring-port", type=int, default=DEMO_SERVING_PORT)
     parser.add_argument("--label-delay", type=float, default=60.0, help="seconds until a demo request's label arrives")
+    parser.add_argument(
+        "--announce-every",
+        type=int,
+        default=500,
+        help="new labels after which the demo's labeler starts a retraining run (an event on its data Asset; 0: never)",
+    )
     return parser.parse_known_args(argv)
 
 
-def start_demo_serving(stack: ServiceStack, port: int, label_delay: float) -> str:
+def start_demo_serving(stack: ServiceStack, port: int, label_delay: float, announce_every: int) -> str:
     """The scoring service (promotion_client, as a serving team runs it: read-only MLflow account, INSERT-only
-    prediction log) and the demo's traffic, supervised with the stack; they start serving once a champion exists."""
+    prediction log) and the demo's traffic, supervised with the stack; they start serving once a champion exists.
+    The traffic's labeler alone also gets the ``labeler`` Airflow account (role op: it may record Asset events), in
+    its environment, never on a command line or in the banner."""
     from include.promotion.pipeline.demo_data import TRANSACTION_FEATURES
 
     url = f"http://127.0.0.1:{port}"
@@ -80,13 +89,18 @@ def start_demo_serving(stack: ServiceStack, port: int, label_delay: float) -> st
         env,
         serving_dir,
     )
+    labeler = {
+        "PROMOTION_DEMO_AIRFLOW_URL": stack.airflow_url,
+        "PROMOTION_DEMO_AIRFLOW_USER": LABELER,
+        "PROMOTION_DEMO_AIRFLOW_PASSWORD": stack.service_password(LABELER),
+    }
     stack.spawn_client(
         "traffic",
         [
             *(sys.executable, "-m", "scripts.traffic", "--url", url, "--label-delay", str(label_delay)),
-            *("--degrade-file", str(stack.state_dir / "degrade")),
+            *("--degrade-file", str(stack.state_dir / "degrade"), "--announce-every", str(announce_every)),
         ],
-        env,
+        {**env, **labeler},
         REPO,
     )
     return url
@@ -118,6 +132,10 @@ def prepare_demo(stack: ServiceStack, serving: argparse.Namespace) -> None:
     if not demo_table_exists(dsn):
         rows = demo_data.seed_transactions(dsn)
         print(f"Seeded {demo_data.DEMO_TABLE} with {rows} synthetic transactions.")
+    else:  # a table seeded before the labeler appended to it
+        with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+            demo_data.grant_training_appends(cur, demo_data.LABEL_WRITERS)
+        conn.close()
     passwords = stack.passwords()
     admin = AirflowAPI(stack.airflow_url, "admin", passwords["admin"])
     dag_id = dag_id_for(DEMO_MODEL)
@@ -131,16 +149,25 @@ def prepare_demo(stack: ServiceStack, serving: argparse.Namespace) -> None:
     if serving.no_serving:
         scoring = "  (no scoring service: started with --no-serving)"
     else:
-        url = start_demo_serving(stack, serving.scoring_port, serving.label_delay)
+        url = start_demo_serving(stack, serving.scoring_port, serving.label_delay, serving.announce_every)
         degrade = stack.state_dir / "degrade"
         health = os.environ.get("PROMOTION_HEALTH_SCHEDULE", DEMO_HEALTH_SCHEDULE)
+        retrain = (
+            f"  7. New data: labelled transactions are appended to {demo_data.DEMO_TABLE},\n"
+            f"     {serving.announce_every} at a time between runs; each batch is an event on the Asset\n"
+            f"     '{demo_data.DEMO_DATA_ASSET}', which starts a retraining run of {DEMO_MODEL} on the grown\n"
+            "     table (it waits for review as usual)."
+            if serving.announce_every
+            else "  7. New data: --announce-every 0, so labels never start a retraining run."
+        )
         scoring = (
             f"  5. Scoring service: {url}/score serves the champion (once there is one) to demo traffic\n"
             f"     (2 requests/s), whose labels arrive {serving.label_delay:g} s later. `touch {degrade}` makes\n"
             f"     the live fraud pattern drift. Try: curl -s {url}/health\n"
             f"  6. Production health: 'model_health' judges the champion on its last 15 minutes of labelled\n"
             f"     traffic ({health}); after the drift it alerts and rolls back to the previous champion\n"
-            f"     (health.on_breach). See 'Production health' on the model's page."
+            f"     (health.on_breach). See 'Production health' on the model's page.\n"
+            f"{retrain.rstrip()}"
         )
     print(
         f"""

@@ -42,8 +42,12 @@ def main() -> None:
     print(f"{args.app_role} may read {demo_data.DEMO_TABLE}")
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:  # kept when it exists; grants re-applied
         demo_data.create_labels_table(cur, demo_data.LABEL_WRITERS, (args.app_role, *demo_data.LABEL_READERS))
+        demo_data.grant_training_appends(cur, demo_data.LABEL_WRITERS)
     conn.close()
-    print(f"{demo_data.LABELS_TABLE}: {', '.join(demo_data.LABEL_WRITERS)} may insert labels")
+    print(
+        f"{demo_data.LABELS_TABLE}: {', '.join(demo_data.LABEL_WRITERS)} may insert labels (and append them to "
+        f"{demo_data.DEMO_TABLE})"
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from promotion_client.names import MODEL_NAME
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from include.promotion import settings
+from include.promotion.assets import retrain_asset_name
 from include.promotion.config_sections import (
     METRICS,
     Alerts,
@@ -35,9 +36,11 @@ from include.promotion.config_sections import (
     PostgresSource,
     PostPromotion,
     Rollback,
+    Schedule,
     Shadow,
     _Strict,
     duration_seconds,
+    schedule_value,
 )
 from include.promotion.errors import ModelConfigError, UnknownModel
 
@@ -50,6 +53,7 @@ __all__ = [
     "Metric",
     "ModelConfig",
     "PostgresSource",
+    "Schedule",
     "dag_id_for",
     "duration_seconds",
     "get_model_config",
@@ -69,7 +73,11 @@ class ModelConfig(_Strict):
     name: str
     description: str = ""
     owner: str = "ml-platform"
-    schedule: str | None = "@weekly"
+    schedule: Schedule = Field(
+        default_factory=lambda: Schedule(cron="@weekly"),
+        description="A cron or preset, null (manual runs only), or {cron, assets}: also run on each event of these "
+        "Airflow Assets.",
+    )
     tags: list[str] = Field(default_factory=list)
     data: DataSource
     target: str = Field(min_length=1)
@@ -97,6 +105,11 @@ class ModelConfig(_Strict):
         description="Signed webhooks and Slack told of every production change (promotion, rollback, automatic "
         "rollback).",
     )
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule(cls, value: Any) -> Any:
+        return schedule_value(value)
 
     @field_validator("name")
     @classmethod
@@ -142,9 +155,17 @@ class ModelConfig(_Strict):
 
     @property
     def effective_schedule(self) -> str | None:
-        """The schedule of the promotion DAG: ``PROMOTION_SCHEDULE_OVERRIDE`` if set, else ``schedule``."""
+        """The promotion DAG's cron: ``PROMOTION_SCHEDULE_OVERRIDE`` if set, else ``schedule.cron``."""
         overridden, schedule = settings.schedule_override()
-        return schedule if overridden else self.schedule
+        return schedule if overridden else self.schedule.cron
+
+    @property
+    def schedule_assets(self) -> list[str]:
+        """The Assets whose events start the promotion DAG: ``schedule.assets``, and the model's own retrain Asset
+        when ``health.on_breach`` is ``retrain``. ``PROMOTION_SCHEDULE_OVERRIDE`` leaves them: an event is always
+        something a pipeline or a person sent on purpose."""
+        retrain = self.health is not None and self.health.on_breach == "retrain"
+        return [*self.schedule.assets, *([retrain_asset_name(self.name)] if retrain else [])]
 
 
 def _field_hint(model: type[BaseModel], loc: tuple[Any, ...], bad_key: str) -> str:

@@ -215,6 +215,65 @@ class Health(_Strict):
         return {**{m: v for m, v in gates.items() if m not in mins}, **mins}
 
 
+MAX_SCHEDULE_ASSETS = 10
+RESERVED_ASSET_PREFIX = "model-retrain/"  # include.promotion.assets.retrain_asset_name: added by health.on_breach
+_ASSET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,199}$")
+
+
+class Schedule(_Strict):
+    """When the promotion DAG runs: a cron (or preset), and/or each event of the named Airflow Assets.
+
+    In YAML ``schedule: "@weekly"`` (a cron only), ``schedule: null`` (manual runs only) or a mapping
+    ``schedule: {cron: "@weekly", assets: [demo-labelled-transactions]}``.
+    """
+
+    cron: str | None = Field(
+        default=None, min_length=1, description="A cron expression or preset ('@weekly'); null: no time schedule."
+    )
+    assets: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_SCHEDULE_ASSETS,
+        description="Names of Airflow Assets (Asset('<name>')): an event on any of them starts a run.",
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, cron: str | None) -> str | None:
+        if cron is not None and cron.strip() in ("@once", "@continuous"):
+            raise ValueError(f"'{cron.strip()}' is not a repeating schedule; use a cron like '@weekly', or null")
+        return None if cron is None else cron.strip()
+
+    @field_validator("assets")
+    @classmethod
+    def _asset_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not isinstance(name, str) or not _ASSET_NAME.match(name):
+                raise ValueError(
+                    f"{name!r} is not an asset name: use 1-200 letters, digits, '_', '.', '-' or '/', starting with a "
+                    "letter or digit (the name an upstream task declares as outlets=[Asset('<name>')])"
+                )
+            if name.startswith(RESERVED_ASSET_PREFIX):
+                raise ValueError(
+                    f"{name!r}: names starting with '{RESERVED_ASSET_PREFIX}' are the models' retrain Assets; set "
+                    "health.on_breach: retrain to listen to this model's own"
+                )
+        if len(set(names)) != len(names):
+            raise ValueError("asset names must be distinct")
+        return names
+
+
+def schedule_value(value: Any) -> Any:
+    """``ModelConfig.schedule`` as YAML writes it (a cron string, null or a mapping) as a ``Schedule`` mapping."""
+    if value is None or isinstance(value, str):
+        return {"cron": value.strip() if isinstance(value, str) and value.strip() else None}
+    if isinstance(value, dict | Schedule):
+        return value
+    raise ValueError(
+        f"expected a cron string ('@weekly'), null (manual runs only) or a mapping "
+        f"{{cron: '@weekly', assets: [<asset name>, ...]}}, got {type(value).__name__} {value!r}"
+    )
+
+
 def _user_names(names: list[str]) -> list[str]:
     cleaned = [n.strip() for n in names]
     if any(not n for n in cleaned):

@@ -117,7 +117,9 @@ class AirflowServices:
                 "AIRFLOW__CORE__DAGS_FOLDER": str(cfg.dags_folder),
                 "AIRFLOW__CORE__PLUGINS_FOLDER": str(cfg.plugins_folder),
                 "AIRFLOW__CORE__FERNET_KEY": secrets["fernet_key"],
-                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in cfg.users.items()),
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(
+                    f"{u}:{r}" for u, r in {**cfg.users, **cfg.service_users}.items()
+                ),
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.state.passwords_file),
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.postgres.uri(cfg.airflow_database, "postgresql+psycopg2"),

@@ -7,6 +7,11 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_USERS = {"admin": "admin", "alice": "user", "bob": "user", "carol": "user"}
+# Accounts of programs, not people: in the simple auth manager with their role, their passwords in the state folder's
+# passwords file only (never printed, no MLflow account). The demo's labeler announces new labelled data through
+# POST /api/v2/assets/events, which needs role op (scripts/traffic.py).
+LABELER = "labeler"
+DEFAULT_SERVICE_USERS = {LABELER: "op"}
 LOOPBACK = "127.0.0.1"
 # The executors a stack runs Airflow with: ``make run`` (one machine) and ``make run-distributed`` (the team
 # stack's shape: Redis, two Celery workers that share nothing on disk, MLflow on PostgreSQL).
@@ -34,6 +39,7 @@ class StackConfig:
     postgres_port: int = 0
     postgres_url: str | None = None  # use this existing server (an admin URL) instead of starting one
     users: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_USERS))
+    service_users: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_SERVICE_USERS))
     extra_env: dict[str, str] = field(default_factory=dict)
     mlflow_extra_env: dict[str, str] = field(default_factory=dict)
     mlflow_webhook: bool = True  # MLflow posts registry events to the api-server (registered once both are up)
@@ -53,6 +59,8 @@ class StackConfig:
         self.plugins_folder = Path(self.plugins_folder or self.repo_root / "plugins").resolve()
         if self.models_dir is not None:
             self.models_dir = Path(self.models_dir).resolve()
+        if both := set(self.users) & set(self.service_users):
+            raise ValueError(f"{sorted(both)}: an account is a person's (users) or a program's (service_users)")
         if self.executor not in EXECUTORS:
             raise ValueError(f"executor {self.executor!r}: use one of {EXECUTORS}")
         if self.executor == CELERY and self.celery_workers < 1:

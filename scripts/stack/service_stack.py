@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class ServiceStack:
     def __init__(self, config: StackConfig):
         self.config = config
-        self.state = StateDir(config.state_dir, config.users)
+        self.state = StateDir(config.state_dir, config.users, config.service_users)
         self.state_dir, self.logs_dir = self.state.root, self.state.logs_dir
         self.scheduler_log = self.state.log("scheduler")
         self.timings: dict[str, float] = {}
@@ -112,6 +112,10 @@ class ServiceStack:
     def passwords(self) -> dict[str, str]:
         """user -> password of the simple auth manager; generates (once) those missing from the file."""
         return self.state.passwords()
+
+    def service_password(self, user: str) -> str:
+        """The password of one of ``StackConfig.service_users`` (never printed; for the program that uses it)."""
+        return self.state.service_password(user)
 
     # -- environments ------------------------------------------------------------------------------------
     def package_env(self) -> dict[str, str]:

@@ -53,7 +53,7 @@ def tail(path: Path, lines: int = 40) -> str:
 
 
 class StateDir:
-    def __init__(self, root: Path, users: dict[str, str]):
+    def __init__(self, root: Path, users: dict[str, str], service_users: dict[str, str] | None = None):
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.logs_dir = root / "logs"
@@ -67,6 +67,7 @@ class StateDir:
         self.passwords_file = root / "airflow_passwords.json"
         self.pids_file = root / "pids.json"
         self.users = users
+        self.service_users = dict(service_users or {})
         self.secrets = self._load_secrets()
 
     def make_private(self) -> None:
@@ -96,10 +97,23 @@ class StateDir:
         return current
 
     def passwords(self) -> dict[str, str]:
-        """user -> password of the simple auth manager; generates (once) those missing from the file."""
+        """user -> password of the simple auth manager's people; generates (once) every account's missing from the
+        file (the service accounts' too: the api-server reads them all from it)."""
+        current = self._all_passwords()
+        return {user: current[user] for user in self.users}
+
+    def service_password(self, user: str) -> str:
+        """The password of a service account (``StackConfig.service_users``): for the program that uses it only."""
+        if user not in self.service_users:
+            raise KeyError(f"{user!r} is not a service account of this stack ({sorted(self.service_users)})")
+        return self._all_passwords()[user]
+
+    def _all_passwords(self) -> dict[str, str]:
         current = json.loads(self.passwords_file.read_text() or "{}") if self.passwords_file.exists() else {}
-        missing = {user: secrets.token_urlsafe(12) for user in self.users if user not in current}
+        accounts = [*self.users, *self.service_users]
+        # people type theirs; a program's is longer
+        missing = {u: secrets.token_urlsafe(12 if u in self.users else 24) for u in accounts if u not in current}
         if missing or not self.passwords_file.exists():
             current.update(missing)
             write_private(self.passwords_file, json.dumps(current) + "\n")
-        return {user: current[user] for user in self.users}
+        return current

@@ -18,6 +18,14 @@ def _audit(event: str, args: tuple) -> None:
         events.append(f"{event} {args[1:2] if event == 'socket.connect' else args[:1]}")
 
 
+def schedule_assets(dag) -> list[str]:
+    """The names of the Assets whose events start ``dag`` (none for a cron or manual DAG)."""
+    condition = getattr(dag.timetable, "asset_condition", None)
+    if condition is None:
+        return []
+    return sorted(asset.name for asset in getattr(condition, "objects", [condition]))
+
+
 def main(dags_folder: str) -> None:
     from airflow.dag_processing.dagbag import DagBag  # Airflow's own import is not part of the parse
 
@@ -34,6 +42,8 @@ def main(dags_folder: str) -> None:
             "task_ids": [t.task_id for t in dag.tasks],
             "task_docs": {t.task_id: bool(t.doc_md or getattr(t, "doc", None)) for t in dag.tasks},
             "schedule": str(dag.schedule),
+            "timetable": type(dag.timetable).__name__,
+            "schedule_assets": schedule_assets(dag),
             "max_active_runs": dag.max_active_runs,
             "params": sorted(dag.params.keys()),
         }

@@ -83,6 +83,32 @@ def test_promotion_dag_has_the_contract_task_ids(parsed: dict) -> None:
     assert dag["max_active_runs"] == 1
 
 
+def test_the_demo_promotion_dag_runs_weekly_and_on_each_labelled_data_event(parsed: dict) -> None:
+    dag = parsed["dags"]["model_promotion__fraud_detector"]
+    assert dag["timetable"] == "AssetOrTimeSchedule"
+    assert dag["schedule_assets"] == ["demo-labelled-transactions"]
+
+
+def test_a_model_that_retrains_on_a_breach_listens_to_its_retrain_asset(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    demo = (MODELS / "fraud-detector.yaml").read_text()
+    retrains = demo.replace("name: fraud-detector", "name: churn").replace("on_breach: rollback", "on_breach: retrain")
+    assert "on_breach: retrain" in retrains
+    (models / "churn.yaml").write_text(retrains)
+    cron_only = demo.replace("name: fraud-detector", "name: plain").replace(
+        "  assets: [demo-labelled-transactions]", "  assets: []"
+    )
+    (models / "plain.yaml").write_text(cron_only)
+    result = parse(tmp_path, models)
+    assert result["import_errors"] == {}
+    churn = result["dags"]["model_promotion__churn"]
+    assert churn["timetable"] == "AssetOrTimeSchedule"
+    assert churn["schedule_assets"] == ["demo-labelled-transactions", "model-retrain/churn"]
+    plain = result["dags"]["model_promotion__plain"]
+    assert (plain["timetable"], plain["schedule_assets"]) == ("CronTriggerTimetable", [])
+
+
 def test_registry_watch_runs_every_five_minutes_by_default(parsed: dict) -> None:
     dag = parsed["dags"]["model_registry_watch"]
     assert dag["task_ids"] == ["reconcile_registry"]

@@ -136,3 +136,54 @@ def test_a_file_that_is_not_utf8_is_reported_and_does_not_hide_the_others(tmp_pa
     loaded = load_model_configs(tmp_path)
     assert list(loaded.models) == ["fraud-detector"]
     assert "latin1.yaml: not UTF-8 text" in loaded.errors["latin1.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "cron", "assets"),
+    [
+        ("@weekly", "@weekly", []),
+        (None, None, []),
+        ({"cron": "0 3 * * *", "assets": ["demo-labelled-transactions"]}, "0 3 * * *", ["demo-labelled-transactions"]),
+        ({"assets": ["team/labels.v2"]}, None, ["team/labels.v2"]),
+    ],
+)
+def test_a_schedule_is_a_cron_null_or_a_cron_and_assets(
+    tmp_path: Path, demo: dict, monkeypatch: pytest.MonkeyPatch, schedule, cron, assets
+) -> None:
+    monkeypatch.delenv("PROMOTION_SCHEDULE_OVERRIDE", raising=False)
+    cfg = parse_model_config(write(tmp_path, "m.yaml", {**demo, "schedule": schedule}))
+    assert (cfg.schedule.cron, cfg.schedule.assets) == (cron, assets)
+    assert (cfg.effective_schedule, cfg.schedule_assets) == (cron, assets)
+
+
+def test_a_missing_schedule_is_weekly(tmp_path: Path, demo: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PROMOTION_SCHEDULE_OVERRIDE", raising=False)
+    demo.pop("schedule")
+    cfg = parse_model_config(write(tmp_path, "m.yaml", demo))
+    assert (cfg.effective_schedule, cfg.schedule_assets) == ("@weekly", [])
+
+
+def test_the_demo_listens_to_its_labelled_data_asset() -> None:
+    cfg = parse_model_config(DEMO)
+    assert (cfg.schedule.cron, cfg.schedule.assets) == ("@weekly", ["demo-labelled-transactions"])
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        ({"cron": "@weekly", "asset": ["x"]}, "unknown field 'asset'; did you mean 'assets'?"),
+        ({"assets": "labels"}, "field 'schedule.assets': Input should be a valid list"),
+        ({"assets": ["s3://bucket/key"]}, "'s3://bucket/key' is not an asset name"),
+        ({"assets": ["", "x"]}, "field 'schedule.assets'"),
+        ({"assets": ["a", "a"]}, "asset names must be distinct"),
+        ({"assets": [f"a{i}" for i in range(11)]}, "at most 10 items"),
+        ({"assets": ["model-retrain/other"]}, "set health.on_breach: retrain"),
+        ({"cron": "@once", "assets": ["x"]}, "'@once' is not a repeating schedule"),
+        (["@weekly"], "field 'schedule': Value error, expected a cron string ('@weekly'), null"),
+        (7, "got int 7"),
+    ],
+)
+def test_a_malformed_schedule_names_the_field_and_the_fix(tmp_path: Path, demo: dict, schedule, expected: str) -> None:
+    with pytest.raises(ModelConfigError, match=r"bad\.yaml") as err:
+        parse_model_config(write(tmp_path, "bad.yaml", {**demo, "schedule": schedule}))
+    assert expected in str(err.value)

@@ -13,6 +13,10 @@ LABELS_TABLE = "demo.labels"  # ground truth arriving late, by request id (writt
 # api-server read them. The stack's role names; docker-compose passes its own (``seed_transactions(roles=...)``).
 LABEL_WRITERS = ("promotion_serving",)
 LABEL_READERS = ("promotion_app", "promotion_reader")
+# The demo model's data Asset (include/models/fraud-detector.yaml ``schedule.assets``): the demo's labeler
+# (scripts/traffic.py) appends each labelled live transaction to DEMO_TABLE and records an event on it every
+# ``--announce-every`` labels, which starts a retraining run on the grown table.
+DEMO_DATA_ASSET = "demo-labelled-transactions"
 TRANSACTION_FEATURES = ["amount", "hour", "merchant_risk", "distance_km", "tx_last_24h", "account_age_days"]
 
 
@@ -113,8 +117,26 @@ def seed_transactions(
         )
         cur.executemany(insert, [tuple(r) for r in frame[columns].astype(object).itertuples(index=False)])
         create_labels_table(cur, *roles)
+        grant_training_appends(cur, roles[0], table)
     conn.close()
     return len(frame)
+
+
+def grant_training_appends(cur: object, writers: tuple[str, ...], table: str = DEMO_TABLE) -> None:
+    """Let ``writers`` (the demo's label writers, those of them that exist) append labelled transactions to ``table``:
+    INSERT of the feature and label columns only (``id`` comes from the table's sequence, hence USAGE on it), no
+    SELECT, UPDATE or DELETE: they can add training rows, never read, change or remove the existing ones. Idempotent
+    (``make run`` calls it on every start, for a table seeded before this grant existed)."""
+    from psycopg2 import sql
+
+    schema, name = table.split(".", 1)
+    cur.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (list(writers),))
+    columns = sql.SQL(", ").join(map(sql.Identifier, [*TRANSACTION_FEATURES, "is_fraud"]))
+    for (role,) in cur.fetchall():
+        who = sql.Identifier(role)
+        cur.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), who))
+        cur.execute(sql.SQL("GRANT INSERT ({}) ON {} TO {}").format(columns, sql.Identifier(schema, name), who))
+        cur.execute(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sql.Identifier(schema, f"{name}_id_seq"), who))
 
 
 def create_labels_table(cur: object, writers: tuple[str, ...], readers: tuple[str, ...]) -> None:
