@@ -8,6 +8,7 @@ log, rolls back to the previous champion and fails; its second run finds nothing
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,36 @@ def test_a_drifting_champion_is_rolled_back_once_and_a_steady_one_is_left_alone(
     assert f"degraded in production: {name} v{bad} (rolled back automatically: v{good} is the champion again" in (
         verdict_log
     )
+
+
+def test_a_degraded_champion_with_on_breach_retrain_starts_its_retraining_through_the_asset(
+    services, as_user, add_model, tmp_path
+) -> None:
+    """``health.on_breach: retrain``: the check adds an event to the model's retrain Asset, and the scheduler starts
+    the model's promotion DAG from it (the new candidate still goes through the gates and a reviewer)."""
+    from include.promotion.assets import retrain_asset_name
+    from include.promotion.config import dag_id_for
+
+    cfg = add_model("health-retrain", health={**HEALTH, "on_breach": "retrain"}, shadow={"enabled": False})
+    name, dag_id = cfg["name"], dag_id_for(cfg["name"])
+    version = seed_champion(name)
+    serve(services, name, tmp_path, 400, seed=603, degraded=True)
+    run_id, state = health_run(as_user, name)
+    assert state == "failed"  # the run's verdict: a champion is degraded
+    assert health_actions(name) == [(version, "health_degraded", HEALTH_ACTOR)]
+    assert champion(name) == version  # retrain, not rollback: production unchanged
+
+    admin = as_user("admin")
+    events = admin.request("GET", "/assets/events", params={"name_pattern": retrain_asset_name(name)})
+    (event,) = [e for e in events["asset_events"] if e["source_run_id"] == run_id]
+    assert event["source_dag_id"] == "model_health" and "quality: live roc_auc" in event["extra"]["reason"]
+    deadline = time.monotonic() + 120
+    runs: list = []
+    while not runs and time.monotonic() < deadline:
+        runs = [
+            r for r in admin.request("GET", f"/dags/{dag_id}/dagRuns")["dag_runs"] if r["run_type"] == "asset_triggered"
+        ]
+        time.sleep(1)
+    assert len(runs) == 1, "the retrain Asset's event started no promotion run"
+    # enough: the run is the pipeline's own (gates, shadow, a reviewer); stop it rather than leave it waiting
+    admin.request("PATCH", f"/dags/{dag_id}/dagRuns/{runs[0]['dag_run_id']}", json={"state": "failed"})
