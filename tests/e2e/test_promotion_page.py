@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import jwt
 import pytest
@@ -228,19 +229,20 @@ def test_links_open_where_they_point_from_airflows_frame_and_directly(gate, sign
     page = sign_in("bob")
     refused = refused_navigations(page)
     base = airflow.airflow_url
-    run = f"/dags/{gate.dag_id}/runs/{gate.run_id}"
+    run = f"/dags/{gate.dag_id}/runs/{quote(gate.run_id, safe='')}"
     page.get_by_role("link", name="Model promotion").click()
-    view = page.url
+    row = promotion_frame(page).locator(f'tr[data-model="{gate.name}"]')
     for path, shown in (
         (f"/dags/{gate.dag_id}", page.get_by_text(gate.dag_id)),  # the model's DAG
         (f"{run}/tasks/approve/required_actions", page.get_by_text(f"Promote {gate.name} v{gate.candidate}")),
         (run, page.get_by_text(gate.run_id)),  # its last retraining run
     ):
-        promotion_frame(page).locator(f'tr[data-model="{gate.name}"] a[href="{path}"]').click()
+        row.locator(f'a[href="{path}"]').click()
         page.wait_for_url(base + path)  # Airflow itself went there, in the whole window
         shown.first.wait_for()
         page.go_back()  # and the browser's Back button returns to the view
-        page.wait_for_url(view)
+        row.wait_for()
+        assert page.url.startswith(f"{base}/plugin/"), page.url
     frame = promotion_frame(page)
     frame.get_by_role("link", name=gate.name, exact=True).click()
     candidate = frame.locator(f'#versions tr[data-version="{gate.candidate}"]')
