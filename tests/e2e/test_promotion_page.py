@@ -312,7 +312,7 @@ def test_on_call_rolls_back_from_the_page_and_sees_it_in_the_history(
     refused = refused_navigations(page)
     with page.context.expect_page() as opened:  # the triggered run, in a new tab (ctrl+click) from Airflow's frame
         run_link.click(modifiers=["ControlOrMeta"])
-    opened.value.wait_for_url(f"{airflow.airflow_url}/dags/model_rollback/runs/{run_id}")
+    opened.value.wait_for_url(f"{airflow.airflow_url}/dags/model_rollback/runs/{quote(run_id, safe='')}")
     opened.value.close()
     assert refused == []
 
