@@ -286,8 +286,9 @@ def test_a_reviewer_approves_in_required_actions_and_the_page_shows_the_new_cham
     assert f"v{gate.candidate}" in text and "approved by bob" in text and reason in text
     assert promotion_frame(page).locator("#injected").count() == 0
     # the stylesheet and the script are files of the app, and the page's CSP lets them (and only them) apply
-    assert row.evaluate("r => getComputedStyle(r.closest('.box')).overflowX") == "auto"
     promotion_frame(page).locator("time[title]").first.wait_for()  # times.js showed it in the viewer's time zone
+    # (a script at the end of the body runs once the stylesheet above it has loaded: the style is applied by now)
+    assert row.evaluate("r => getComputedStyle(r.closest('.box')).overflowX") == "auto"
     screenshot(page, screenshots / "model-promotion-overview.png")
     assert champion(gate.name) == gate.candidate
     assert audit.rows(gate.name)[-2]["reason"] == reason  # what bob typed, kept as typed
