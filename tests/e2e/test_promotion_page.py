@@ -2,9 +2,10 @@
 HTTP, and as people use it, in a real browser (Playwright driving Debian's chromium).
 
 One model and one run waiting at its approval gate are shared by the browser tests, in file order, as in life: the
-triggerer and a non-reviewer look at the request and cannot answer it (nothing changes), then a reviewer approves it
-(the page shows the new champion, the reviewer and the reason), then on-call rolls it back from the page (the page
-shows the previous version restored and the rollback in the history). Screenshots go to ``PROMOTION_SCREENSHOTS_DIR``
+triggerer and a non-reviewer look at the request and cannot answer it (nothing changes), a reviewer follows the page's
+links from Airflow's frame (to the DAG, the run, Required Actions, MLflow), then approves it (the page shows the new
+champion, the reviewer and the reason), then on-call rolls it back from the page (the page shows the previous version
+restored and the rollback in the history). Screenshots go to ``PROMOTION_SCREENSHOTS_DIR``
 (default: the test's temp folder); ``PROMOTION_SCREENSHOTS_DIR=docs`` refreshes the README's.
 """
 
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import jwt
 import pytest
@@ -27,6 +29,7 @@ import yaml
 from include.promotion.audit import log as audit
 from include.promotion.config import dag_id_for
 from include.promotion.registry import client as mlflow_client
+from include.promotion.registry.accounts import READER_ACCOUNT
 from scripts.airflow_api import AirflowAPIError
 from tests.support import Gate, champion, seed_champion, snapshot, unique
 
@@ -37,6 +40,8 @@ CHROMIUM_MISSING = "The browser tests need Debian's chromium: run  sudo apt-get 
 # A reason that would run or render as markup anywhere it was not escaped.
 HOSTILE = '<script>window.injected = 1</script><b id="injected">not bold</b> & "quoted"'
 WIDTH, HEIGHT = 1280, 800
+# What Chromium logs when the sandbox of Airflow's frame refuses a link (no allow-top-navigation, no allow-popups)
+REFUSED_NAVIGATION = ("Unsafe attempt to initiate navigation", "Blocked opening")
 
 
 # -- the shared gate -----------------------------------------------------------------------------------------------
@@ -91,13 +96,21 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def sign_in(browser, airflow) -> Iterator[Callable[..., Any]]:
     """``sign_in("bob", login_page=True)``: a page of a new browser context (one per user), signed in as that user:
     on Airflow's login page, or (quicker, for the paths that are not about signing in) with the session cookie the
-    login page sets, from ``POST /auth/token``."""
+    login page sets, from ``POST /auth/token``. MLflow asks for its own login (HTTP basic): the browser gives its
+    read-only account's."""
     contexts = []
     passwords = airflow.passwords()
+    mlflow_login = {
+        "username": READER_ACCOUNT,
+        "password": airflow.state.secrets["mlflow_reader_password"],
+        "origin": airflow.mlflow_url,
+    }
 
     def open_as(user: str, login_page: bool = False, dark: bool = False) -> Any:
         scheme = "dark" if dark else "light"
-        context = browser.new_context(viewport={"width": WIDTH, "height": HEIGHT}, color_scheme=scheme)
+        context = browser.new_context(
+            viewport={"width": WIDTH, "height": HEIGHT}, color_scheme=scheme, http_credentials=mlflow_login
+        )
         context.set_default_timeout(20_000)
         contexts.append(context)
         page = context.new_page()
@@ -128,6 +141,13 @@ def screenshot(page: Any, path: Path) -> None:
 def promotion_frame(page: Any) -> Any:
     """The Model promotion page, as the Airflow UI shows it: in its frame."""
     return page.frame_locator("iframe").first
+
+
+def refused_navigations(page: Any) -> list[str]:
+    """The page's console messages (its frames' included) saying the browser refused a link, from now on."""
+    refused: list[str] = []
+    page.on("console", lambda message: refused.extend(m for m in REFUSED_NAVIGATION if m in message.text))
+    return refused
 
 
 # -- from the attacker's side --------------------------------------------------------------------------------------
@@ -174,7 +194,7 @@ def test_every_route_needs_an_airflow_login_with_read_access_to_the_models_dags(
     assert "script-src 'self'" in policy and "style-src 'self'" in policy and "sha256-" not in policy
     assert "<script>" not in page.text and "<style" not in page.text
     assets = re.findall(r'(?:src|href)="(/promotion/static/[^"]+)"', page.text)
-    assert len(assets) == 2, assets  # the stylesheet and the time zone script, behind the same login as the pages
+    assert len(assets) == 3, assets  # the stylesheet, times.js and links.js, behind the same login as the pages
     for asset in assets:
         assert requests.get(base + asset, allow_redirects=False, timeout=30).status_code == 401
         served = requests.get(base + asset, cookies={"_token": alice}, timeout=30)
@@ -203,6 +223,45 @@ def test_the_triggerer_and_a_non_reviewer_see_the_request_but_cannot_answer(gate
     assert as_user("bob").task_states(gate.dag_id, gate.run_id)["approve"] == "awaiting_input"
 
 
+def test_links_open_where_they_point_from_airflows_frame_and_directly(gate, sign_in, airflow) -> None:
+    """Airflow's frame is sandboxed (no top navigation, no popups): links.js sends a link to an Airflow page through
+    Airflow's own router and opens MLflow in a new tab; opened directly, the same links are plain links."""
+    page = sign_in("bob")
+    refused = refused_navigations(page)
+    base = airflow.airflow_url
+    run = f"/dags/{gate.dag_id}/runs/{quote(gate.run_id, safe='')}"
+    page.get_by_role("link", name="Model promotion").click()
+    row = promotion_frame(page).locator(f'tr[data-model="{gate.name}"]')
+    for path, shown in (
+        (f"/dags/{gate.dag_id}", page.get_by_text(gate.dag_id)),  # the model's DAG
+        (f"{run}/tasks/approve/required_actions", page.get_by_text(f"Promote {gate.name} v{gate.candidate}")),
+        (run, page.get_by_text(gate.run_id)),  # its last retraining run
+    ):
+        row.locator(f'a[href="{path}"]').click()
+        page.wait_for_url(base + path)  # Airflow itself went there, in the whole window
+        shown.first.wait_for()
+        page.go_back()  # and the browser's Back button returns to the view
+        row.wait_for()
+        assert page.url.startswith(f"{base}/plugin/"), page.url
+    frame = promotion_frame(page)
+    frame.get_by_role("link", name=gate.name, exact=True).click()
+    candidate = frame.locator(f'#versions tr[data-version="{gate.candidate}"]')
+    with page.context.expect_page() as opened:
+        candidate.get_by_role("link", name=f"v{gate.candidate}", exact=True).click()
+    mlflow = opened.value
+    mlflow.wait_for_url(mlflow_client.version_url(gate.name, gate.candidate))
+    mlflow.get_by_text(f"Version {gate.candidate}").first.wait_for()  # MLflow's own page of the version
+    mlflow.close()
+    candidate.locator(f'a[href="{run}"]').click()  # the run that trained the version
+    page.wait_for_url(base + run)
+    assert refused == []
+
+    page.goto(f"{base}/promotion/")  # opened directly, not framed: a plain link, the same place
+    page.locator(f'tr[data-model="{gate.name}"] a[href="/dags/{gate.dag_id}"]').click()
+    page.wait_for_url(f"{base}/dags/{gate.dag_id}")
+    assert refused == []
+
+
 def test_a_reviewer_approves_in_required_actions_and_the_page_shows_the_new_champion(
     gate, sign_in, as_user, screenshots
 ) -> None:
@@ -227,14 +286,17 @@ def test_a_reviewer_approves_in_required_actions_and_the_page_shows_the_new_cham
     assert f"v{gate.candidate}" in text and "approved by bob" in text and reason in text
     assert promotion_frame(page).locator("#injected").count() == 0
     # the stylesheet and the script are files of the app, and the page's CSP lets them (and only them) apply
-    assert row.evaluate("r => getComputedStyle(r.closest('.box')).overflowX") == "auto"
     promotion_frame(page).locator("time[title]").first.wait_for()  # times.js showed it in the viewer's time zone
+    # (a script at the end of the body runs once the stylesheet above it has loaded: the style is applied by now)
+    assert row.evaluate("r => getComputedStyle(r.closest('.box')).overflowX") == "auto"
     screenshot(page, screenshots / "model-promotion-overview.png")
     assert champion(gate.name) == gate.candidate
     assert audit.rows(gate.name)[-2]["reason"] == reason  # what bob typed, kept as typed
 
 
-def test_on_call_rolls_back_from_the_page_and_sees_it_in_the_history(gate, sign_in, as_user, screenshots) -> None:
+def test_on_call_rolls_back_from_the_page_and_sees_it_in_the_history(
+    gate, sign_in, as_user, airflow, screenshots
+) -> None:
     assert champion(gate.name) == gate.candidate, "needs the previous test's approval"
     reason = f"v{gate.candidate} flags every weekend card; back to v{gate.champion}"
     page = sign_in("carol", dark=True)
@@ -248,6 +310,12 @@ def test_on_call_rolls_back_from_the_page_and_sees_it_in_the_history(gate, sign_
     run_link.wait_for()
     run_id = run_link.inner_text()
     assert as_user("carol").wait_for_run("model_rollback", run_id, timeout=120) == "success"
+    refused = refused_navigations(page)
+    with page.context.expect_page() as opened:  # the triggered run, in a new tab (ctrl+click) from Airflow's frame
+        run_link.click(modifiers=["ControlOrMeta"])
+    opened.value.wait_for_url(f"{airflow.airflow_url}/dags/model_rollback/runs/{quote(run_id, safe='')}")
+    opened.value.close()
+    assert refused == []
 
     frame.get_by_role("link", name="back to the model").click()
     history = frame.locator("#history tbody tr")

@@ -103,14 +103,15 @@ def report(history_total: int = 120, page: int = 2, before: int | None = None, o
 
 
 TIMES_SCRIPT_TAG = f'<script src="{LINKS.asset("times.js")}"></script>'
+LINKS_SCRIPT_TAG = f'<script src="{LINKS.asset("links.js")}"></script>'
 FORM_SCRIPT_TAG = f'<script src="{LINKS.asset("rollback.js")}"></script>'
 # what markupsafe (Jinja's autoescape) makes of HOSTILE
 HOSTILE_AS_TEXT = "&lt;script&gt;alert(&#34;owned&#34;)&lt;/script&gt; &amp; &lt;img src=x onerror=alert(1)&gt;"
 
 
 def assert_only_own_script(html: str) -> None:
-    """The page's one script is its own file; every hostile value shows as text."""
-    assert html.count("<script") == 1 and TIMES_SCRIPT_TAG in html
+    """The page's scripts are its own two files; every hostile value shows as text."""
+    assert html.count("<script") == 2 and TIMES_SCRIPT_TAG in html and LINKS_SCRIPT_TAG in html
     assert "<img" not in html and 'alert("owned")' not in html
     assert HOSTILE_AS_TEXT in html
 
@@ -173,6 +174,30 @@ def test_the_content_security_policy_allows_only_the_apps_own_files_and_the_page
         assert f'<link rel="stylesheet" href="{LINKS.asset("page.css")}">' in html
 
 
+def test_every_link_out_of_the_app_says_where_it_opens_so_links_js_can_open_it_from_airflows_frame() -> None:
+    """Inside Airflow's sandboxed frame the browser refuses a link out of the frame; links.js carries out the ones
+    marked ``target``: an Airflow page (``_top``) in Airflow's window, MLflow (``_blank``) in a new tab."""
+    line = overview()
+    seen = set()
+    for html in (
+        pages.overview_page([line], LINKS, "alice"),
+        pages.model_page(report(), LINKS, "carol", METRICS),
+        pages.rollback_page(line, ("carol",), LINKS, "carol"),
+    ):
+        for tag, attrs in Tags(html).tags:
+            href = attrs.get("href") or ""
+            if tag != "a" or href.startswith(f"{LINKS.app_root}/"):
+                continue
+            if href.startswith("http://mlflow.test/"):
+                assert attrs.get("target") == "_blank" and attrs.get("rel") == "noopener noreferrer", attrs
+            else:
+                assert href.startswith("/dags/") and attrs.get("target") == "_top", attrs
+            seen.add(attrs["target"])
+    assert seen == {"_top", "_blank"}
+    script = pages.ASSETS["links.js"].body.decode()
+    assert "pushState" in script and 'new top.PopStateEvent("popstate"' in script and "top.document" in script
+
+
 def test_autoescaping_covers_values_no_code_escapes_by_hand() -> None:
     """No template escapes by hand or marks a value safe: a hostile status, alias, metric name, status count or
     description is inert text because autoescaping is on (before, each went through an explicit ``esc``)."""
@@ -189,7 +214,7 @@ def test_autoescaping_covers_values_no_code_escapes_by_hand() -> None:
 
 
 def test_the_apps_static_files_are_the_pages_styles_and_scripts() -> None:
-    assert set(pages.ASSETS) == {"page.css", "times.js", "rollback.js"}
+    assert set(pages.ASSETS) == {"page.css", "times.js", "links.js", "rollback.js"}
     assert {a.media_type.split(";")[0] for a in pages.ASSETS.values()} == {"text/css", "text/javascript"}
     assert "prefers-color-scheme: dark" in pages.ASSETS["page.css"].body.decode()
     assert 'localStorage.getItem("timezone")' in pages.ASSETS["times.js"].body.decode()
@@ -230,7 +255,7 @@ def test_roll_back_leads_on_call_to_the_rollback_form_of_that_model() -> None:
 
     line = overview('a"b&c<d>')
     form = pages.rollback_page(line, ("carol",), LINKS, "carol")
-    assert form.count("<script") == 2 and FORM_SCRIPT_TAG in form and "<d>" not in form
+    assert form.count("<script") == 3 and FORM_SCRIPT_TAG in form and "<d>" not in form
     assert 'data-model="a&#34;b&amp;c&lt;d&gt;"' in form and 'data-api="/api/v2/dags/model_rollback/dagRuns"' in form
     assert 'name="reason"' in form and f'maxlength="{MAX_REASON_CHARS}"' in form
     refused = pages.rollback_page(line, ("alice", "bob"), LINKS, "mallory")

@@ -4,7 +4,9 @@ Jinja2 templates (``templates/``) with autoescaping on, rendered from the record
 without a server: every value is escaped for HTML unless a template says otherwise, and none does. URLs are built
 by ``Links`` (each path segment quoted). The styles and scripts are files (``static/``), served by the app behind
 the same login as the pages, so the Content-Security-Policy allows ``'self'`` only and no inline code: times are
-written as ISO 8601 UTC in ``<time datetime>`` and shown in the viewer's time zone by ``times.js``; colours follow
+written as ISO 8601 UTC in ``<time datetime>`` and shown in the viewer's time zone by ``times.js``; a link to an Airflow
+page (``target="_top"``) or to MLflow (``target="_blank"``) is opened from the top window by ``links.js`` when the page
+is in Airflow's sandboxed frame (which refuses both), and is a plain link otherwise; colours follow
 the viewer's light or dark preference; tables scroll sideways inside their box, so the page holds at 1,280 px.
 """
 
