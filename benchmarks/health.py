@@ -122,26 +122,12 @@ def explain(conn: Any, name: str, version: str, since: datetime, until: datetime
     from include.promotion.health import queries
 
     params = {"model": name, "version": version, "since": since, "until": until}
-    latest = queries._LATEST
-    statements = {
-        "count": (f"SELECT count(*) FROM ({latest.format(features='')}) AS latest", params),
-        "scores": (
-            f"SELECT request_id, score, decision FROM ({latest.format(features='')}) AS latest "
-            "ORDER BY md5(request_id) LIMIT %(limit)s",
-            {**params, "limit": queries.MAX_PREDICTIONS},
-        ),
-        "features": (
-            f"SELECT features FROM ({latest.format(features=', features')}) AS latest "
-            "ORDER BY md5(request_id) LIMIT %(limit)s",
-            {**params, "limit": queries.FEATURE_SAMPLE},
-        ),
-    }
+    statements = {"scores": (queries._LATEST_IN_HASH_ORDER, {**params, "limit": queries.MAX_PREDICTIONS})}
     with conn.cursor() as cur:
-        cur.execute(
-            "SELECT request_id FROM prediction_log WHERE model_name = %s ORDER BY id LIMIT %s",
-            (name, queries.LABEL_BATCH),
-        )
-        ids = [r[0] for r in cur.fetchall()]
+        cur.execute(*statements["scores"])
+        latest = cur.fetchall()
+        statements["features"] = (queries._FEATURES, {"ids": [r[0] for r in latest[: queries.FEATURE_SAMPLE]]})
+        ids = [r[1] for r in latest[: queries.LABEL_BATCH]]
         labels = queries.default_labels_query(settings.labels_table())
         statements["labels batch"] = (
             f"SELECT labels.request_id::text, max(labels.label::int) FROM ({labels}) AS labels "
