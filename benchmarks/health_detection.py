@@ -107,10 +107,11 @@ def describe(row: tuple, switch: datetime | None) -> str:
     when = f"+{(checked_at - switch).total_seconds():5.0f} s" if switch else checked_at.strftime("%H:%M:%S")
     auc = metrics.get("roc_auc")
     recall = metrics.get("recall")
+    judged = [f for f in findings or [] if f.split(":")[0] in ("quality", "drift", "volume")]  # not the notes
     return (
         f"  {when} v{version} {status:<19} {predictions:>5} predictions, {labelled:>5} labelled, "
         f"roc_auc {auc if auc is None else f'{auc:.3f}'}, recall {recall if recall is None else f'{recall:.3f}'}, "
-        f"max PSI {psi if psi is None else f'{psi:.3f}'}; {len(findings or [])} finding(s)"
+        f"max PSI {psi if psi is None else f'{psi:.3f}'}" + "".join(f"\n      {f}" for f in judged)
     )
 
 
