@@ -9,7 +9,8 @@ The traffic is healthy (scores follow the labels; inputs drawn like the referenc
 every model in turn (what the mapped ``check_model_health`` tasks run, without Airflow), ``--passes`` times, timed
 whole and split: the prediction query (count, scores, feature sample), the labels query (batches of ids), the
 reference download, the judgement (live metrics, PSI, verdict); the rest (alias, audit, the history row) is "other".
-``--explain`` prints the plans of the queries for the first model (EXPLAIN ANALYZE).
+``--explain`` prints the plans of the queries for the first model (EXPLAIN ANALYZE); ``--compare`` times the
+prediction queries as they were before this benchmark beside the current ones, on the same windows.
 Usage: ``.venv/bin/python -m benchmarks.health [--models 5 --predictions 10000]`` (the smoke size, about a minute);
 the figures in the README: ``--models 100 --predictions 100000``.
 """
@@ -116,6 +117,73 @@ class Split:
         setattr(owner, attr, timed)
 
 
+# The prediction queries before this benchmark (three statements, each deduplicating the window's rows: the count, the
+# scores in hash order, the features of the first FEATURE_SAMPLE in hash order): ``--compare`` times them beside the
+# current ``queries.champion_predictions`` on the same rows, alternating, and checks that both read the same.
+_PREVIOUS_LATEST = """
+SELECT DISTINCT ON (request_id) request_id, score, decision{features}
+FROM prediction_log
+WHERE model_name = %(model)s AND version = %(version)s AND role = 'champion'
+  AND predicted_at >= %(since)s AND predicted_at < %(until)s
+ORDER BY request_id, predicted_at DESC, id DESC
+"""
+
+
+def previous_champion_predictions(conn: Any, model: str, version: str, since: datetime, until: datetime) -> Any:
+    from include.promotion.health import queries
+
+    params = {"model": model, "version": str(version), "since": since, "until": until}
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM ({_PREVIOUS_LATEST.format(features='')}) AS latest", params)
+        total = int(cur.fetchone()[0])
+        cur.execute(
+            f"SELECT request_id, score, decision FROM ({_PREVIOUS_LATEST.format(features='')}) AS latest "
+            "ORDER BY md5(request_id) LIMIT %(limit)s",
+            {**params, "limit": queries.MAX_PREDICTIONS},
+        )
+        scores = {r[0]: (float(r[1]), bool(r[2])) for r in cur.fetchall()}
+        cur.execute(
+            f"SELECT features FROM ({_PREVIOUS_LATEST.format(features=', features')}) AS latest "
+            "ORDER BY md5(request_id) LIMIT %(limit)s",
+            {**params, "limit": queries.FEATURE_SAMPLE},
+        )
+        rows = [r[0] for r in cur.fetchall()]
+    features: dict[str, list[float]] = {}
+    for row in rows:
+        for name, value in row.items():
+            features.setdefault(name, []).append(float(value))
+    return queries.WindowPredictions(total=total, scores=scores, features=features)
+
+
+def compare(champions: dict[str, str], since: datetime, until: datetime) -> None:
+    """The previous and the current prediction queries on each model's window, alternating (which goes first
+    alternates too): medians and totals of both, and a check that they read the same requests and features."""
+    from include.promotion.audit.schema import connect
+    from include.promotion.health import queries
+
+    timings: dict[str, list[float]] = defaultdict(list)
+    conn = connect()
+    try:
+        for i, (name, version) in enumerate(champions.items()):
+            found = {}
+            order = [("previous", previous_champion_predictions), ("current", queries.champion_predictions)]
+            for label, function in order if i % 2 == 0 else order[::-1]:
+                t0 = time.perf_counter()
+                found[label] = function(conn, name, version, since, until)
+                timings[label].append(time.perf_counter() - t0)
+            before, now = found["previous"], found["current"]
+            same_features = {k: sorted(v) for k, v in before.features.items()} == {
+                k: sorted(v) for k, v in now.features.items()
+            }
+            if before.total != now.total or before.scores != now.scores or not same_features:
+                raise SystemExit(f"{name}: the current queries read other rows than the previous ones")
+    finally:
+        conn.close()
+    print(f"prediction queries on the same {len(champions)} windows, alternating (the same rows read):")
+    for label in ("previous", "current"):
+        print(summary(label, timings[label]), flush=True)
+
+
 def explain(conn: Any, name: str, version: str, since: datetime, until: datetime) -> None:
     """The plans of the prediction queries and of one labels batch, as PostgreSQL ran them."""
     from include.promotion import settings
@@ -168,6 +236,9 @@ def main() -> None:
     parser.add_argument("--predictions", type=int, default=10_000, help="logged champion predictions per model")
     parser.add_argument("--passes", type=int, default=2, help="checks of every model (the first on a cold cache)")
     parser.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE the queries for the first model")
+    parser.add_argument(
+        "--compare", action="store_true", help="time the previous prediction queries beside the current ones"
+    )
     args = parser.parse_args()
 
     from benchmarks import registry_workload
@@ -232,6 +303,8 @@ def main() -> None:
         split.wrap(check, "load_reference", "reference")
         for owner, attr in ((judging, "live_metrics"), (ref, "drift"), (judging, "judge")):
             split.wrap(owner, attr, "judgement")
+        if args.compare:
+            compare(champions, until - timedelta(seconds=WINDOW), until)
         base = ModelConfig.model_validate(shipped)
         expected_labelled = min(args.predictions, queries.MAX_PREDICTIONS) // 2
         for number in range(1, args.passes + 1):
