@@ -9,6 +9,7 @@ fraud pattern changes, ``synthetic_transactions(degraded=True)``) or a shifted i
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import uuid
@@ -25,7 +26,7 @@ from include.promotion.audit import log as audit
 from include.promotion.audit.schema import connect
 from include.promotion.config import get_model_config
 from include.promotion.errors import HealthCheckError
-from include.promotion.health import check, history
+from include.promotion.health import check, history, queries
 from include.promotion.health.check import champion_since
 from include.promotion.pipeline.demo_data import TRANSACTION_FEATURES, synthetic_transactions
 from tests.support import DEMO, champion, promote_next, run_ref, seed_champion, unique
@@ -251,6 +252,41 @@ def test_shifted_inputs_are_drift_and_no_traffic_is_volume(services, models_dir:
 
     quiet = check.check_model(get_model_config(name), run_ref(dag_id="model_health"), now=t0 + timedelta(hours=3))
     assert any(f.startswith("volume: 0 champion prediction(s)") for f in quiet["findings"]), quiet["findings"]
+
+
+def test_the_window_reads_each_requests_latest_row_and_counts_past_the_cap(services, monkeypatch) -> None:
+    """The window's requests: each one's latest champion row of the version (not another version's, not a shadow's,
+    not one outside the window); past ``MAX_PREDICTIONS`` all are counted, and the scores and the feature sample
+    are the first requests in hash order (the same whatever the order of logging)."""
+    name, t0 = unique("health-window"), datetime(2026, 1, 1, tzinfo=UTC)
+
+    def row(request_id: str, version: str, role: str, score: float, amount: float, second: int) -> tuple:
+        at = t0 + timedelta(seconds=second)
+        return (request_id, name, version, role, score, score >= 0.5, 1.0, {"amount": amount}, at)
+
+    logged = [row(f"r{i}", "2", "champion", 0.1, float(i), i) for i in range(30)]
+    logged += [
+        row("r0", "2", "champion", 0.9, 100.0, 40),  # logged again later: this row counts
+        row("r1", "1", "champion", 0.8, 200.0, 41),  # another version
+        row("r2", "2", "shadow", 0.7, 300.0, 42),  # the challenger's score
+        row("late", "2", "champion", 0.6, 400.0, 900),  # after the window
+    ]
+    insert_predictions(services.serving_env()["PROMOTION_PREDICTION_LOG_URL"], logged)
+    amounts = {f"r{i}": float(i) for i in range(30)} | {"r0": 100.0}
+    by_hash = sorted(amounts, key=lambda r: hashlib.md5(r.encode()).hexdigest())
+    conn = connect()
+    try:
+        found = queries.champion_predictions(conn, name, "2", t0, t0 + timedelta(minutes=5))
+        assert found.total == len(found.scores) == 30 and found.scores["r0"] == (0.9, True)
+        assert found.scores["r1"] == found.scores["r2"] == (0.1, False)
+        assert sorted(found.features["amount"]) == sorted(amounts.values())
+        monkeypatch.setattr(queries, "MAX_PREDICTIONS", 10)
+        monkeypatch.setattr(queries, "FEATURE_SAMPLE", 4)
+        capped = queries.champion_predictions(conn, name, "2", t0, t0 + timedelta(minutes=5))
+    finally:
+        conn.close()
+    assert capped.total == 30 and list(capped.scores) == by_hash[:10]
+    assert sorted(capped.features["amount"]) == sorted(amounts[r] for r in by_hash[:4])
 
 
 @pytest.mark.parametrize(

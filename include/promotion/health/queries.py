@@ -15,7 +15,7 @@ from typing import Any
 from include.promotion.errors import HealthCheckError
 from include.promotion.shadow.prediction_log import PREDICTION_LOG
 
-MAX_PREDICTIONS = 200_000  # scored requests of one window read for the metrics (the newest; the rest are counted)
+MAX_PREDICTIONS = 200_000  # scored requests of one window read for the metrics (a hash-ordered sample; all counted)
 FEATURE_SAMPLE = 20_000  # requests whose features are read for the input drift (a fixed, hash-ordered sample)
 LABEL_BATCH = 10_000  # request ids per labels query
 
@@ -29,35 +29,43 @@ class WindowPredictions:
     features: dict[str, list[float]] = field(default_factory=dict)  # feature -> values of the sample
 
 
-# A request logged twice counts once: its latest champion row of this version.
-_LATEST = f"""
-SELECT DISTINCT ON (request_id) request_id, score, decision{{features}}
+_WINDOW = f"""
 FROM {PREDICTION_LOG}
 WHERE model_name = %(model)s AND version = %(version)s AND role = 'champion'
   AND predicted_at >= %(since)s AND predicted_at < %(until)s
-ORDER BY request_id, predicted_at DESC, id DESC
 """
+# A request logged twice counts once: its latest champion row of this version. One sort both picks that row and
+# puts the requests in hash order (md5 of the id, the id itself to break a collision): the first ``limit`` of them
+# are the same requests whatever order they were logged in, and the first ``FEATURE_SAMPLE`` the feature sample.
+_LATEST_IN_HASH_ORDER = f"""
+SELECT DISTINCT ON (md5(request_id), request_id) id, request_id, score, decision
+{_WINDOW}
+ORDER BY md5(request_id), request_id, predicted_at DESC, id DESC
+LIMIT %(limit)s
+"""
+_COUNT = f"SELECT count(DISTINCT request_id) {_WINDOW}"  # only when more than MAX_PREDICTIONS were read
+_FEATURES = f"SELECT features FROM {PREDICTION_LOG} WHERE id = ANY(%(ids)s::bigint[])"
 
 
 def champion_predictions(conn: Any, model: str, version: str, since: datetime, until: datetime) -> WindowPredictions:
     """The window's champion predictions of exactly ``version`` (a champion replaced inside the window is judged
-    on its own rows only)."""
+    on its own rows only).
+
+    One pass over the window's rows (the requests in hash order, narrow columns); the features of the sample are
+    then read by row id, and the requests counted only when there are more than are read."""
     params = {"model": model, "version": str(version), "since": since, "until": until}
     with conn.cursor() as cur:
-        cur.execute(f"SELECT count(*) FROM ({_LATEST.format(features='')}) AS latest", params)
-        total = int(cur.fetchone()[0])
-        cur.execute(
-            f"SELECT request_id, score, decision FROM ({_LATEST.format(features='')}) AS latest "
-            "ORDER BY md5(request_id) LIMIT %(limit)s",
-            {**params, "limit": MAX_PREDICTIONS},
-        )
-        scores = {r[0]: (float(r[1]), bool(r[2])) for r in cur.fetchall()}
-        cur.execute(
-            f"SELECT features FROM ({_LATEST.format(features=', features')}) AS latest "
-            "ORDER BY md5(request_id) LIMIT %(limit)s",
-            {**params, "limit": FEATURE_SAMPLE},
-        )
-        rows = [r[0] for r in cur.fetchall()]
+        cur.execute(_LATEST_IN_HASH_ORDER, {**params, "limit": MAX_PREDICTIONS})
+        latest = cur.fetchall()
+        total = len(latest)
+        if total >= MAX_PREDICTIONS:
+            cur.execute(_COUNT, params)
+            total = int(cur.fetchone()[0])
+        rows = []
+        if latest:
+            cur.execute(_FEATURES, {"ids": [r[0] for r in latest[:FEATURE_SAMPLE]]})
+            rows = [r[0] for r in cur.fetchall()]
+    scores = {r[1]: (float(r[2]), bool(r[3])) for r in latest}
     features: dict[str, list[float]] = {}
     for row in rows:
         if not isinstance(row, dict):
