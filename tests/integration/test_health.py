@@ -293,6 +293,17 @@ def test_the_window_reads_each_requests_latest_row_and_counts_past_the_cap(servi
     assert sorted(capped.features["amount"]) == sorted(amounts[r] for r in by_hash[:4])
 
 
+@pytest.fixture(scope="module")
+def labelled_champion(services, models_dir: Path) -> tuple[str, datetime]:
+    """A champion with a little labelled traffic: the bad labels queries below are tried on it."""
+    name = health_model(models_dir, "health-badq")
+    version = seed_champion(name)
+    t0 = champion_since(name, version)
+    traffic = Traffic(services, name, version)
+    traffic.label(traffic.send(t0 + timedelta(minutes=5), 50, 501))
+    return name, t0
+
+
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
@@ -302,13 +313,10 @@ def test_the_window_reads_each_requests_latest_row_and_counts_past_the_cap(servi
     ],
 )
 def test_a_bad_labels_query_names_the_model_and_the_key_and_records_nothing(
-    services, models_dir: Path, query: str, expected: str
+    labelled_champion, models_dir: Path, query: str, expected: str
 ) -> None:
-    name = health_model(models_dir, "health-badq", labels_query=query)
-    version = seed_champion(name)
-    t0 = champion_since(name, version)
-    traffic = Traffic(services, name, version)
-    traffic.label(traffic.send(t0 + timedelta(minutes=5), 50, 501))
+    name, t0 = labelled_champion
+    set_health(models_dir, name, labels_query=query)
     with pytest.raises(HealthCheckError, match=expected) as refused:
         check.check_model(get_model_config(name), run_ref(dag_id="model_health"), now=t0 + timedelta(minutes=30))
     assert name in str(refused.value)

@@ -172,21 +172,32 @@ def test_a_champion_moved_behind_the_runs_back_withdraws_the_candidate_once(serv
     assert watch_now(name) == ["alias 'champion' points at v1; the audit log records v2 as the production version"]
 
 
+@pytest.fixture(scope="module")
+def clean_withdrawal(services) -> dict:
+    """What a withdrawal without a crash leaves (``state``: no names, no times), the reference of the crash cases."""
+    from include.promotion.registry.accounts import acting_as
+
+    clean = unique("wclean")
+    v3 = stale_candidate(clean)
+    with acting_as("admin", services.passwords()["admin"]):
+        mlflow_client.client().set_registered_model_alias(clean, "champion", "1")
+    approval = change("bob")
+    lifecycle.record_approval(clean, v3, "bob", "ok", approval)
+    with pytest.raises(RegistryStateError, match="the champion moved"):
+        lifecycle.promote_to_production(clean, v3, approval)
+    return state(clean)
+
+
 @pytest.mark.parametrize("fail_at", range(1, 6))
-def test_a_withdrawal_retried_after_a_crash_ends_like_a_clean_one(services, fail_at: int) -> None:
+def test_a_withdrawal_retried_after_a_crash_ends_like_a_clean_one(services, clean_withdrawal, fail_at: int) -> None:
     """A crash before any registry write of the withdrawal: the retry finishes it, and records nothing twice."""
     from include.promotion.registry.accounts import acting_as
 
-    clean, crashed = unique("wclean"), unique("wcrash")
-    for name in (clean, crashed):
-        v3 = stale_candidate(name)
-        with acting_as("admin", services.passwords()["admin"]):
-            mlflow_client.client().set_registered_model_alias(name, "champion", "1")
-    clean_approval, attempt = change("bob"), change("bob")
-    lifecycle.record_approval(clean, v3, "bob", "ok", clean_approval)
-    with pytest.raises(RegistryStateError, match="the champion moved"):
-        lifecycle.promote_to_production(clean, v3, clean_approval)
-
+    crashed = unique("wcrash")
+    v3 = stale_candidate(crashed)
+    with acting_as("admin", services.passwords()["admin"]):
+        mlflow_client.client().set_registered_model_alias(crashed, "champion", "1")
+    attempt = change("bob")
     lifecycle.record_approval(crashed, v3, "bob", "ok", attempt)
     # its five registry writes (three tags, the stage, the alias), after its audit row: a crash before each
     with proxied_client(crash_at(fail_at), WRITES), pytest.raises(ConnectionError, match="injected crash"):
@@ -194,7 +205,7 @@ def test_a_withdrawal_retried_after_a_crash_ends_like_a_clean_one(services, fail
     with pytest.raises(RegistryStateError, match="the champion moved"):
         lifecycle.promote_to_production(crashed, v3, attempt)  # the task's retry: same change id
 
-    assert state(crashed) == state(clean)
+    assert state(crashed) == clean_withdrawal
     withdrawn(crashed, v3, attempt, champion_now="1")
 
 
