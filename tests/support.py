@@ -42,6 +42,23 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+# A model that trains in seconds: the built-in transactions and a linear model
+FAST_DATA = {"source": "builtin", "dataset": "synthetic_transactions", "rows": 3000, "seed": 11}
+FAST_ESTIMATOR = {
+    "class": "sklearn.linear_model.LogisticRegression",
+    "params": {"max_iter": 500, "class_weight": "balanced"},
+}
+
+
+def fast_model(models_dir: Path, prefix: str, **overrides: Any) -> str:
+    """The demo's config on ``FAST_DATA`` and ``FAST_ESTIMATOR`` (``overrides`` replace whole keys), written to the
+    models folder under a new name; return the name."""
+    cfg = yaml.safe_load(DEMO.read_text())
+    cfg.update(name=unique(prefix), data=dict(FAST_DATA), estimator=dict(FAST_ESTIMATOR), **overrides)
+    (models_dir / f"{cfg['name']}.yaml").write_text(yaml.safe_dump(cfg))
+    return cfg["name"]
+
+
 def run_ref(triggered_by: str | None = None, dag_id: str = "tests") -> RunRef:
     """A fresh Airflow run identity for calling task bodies in-process."""
     return RunRef(dag_id=dag_id, run_id=f"run-{uuid.uuid4().hex[:8]}", triggered_by=triggered_by)
@@ -83,15 +100,21 @@ def seed_champion(name: str, reason: str = "seed") -> str:
     return version
 
 
-def promote_next(name: str) -> str:
-    """A new real version of a configured model, trained on its current data by the tasks' own code, approved by bob
-    and put in production over the champion; return it."""
+def promote_candidate(name: str) -> tuple[RunRef, str]:
+    """A promotion run up to ``promote_to_production``, in-process, by the tasks' own code: a new real version of a
+    configured model trained on its current data, approved by bob and put in production over the champion; (the
+    run, the version)."""
     run = run_ref(triggered_by="alice", dag_id=f"model_promotion__{name}")
     trained = tasks.train(name, tasks.load_data(name, run), run)
     staged = tasks.promote_to_staging(name, tasks.register(name, trained, tasks.evaluate(name, trained, run), run), run)
     lifecycle.record_approval(name, staged["version"], "bob", "lgtm", Change("bob", run.dag_id, run.run_id))
     tasks.promote_to_production(name, staged, run)
-    return staged["version"]
+    return run, staged["version"]
+
+
+def promote_next(name: str) -> str:
+    """``promote_candidate``'s version."""
+    return promote_candidate(name)[1]
 
 
 def snapshot(name: str) -> dict[str, Any]:

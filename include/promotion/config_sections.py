@@ -154,9 +154,7 @@ class Shadow(_Strict):
     @field_validator("replay_query")
     @classmethod
     def _select_only(cls, query: str | None) -> str | None:
-        if query is not None and not re.match(r"^\s*(SELECT|WITH)\b", query, re.IGNORECASE):
-            raise ValueError("must be a SELECT (or WITH ... SELECT) returning the feature columns")
-        return query
+        return _select(query, "the feature columns")
 
 
 class Health(_Strict):
@@ -203,8 +201,7 @@ class Health(_Strict):
     @field_validator("labels_query")
     @classmethod
     def _select_only(cls, query: str | None) -> str | None:
-        if query is not None and not re.match(r"^\s*(SELECT|WITH)\b", query, re.IGNORECASE):
-            raise ValueError("must be a SELECT (or WITH ... SELECT) returning the columns request_id and label")
+        query = _select(query, "the columns request_id and label")
         if query is not None and ";" in query.strip().rstrip(";"):
             raise ValueError("must be one statement (no ';' inside)")
         return None if query is None else query.strip().rstrip(";")
@@ -272,6 +269,13 @@ def schedule_value(value: Any) -> Any:
         f"expected a cron string ('@weekly'), null (manual runs only) or a mapping "
         f"{{cron: '@weekly', assets: [<asset name>, ...]}}, got {type(value).__name__} {value!r}"
     )
+
+
+def _select(query: str | None, returning: str) -> str | None:
+    """``query`` when it is a SELECT (or WITH ... SELECT); else what it must be, saying what it returns."""
+    if query is not None and not re.match(r"^\s*(SELECT|WITH)\b", query, re.IGNORECASE):
+        raise ValueError(f"must be a SELECT (or WITH ... SELECT) returning {returning}")
+    return query
 
 
 def _user_names(names: list[str]) -> list[str]:

@@ -13,7 +13,7 @@ import yaml
 from include.promotion.config import dag_id_for
 from include.promotion.registry import client as mlflow_client
 from scripts.airflow_api import AirflowAPI
-from tests.support import Gate, seed_champion
+from tests.support import FAST_DATA, FAST_ESTIMATOR, Gate, seed_champion
 
 DEMO = Path(__file__).resolve().parents[2] / "include" / "models" / "fraud-detector.yaml"
 
@@ -52,11 +52,8 @@ def model_adder(models_dir: Path, as_user: Callable[[str], AirflowAPI]) -> Calla
         cfg.update(
             name=f"{prefix}-{uuid.uuid4().hex[:6]}",
             schedule=None,
-            data={"source": "builtin", "dataset": "synthetic_transactions", "rows": 3000, "seed": 11},
-            estimator={
-                "class": "sklearn.linear_model.LogisticRegression",
-                "params": {"max_iter": 500, "class_weight": "balanced"},
-            },
+            data=dict(FAST_DATA),
+            estimator=dict(FAST_ESTIMATOR),
         )
         for key, value in overrides.items():
             cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value

@@ -9,7 +9,6 @@ log, rolls back to the previous champion and fails; its second run finds nothing
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import yaml
 from benchmarks.shadow import insert_labels
 from include.promotion.audit import log as audit
 from include.promotion.health.check import HEALTH_ACTOR
-from tests.support import DEMO, champion, promote_next, seed_champion
+from tests.support import DEMO, champion, fast_model, promote_next, seed_champion
 
 pytestmark = pytest.mark.e2e
 HEALTH = {
@@ -72,20 +71,9 @@ def models(services, airflow, models_dir: Path) -> dict[str, Any]:
     """Two models, each with two real versions (v2 the champion, v1 the one it replaced)."""
     out = {}
     for role in ("steady", "drifting"):
-        cfg = yaml.safe_load(DEMO.read_text())
-        cfg.update(
-            name=f"health-{role}-{uuid.uuid4().hex[:6]}",
-            schedule=None,
-            data={"source": "builtin", "dataset": "synthetic_transactions", "rows": 3000, "seed": 11},
-            estimator={
-                "class": "sklearn.linear_model.LogisticRegression",
-                "params": {"max_iter": 500, "class_weight": "balanced"},
-            },
-            health=HEALTH,
-        )
-        (models_dir / f"{cfg['name']}.yaml").write_text(yaml.safe_dump(cfg))
-        previous = seed_champion(cfg["name"])
-        out[role] = {"name": cfg["name"], "previous": previous, "current": promote_next(cfg["name"])}
+        name = fast_model(models_dir, f"health-{role}", schedule=None, health=HEALTH)
+        previous = seed_champion(name)
+        out[role] = {"name": name, "previous": previous, "current": promote_next(name)}
     return out
 
 

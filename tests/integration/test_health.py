@@ -29,7 +29,7 @@ from include.promotion.errors import HealthCheckError
 from include.promotion.health import check, history, queries
 from include.promotion.health.check import champion_since
 from include.promotion.pipeline.demo_data import TRANSACTION_FEATURES, synthetic_transactions
-from tests.support import DEMO, champion, promote_next, run_ref, seed_champion, unique
+from tests.support import champion, fast_model, promote_next, run_ref, seed_champion, unique
 
 pytestmark = pytest.mark.usefixtures("services")
 # the fast model's holdout roc_auc is about 0.82: the live minimums sit below what healthy traffic shows
@@ -45,19 +45,8 @@ HEALTH = {
 
 
 def health_model(models_dir: Path, prefix: str, **health: Any) -> str:
-    """A model on the built-in dataset with a linear model (seconds to train) and a ``health`` section."""
-    cfg = yaml.safe_load(DEMO.read_text())
-    cfg.update(
-        name=unique(prefix),
-        data={"source": "builtin", "dataset": "synthetic_transactions", "rows": 3000, "seed": 11},
-        estimator={
-            "class": "sklearn.linear_model.LogisticRegression",
-            "params": {"max_iter": 500, "class_weight": "balanced"},
-        },
-        health={**HEALTH, **health},
-    )
-    (models_dir / f"{cfg['name']}.yaml").write_text(yaml.safe_dump(cfg))
-    return cfg["name"]
+    """A model that trains in seconds, with a ``health`` section."""
+    return fast_model(models_dir, prefix, health={**HEALTH, **health})
 
 
 def set_health(models_dir: Path, name: str, **health: Any) -> None:
@@ -102,6 +91,13 @@ class Traffic:
         unknown = [(f"unknown-{uuid.uuid4().hex}", 1) for _ in range(extra_unknown)]
         insert_labels(self.dsn, [(r, y) for r, (y, _) in chosen.items()] + unknown)
         return chosen
+
+
+def serving_champion(services: Any, models_dir: Path, prefix: str, **health: Any) -> tuple[str, str, datetime, Traffic]:
+    """A model with a ``health`` section and a real champion: (name, version, when it began to serve, its traffic)."""
+    name = health_model(models_dir, prefix, **health)
+    version = seed_champion(name)
+    return name, version, champion_since(name, version), Traffic(services, name, version)
 
 
 def health_rows(name: str) -> list[tuple[str, str, str]]:
@@ -191,10 +187,8 @@ def test_a_degraded_champion_opens_one_finding_alerts_and_rolls_back_once(servic
 
 
 def test_a_rollback_to_a_degraded_version_is_refused(services, models_dir: Path) -> None:
-    name = health_model(models_dir, "health-refused")
-    first = seed_champion(name)
-    t1 = champion_since(name, first)
-    Traffic(services, name, first).label(Traffic(services, name, first).send(t1 + timedelta(minutes=5), 400, 201, True))
+    name, first, t1, traffic = serving_champion(services, models_dir, "health-refused")
+    traffic.label(traffic.send(t1 + timedelta(minutes=5), 400, 201, True))
     found = check.check_model(get_model_config(name), run_ref(dag_id="model_health"), now=t1 + timedelta(minutes=30))
     assert found["status"] == "degraded" and found["action"].startswith("alerted only (health.on_breach: alert)")
     assert health_rows(name) == [(first, "health_degraded", "model-health")]
@@ -215,10 +209,7 @@ def test_a_rollback_to_a_degraded_version_is_refused(services, models_dir: Path)
 
 
 def test_a_finding_closes_on_a_healthy_window_and_overlapping_runs_record_it_once(services, models_dir: Path) -> None:
-    name = health_model(models_dir, "health-recover")
-    version = seed_champion(name)
-    t0 = champion_since(name, version)
-    traffic = Traffic(services, name, version)
+    name, version, t0, traffic = serving_champion(services, models_dir, "health-recover")
     traffic.label(traffic.send(t0 + timedelta(minutes=5), 500, 301, degraded=True))
     cfg, now = get_model_config(name), t0 + timedelta(minutes=30)
     results: list[dict] = []
@@ -244,10 +235,7 @@ def test_a_finding_closes_on_a_healthy_window_and_overlapping_runs_record_it_onc
 
 
 def test_shifted_inputs_are_drift_and_no_traffic_is_volume(services, models_dir: Path) -> None:
-    name = health_model(models_dir, "health-drift")
-    version = seed_champion(name)
-    t0 = champion_since(name, version)
-    traffic = Traffic(services, name, version)
+    name, _, t0, traffic = serving_champion(services, models_dir, "health-drift")
     traffic.label(traffic.send(t0 + timedelta(minutes=5), 600, 401, shift={"distance_km": 6.0}), share=0.5)
     result = check.check_model(get_model_config(name), run_ref(dag_id="model_health"), now=t0 + timedelta(minutes=30))
     assert result["status"] == "degraded"
@@ -296,10 +284,7 @@ def test_the_window_reads_each_requests_latest_row_and_counts_past_the_cap(servi
 @pytest.fixture(scope="module")
 def labelled_champion(services, models_dir: Path) -> tuple[str, datetime]:
     """A champion with a little labelled traffic: the bad labels queries below are tried on it."""
-    name = health_model(models_dir, "health-badq")
-    version = seed_champion(name)
-    t0 = champion_since(name, version)
-    traffic = Traffic(services, name, version)
+    name, _, t0, traffic = serving_champion(services, models_dir, "health-badq")
     traffic.label(traffic.send(t0 + timedelta(minutes=5), 50, 501))
     return name, t0
 

@@ -151,14 +151,11 @@ def test_a_candidate_is_not_promoted_over_a_champion_it_was_not_compared_with() 
 def test_a_champion_moved_behind_the_runs_back_withdraws_the_candidate_once(services) -> None:
     """The MLflow admin moves ``champion`` outside the pipeline while v3 waits, approved: the promotion is refused
     with the reason, v3 is no longer the challenger, one audit row says why, and a retry records nothing twice."""
-    from include.promotion.registry.accounts import acting_as
-
     name = unique("moved")
     v3 = stale_candidate(name)
     approval = change("bob")
     lifecycle.record_approval(name, v3, "bob", "ok", approval)
-    with acting_as("admin", services.passwords()["admin"]):
-        mlflow_client.client().set_registered_model_alias(name, "champion", "1")
+    champion_moved_by_the_admin(services, name)
 
     message = r"v3 was not promoted: the champion moved: .* now v1\. It is no longer the challenger"
     with pytest.raises(RegistryStateError, match=message):
@@ -172,15 +169,20 @@ def test_a_champion_moved_behind_the_runs_back_withdraws_the_candidate_once(serv
     assert watch_now(name) == ["alias 'champion' points at v1; the audit log records v2 as the production version"]
 
 
+def champion_moved_by_the_admin(services, name: str, to: str = "1") -> None:
+    """The MLflow admin points ``champion`` at ``to`` outside the pipeline."""
+    from include.promotion.registry.accounts import acting_as
+
+    with acting_as("admin", services.passwords()["admin"]):
+        mlflow_client.client().set_registered_model_alias(name, "champion", to)
+
+
 @pytest.fixture(scope="module")
 def clean_withdrawal(services) -> dict:
     """What a withdrawal without a crash leaves (``state``: no names, no times), the reference of the crash cases."""
-    from include.promotion.registry.accounts import acting_as
-
     clean = unique("wclean")
     v3 = stale_candidate(clean)
-    with acting_as("admin", services.passwords()["admin"]):
-        mlflow_client.client().set_registered_model_alias(clean, "champion", "1")
+    champion_moved_by_the_admin(services, clean)
     approval = change("bob")
     lifecycle.record_approval(clean, v3, "bob", "ok", approval)
     with pytest.raises(RegistryStateError, match="the champion moved"):
@@ -191,12 +193,9 @@ def clean_withdrawal(services) -> dict:
 @pytest.mark.parametrize("fail_at", range(1, 6))
 def test_a_withdrawal_retried_after_a_crash_ends_like_a_clean_one(services, clean_withdrawal, fail_at: int) -> None:
     """A crash before any registry write of the withdrawal: the retry finishes it, and records nothing twice."""
-    from include.promotion.registry.accounts import acting_as
-
     crashed = unique("wcrash")
     v3 = stale_candidate(crashed)
-    with acting_as("admin", services.passwords()["admin"]):
-        mlflow_client.client().set_registered_model_alias(crashed, "champion", "1")
+    champion_moved_by_the_admin(services, crashed)
     attempt = change("bob")
     lifecycle.record_approval(crashed, v3, "bob", "ok", attempt)
     # its five registry writes (three tags, the stage, the alias), after its audit row: a crash before each

@@ -13,47 +13,17 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import yaml
 
-from include.promotion.airflow_run import RunRef
 from include.promotion.audit import log as audit
 from include.promotion.errors import PostPromotionCheckFailed
 from include.promotion.post_promotion.check import CHECK_ACTOR, SAMPLE_ARTIFACT, SAMPLE_DIGEST_PARAM
 from include.promotion.registry import client as mlflow_client
-from include.promotion.registry import lifecycle
 from include.promotion.registry.accounts import acting_as
 from include.promotion.registry.invariants import verify_invariant
-from include.promotion.registry.lifecycle import Change
 from include.promotion.tasks import promotion as tasks
-from tests.support import DEMO, champion, run_ref, seed_champion, snapshot, unique
+from tests.support import champion, fast_model, promote_candidate, run_ref, seed_champion, snapshot
 
 pytestmark = pytest.mark.usefixtures("services")
-
-
-def fast_model(models_dir: Path, prefix: str, **overrides) -> str:
-    """A model on the built-in dataset with a linear model (seconds to train), written to the models folder."""
-    cfg = yaml.safe_load(DEMO.read_text())
-    cfg.update(
-        name=unique(prefix),
-        data={"source": "builtin", "dataset": "synthetic_transactions", "rows": 3000, "seed": 11},
-        estimator={
-            "class": "sklearn.linear_model.LogisticRegression",
-            "params": {"max_iter": 500, "class_weight": "balanced"},
-        },
-        **overrides,
-    )
-    (models_dir / f"{cfg['name']}.yaml").write_text(yaml.safe_dump(cfg))
-    return cfg["name"]
-
-
-def promote_candidate(name: str) -> tuple[RunRef, str]:
-    """A promotion run up to ``promote_to_production``, in-process: trained, evaluated, approved by bob."""
-    run = run_ref(triggered_by="alice", dag_id=f"model_promotion__{name}")
-    trained = tasks.train(name, tasks.load_data(name, run), run)
-    staged = tasks.promote_to_staging(name, tasks.register(name, trained, tasks.evaluate(name, trained, run), run), run)
-    lifecycle.record_approval(name, staged["version"], "bob", "lgtm", Change("bob", run.dag_id, run.run_id))
-    tasks.promote_to_production(name, staged, run)
-    return run, staged["version"]
 
 
 def overwrite_model_file(services, name: str, version: str, content: bytes | None = None) -> None:

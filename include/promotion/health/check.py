@@ -66,24 +66,27 @@ def load_reference(client: MlflowClient, run_id: str) -> dict[str, Any] | None:
         return json.loads(Path(path).read_text())
 
 
-def champion_since(name: str, version: str) -> datetime | None:
-    """When ``version`` last became the champion, by the audit log (not by a tag anyone could edit)."""
+def champion_since(name: str, version: str, rows: list[dict[str, Any]] | None = None) -> datetime | None:
+    """When ``version`` last became the champion, by the audit log (not by a tag anyone could edit); ``rows``: the
+    model's audit rows when already read."""
     from include.promotion.audit.replay import status_after
     from include.promotion.states import Status
 
-    rows = [r for r in audit.rows(name) if str(r["version"]) == version and status_after(r) == Status.PRODUCTION]
-    return rows[-1]["created_at"] if rows else None
+    rows = audit.rows(name) if rows is None else rows
+    served = [r for r in rows if str(r["version"]) == version and status_after(r) == Status.PRODUCTION]
+    return served[-1]["created_at"] if served else None
 
 
-def gather(cfg: ModelConfig, version: str, run_id: str, now: datetime, client: MlflowClient) -> dict[str, Any]:
+def gather(
+    cfg: ModelConfig, version: str, run_id: str, now: datetime, client: MlflowClient, served_since: datetime | None
+) -> dict[str, Any]:
     """The window's figures of the champion ``version``: volume, live metrics, drift, and the verdict.
 
-    The window starts when the version became champion if that is later: its predictions only, and the volume
-    minimum in proportion to the time it has served (not judged in its first ``MIN_VOLUME_WINDOW``)."""
+    The window starts when the version became champion (``served_since``) if that is later: its predictions only,
+    and the volume minimum in proportion to the time it has served (not judged in its first ``MIN_VOLUME_WINDOW``)."""
     health = cfg.health
     assert health is not None
     since = now - timedelta(seconds=health.window)
-    served_since = champion_since(cfg.name, version)
     served = health.window if served_since is None else (now - served_since).total_seconds()
     if served < health.window:
         since = max(since, served_since)
@@ -127,7 +130,8 @@ def check_model(cfg: ModelConfig, run: RunRef, now: datetime | None = None) -> d
         log.info("%s: no champion, nothing to check", cfg.name)
         return {"model": cfg.name, "status": "no_champion", "findings": [], "retrain": False}
     version = str(champion.version)
-    if (earlier := finding_of_this_run(cfg.name, run)) and earlier["version"] != version:
+    rows = audit.rows(cfg.name)  # read once: this run's earlier finding, and when the champion began to serve
+    if (earlier := finding_of_this_run(rows, run)) and earlier["version"] != version:
         # a retry after this run's rollback: the version it found degraded no longer serves; judge nothing new
         log.info(
             "%s: this run already found v%s degraded and acted; v%s serves now", cfg.name, earlier["version"], version
@@ -142,7 +146,8 @@ def check_model(cfg: ModelConfig, run: RunRef, now: datetime | None = None) -> d
             "retrain": False,
             "action": f"done by this run's first try: v{version} is the champion now",
         }
-    figures = gather(cfg, version, champion.run_id, now or datetime.now(UTC), client)
+    served_since = champion_since(cfg.name, version, rows)
+    figures = gather(cfg, version, champion.run_id, now or datetime.now(UTC), client, served_since)
     verdict: judging.Verdict = figures["verdict"]
     change = Change(actor=HEALTH_ACTOR, dag_id=run.dag_id, run_id=run.run_id)
     conn = connect()
@@ -194,14 +199,14 @@ def check_model(cfg: ModelConfig, run: RunRef, now: datetime | None = None) -> d
     return result
 
 
-def finding_of_this_run(name: str, run: RunRef) -> dict[str, Any] | None:
-    """The ``health_degraded`` row an earlier try of this run wrote, if any."""
-    rows = [
+def finding_of_this_run(rows: list[dict[str, Any]], run: RunRef) -> dict[str, Any] | None:
+    """The ``health_degraded`` row an earlier try of this run wrote, if any, among the model's audit ``rows``."""
+    found = [
         r
-        for r in audit.rows(name)
+        for r in rows
         if r["action"] == AuditAction.HEALTH_DEGRADED and r["dag_id"] == run.dag_id and r["run_id"] == run.run_id
     ]
-    return rows[-1] if rows else None
+    return found[-1] if found else None
 
 
 def record_judgement(name: str, version: str, verdict: judging.Verdict, change: Change) -> tuple[bool, bool]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from include.promotion.errors import HealthCheckError
 from include.promotion.shadow.prediction_log import PREDICTION_LOG
+from include.promotion.shadow.queries import quoted_table
 
 MAX_PREDICTIONS = 200_000  # scored requests of one window read for the metrics (a hash-ordered sample; all counted)
 FEATURE_SAMPLE = 20_000  # requests whose features are read for the input drift (a fixed, hash-ordered sample)
@@ -111,7 +112,7 @@ def labels_for(conn: Any, model: str, query: str, request_ids: Sequence[str]) ->
 
 def default_labels_query(table: str) -> str:
     """The query over a ``schema.table`` of ``request_id``, ``label`` (checked identifiers, quoted)."""
-    return "SELECT request_id, label FROM " + ".".join(f'"{part}"' for part in table.split("."))
+    return "SELECT request_id, label FROM " + quoted_table(table)
 
 
 def _first_line(exc: Exception) -> str:

@@ -63,6 +63,12 @@ def _window(model: str, version: str, since: datetime, until: datetime) -> dict[
     return {"model": model, "version": str(version), "since": since, "until": until, "margin": CHAMPION_MARGIN}
 
 
+def quoted_table(name: str) -> str:
+    """A ``schema.table`` name that ``settings.labels_table`` checked (identifiers only), quoted for SQL: the same
+    through psycopg 2 and 3."""
+    return ".".join(f'"{part}"' for part in name.split("."))
+
+
 def table_readable(conn: Any, table: str = PREDICTION_LOG) -> bool:
     """Whether ``table`` exists and this connection's role may read it."""
     with conn.cursor() as cur:
@@ -138,8 +144,7 @@ def labelled_pairs(
     label arrived (labels of other request ids are ignored); None when the labels table is not readable."""
     if not table_readable(conn, labels_table):
         return None
-    # a name ``settings.labels_table`` checked (identifiers only), quoted: the connection may be psycopg 2 or 3
-    table = ".".join(f'"{part}"' for part in labels_table.split("."))
+    table = quoted_table(labels_table)
     query = (
         _PAIRS + f"SELECT l.label, c_score, c_decision, s_score, s_decision FROM pairs JOIN {table} AS l "
         "USING (request_id) ORDER BY md5(request_id) LIMIT %(limit)s"
