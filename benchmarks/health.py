@@ -12,7 +12,7 @@ reference download, the judgement (live metrics, PSI, verdict); the rest (alias,
 ``--explain`` prints the plans of the queries for the first model (EXPLAIN ANALYZE); ``--compare`` times the
 prediction queries as they were before this benchmark beside the current ones, on the same windows.
 Usage: ``.venv/bin/python -m benchmarks.health [--models 5 --predictions 10000]`` (the smoke size, about a minute);
-the figures in the README: ``--models 100 --predictions 100000``.
+the figures in docs/benchmarks.md: ``--models 100 --predictions 100000``.
 """
 
 from __future__ import annotations

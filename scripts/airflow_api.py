@@ -14,7 +14,7 @@ import requests
 TERMINAL_RUN_STATES = {"success", "failed"}
 GATE_SETTLE_SECONDS = 3.0
 
-# The promotion DAG's approval task (a contract named in README "Contracts"; dags/model_promotion.py).
+# The promotion DAG's approval task (a contract named in docs/architecture.md "Contracts"; dags/model_promotion.py).
 APPROVE_TASK_ID = "approve"
 
 

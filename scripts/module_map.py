@@ -1,9 +1,9 @@
-"""Print the module map of the package (the README's "Architecture" table) from the modules' own docstrings.
+"""Print the module map of the package (the table in docs/architecture.md) from the modules' own docstrings.
 
     python -m scripts.module_map          # print the table
-    python -m scripts.module_map --write  # replace the table in README.md between its markers
+    python -m scripts.module_map --write  # replace the table in docs/architecture.md between its markers
 
-``tests/unit/test_module_map.py`` fails when the README's table is not what this prints, so the map cannot drift
+``tests/unit/test_module_map.py`` fails when that table is not what this prints, so the map cannot drift
 from the tree: a new module needs a docstring whose first line says what it owns.
 """
 
@@ -14,7 +14,7 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-README = REPO / "README.md"
+MAP_FILE = REPO / "docs" / "architecture.md"
 START, END = "<!-- module-map:start -->", "<!-- module-map:end -->"
 TREES = (
     (REPO / "include" / "promotion", "include/promotion/"),
@@ -42,22 +42,22 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def readme_table(text: str) -> str:
+def documented_table(text: str) -> str:
     if START not in text or END not in text:
-        raise SystemExit(f"README.md has no {START} ... {END} block for the module map")
+        raise SystemExit(f"docs/architecture.md has no {START} ... {END} block for the module map")
     return text.split(START, 1)[1].split(END, 1)[0].strip()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--write", action="store_true", help="rewrite README.md's module map")
+    parser.add_argument("--write", action="store_true", help="rewrite the module map in docs/architecture.md")
     args = parser.parse_args()
     generated = table()
     if args.write:
-        text = README.read_text()
-        readme_table(text)  # the markers are there
+        text = MAP_FILE.read_text()
+        documented_table(text)  # the markers are there
         before, rest = text.split(START, 1)
-        README.write_text(f"{before}{START}\n{generated}\n{END}{rest.split(END, 1)[1]}")
+        MAP_FILE.write_text(f"{before}{START}\n{generated}\n{END}{rest.split(END, 1)[1]}")
     else:
         print(generated)
     return 0

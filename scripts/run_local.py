@@ -174,8 +174,9 @@ def prepare_demo(stack: ServiceStack, serving: argparse.Namespace) -> None:
 Next steps
   1. Open {stack.airflow_url} and sign in as alice (password: {passwords.get("alice")}).
      Reviewers of {DEMO_MODEL}: alice, bob (whoever did not trigger the run).
-  2. When the run reaches 'approve' (about a minute), open Browse -> Required Actions
-     (or the run's 'approve' task), read the evidence, type a reason, and click Approve or Reject.
+  2. When the run reaches 'approve' (within seconds for the first version; a later candidate first
+     waits for its shadow evidence, a few minutes), open Browse -> Required Actions (or the run's
+     'approve' task), read the evidence, type a reason, and click Approve or Reject.
   3. See the result under "Model promotion" in Airflow's navigation ({stack.airflow_url}/promotion/): what
      serves, who approved it and why, the history; or in MLflow: {stack.mlflow_url}/#/models/{DEMO_MODEL}
      (alias 'champion' = production, 'challenger' = awaiting approval).

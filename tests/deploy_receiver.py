@@ -1,7 +1,7 @@
 """A deployer's receiver on loopback, for the tests: a real HTTP server in a thread.
 
 Webhook deliveries (any path but ``/services/...``) are checked with the package's own
-``deploy_events.verify_delivery`` (signature, time window, replay, target) and handled as the README's receiver
+``deploy_events.verify_delivery`` (signature, time window, replay, target) and handled as the documented receiver
 does: an event is applied (``deployed[model]`` set to its version) only if its ``audit_id`` is above the last one
 applied for the model, else ignored (answered 200: nothing to do); its event id is remembered only after that.
 Refusals are recorded with their status. The body's length is checked before it is read (413 over 64 KiB, 400

@@ -53,7 +53,7 @@ def target() -> Iterator[Target]:
 
 @pytest.fixture(autouse=True, scope="session")
 def bounded_mlflow_requests() -> Iterator[None]:
-    """The request limits the README recommends for a serving process: MLflow's defaults (7 retries with
+    """The request limits docs/serving.md recommends for a serving process: MLflow's defaults (7 retries with
     exponential backoff, 120 s timeouts) would hold a call to a server that went away for minutes."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")

@@ -64,7 +64,7 @@ class AuditAction(StrEnum):
 
 
 class Tag(StrEnum):
-    """The tags the pipeline writes on a model version (the registry contract in the README). They describe; no
+    """The tags the pipeline writes on a model version (the registry contract, docs/architecture.md). They describe; no
     decision reads them alone (the audit log and the version's own MLflow run are the record)."""
 
     # lineage, at registration

@@ -2,7 +2,7 @@
 upstream pipeline does (here the demo's labeler, as the stack's ``labeler`` account), starts the model's promotion
 DAG; a user without role op is refused; the labeler grows the training table only while no run reads it.
 
-The session runs with ``PROMOTION_SCHEDULE_OVERRIDE=none``: no cron, but the Assets stay (README "Configuration").
+The session runs with ``PROMOTION_SCHEDULE_OVERRIDE=none``: no cron, but the Assets stay (docs/configuration.md).
 The runs are not followed to their gate: what the pipeline does is ``test_promotion_dag``'s business.
 """
 

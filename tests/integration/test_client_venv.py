@@ -109,29 +109,30 @@ def test_the_client_installs_and_passes_its_tests_without_airflow(
     assert not re.search(r"\d+ (failed|error)", summary) and "skipped" not in summary, summary
 
 
-def readme_example(after: str) -> str:
-    """The first ``python`` block of README.md after the line containing ``after``: the code a user copies."""
-    text = (REPO / "README.md").read_text()
+def documented_example(doc: str, after: str) -> str:
+    """The first ``python`` block of ``doc`` (under docs/) after the line containing ``after``: the code a user
+    copies."""
+    text = (REPO / "docs" / doc).read_text()
     start = text.index(after)
     block = text.index("```python\n", start) + len("```python\n")
     return text[block : text.index("```", block)]
 
 
-def test_the_readmes_deploy_receiver_runs_in_the_client_venv(client_venv: Path, tmp_path: Path) -> None:
-    """The receiver example of README.md, as written (only its bind address and files moved to this test's), run
-    with nothing but the client installed: a signed event is applied once, then a replay, a forgery and a delivery
-    for another target are refused."""
+def test_the_documented_deploy_receiver_runs_in_the_client_venv(client_venv: Path, tmp_path: Path) -> None:
+    """The receiver example of docs/deploy-notifications.md, as written (only its bind address and files moved to
+    this test's), run with nothing but the client installed: a signed event is applied once, then a replay, a
+    forgery and a delivery for another target are refused."""
     from promotion_client.events import encode, signed_headers
 
     from scripts.stack.processes import free_port
 
     port, secret = free_port(), "s" * 40
     code = (
-        readme_example("A receiver** checks the length before reading the body")
+        documented_example("deploy-notifications.md", "A receiver** checks the length before reading the body")
         .replace('"/var/lib/deploy-hook/applied.db"', repr(str(tmp_path / "applied.db")))
         .replace('("0.0.0.0", 8080)', f'("127.0.0.1", {port})')
     )
-    assert f'("127.0.0.1", {port})' in code and "verify_delivery" in code, "the README's receiver example changed"
+    assert f'("127.0.0.1", {port})' in code and "verify_delivery" in code, "the documented receiver example changed"
     deployed = tmp_path / "deployed.txt"
     prelude = f"def deploy(uri):\n    open({str(deployed)!r}, 'a').write(uri + '\\n')\n\n"
     (tmp_path / "receiver.py").write_text(prelude + code)
@@ -146,7 +147,7 @@ def test_the_readmes_deploy_receiver_runs_in_the_client_venv(client_venv: Path, 
         deadline = time.monotonic() + 60
         while not port_is_open(port) and server.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert server.poll() is None, "the README's receiver exited at start"
+        assert server.poll() is None, "the documented receiver exited at start"
         event = {
             "type": "model.promoted",
             "event_id": "0b6c1a52-8a7e-4c2f-9d0e-3f1b2a4c5d6e",
@@ -175,11 +176,11 @@ def test_the_readmes_deploy_receiver_runs_in_the_client_venv(client_venv: Path, 
         server.wait(timeout=30)
 
 
-def test_the_readmes_scoring_server_runs_in_the_client_venv(
+def test_the_documented_scoring_server_runs_in_the_client_venv(
     client_venv: Path, governed_champion: str, services: Any, tmp_path: Path
 ) -> None:
-    """The README's scoring server, as written (its model name, cache folder and bind address moved to this test's),
-    serves the governed champion with nothing but the client installed, as a read-only MLflow account."""
+    """The scoring server of docs/serving.md, as written (its model name, cache folder and bind address moved to this
+    test's), serves the governed champion with nothing but the client installed, as a read-only MLflow account."""
     import requests
     from mlflow import MlflowClient
 
@@ -189,11 +190,11 @@ def test_the_readmes_scoring_server_runs_in_the_client_venv(
 
     port = free_port()
     code = (
-        readme_example("A scoring server in a few lines")
+        documented_example("serving.md", "A scoring server in a few lines")
         .replace('"fraud-detector", "/var/cache/models/fraud-detector"', f"{governed_champion!r}, {str(tmp_path)!r}")
         .replace('("0.0.0.0", 8000)', f'("127.0.0.1", {port})')
     )
-    assert repr(governed_champion) in code and f"{port})" in code, "the README's scoring example changed"
+    assert repr(governed_champion) in code and f"{port})" in code, "the documented scoring example changed"
     (tmp_path / "serve.py").write_text(code)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PROMOTION_", "AIRFLOW", "MLFLOW_"))}
     env.update(
@@ -207,7 +208,7 @@ def test_the_readmes_scoring_server_runs_in_the_client_venv(
         deadline = time.monotonic() + 120
         while not port_is_open(port) and server.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert server.poll() is None and port_is_open(port), "the README's scoring server did not start"
+        assert server.poll() is None and port_is_open(port), "the documented scoring server did not start"
         features = yaml.safe_load(DEMO.read_text())["features"]
         rows = synthetic_transactions(rows=3, seed=99)[features].to_dict(orient="records")
         answer = requests.post(f"http://127.0.0.1:{port}/", json={"rows": rows}, timeout=30)

@@ -129,7 +129,7 @@ def throwaway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThrowawayMlf
 
 @pytest.fixture(autouse=True, scope="module")
 def bounded_mlflow_requests() -> Iterator[None]:
-    """The request limits the README recommends for a serving process: MLflow's defaults (7 retries with
+    """The request limits docs/serving.md recommends for a serving process: MLflow's defaults (7 retries with
     exponential backoff, 120 s timeouts) would hold a call that lands just as the server dies for minutes."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")

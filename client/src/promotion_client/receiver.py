@@ -88,7 +88,8 @@ class RecentDeliveries:
     """A ``seen`` for one receiver process: thread-safe, forgets ids after the replay window.
 
     Enough against replays (an older timestamp is refused anyway), not for ordering: a receiver that must not
-    re-apply an old event after a restart keeps the last applied ``audit_id`` per model durably (README).
+    re-apply an old event after a restart keeps the last applied ``audit_id`` per model durably (see
+    docs/deploy-notifications.md).
     """
 
     def __init__(self, window: float = REPLAY_WINDOW_SECONDS) -> None:

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WEBHOOK_NAME = "airflow-model-promotion-watch"  # the package's one webhook in MLflow
-WATCH_DAG_ID = "model_registry_watch"  # contract (README): the DAG a delivery wakes
+WATCH_DAG_ID = "model_registry_watch"  # contract (docs/architecture.md): the DAG a delivery wakes
 URL_PREFIX = "/promotion"  # where the plugin mounts the package's app in the api-server
 RECEIVER_ROUTE = "/api/mlflow-webhook"
 # MLflow 3.17's registry events (mlflow.entities.webhook.VALID_ENTITY_ACTIONS) that can move production;
