@@ -142,6 +142,7 @@ def differences(expected: AuditedState, found: RegistrySnapshot, mirror_stages: 
         ]
     drifts: list[Drift] = []
     champion, challenger = expected.champion, expected.challenger
+    # a version the retention policy deleted is not in ``expected.statuses``: its absence is on record, not drift
     for version in sorted(expected.statuses, key=version_order):
         if version not in found.statuses:
             advice = ""
@@ -187,7 +188,11 @@ def differences(expected: AuditedState, found: RegistrySnapshot, mirror_stages: 
         drifts.append(Drift(actual or audited or "", reason))
     for version, status in sorted(found.statuses.items(), key=lambda item: version_order(item[0])):
         audited = expected.statuses.get(version)
-        if audited is None:
+        if audited is None and version in expected.deleted:
+            reason = f"v{version} is recorded as deleted by the retention policy but is still in the registry"
+            advice = "a retention run stopped between its audit row and the deletion: the next one finishes it."
+            drifts.append(Drift(version, reason, False, advice))
+        elif audited is None:
             reason = f"v{version} was created outside the pipeline (status {_shown(status)})"
             drifts.append(Drift(version, reason, False))
         elif status != audited:
