@@ -246,8 +246,8 @@ class Retention(_Strict):
     def _keep_some(cls, keep_last: int) -> int:
         if keep_last < 1:
             raise ValueError(
-                f"keep_last is {keep_last}: the policy would be allowed to delete the newest versions; set it to 1 or "
-                "more (default 20)"
+                f"keep_last is {keep_last}: even the newest version (the one a promotion run just registered) could be "
+                "deleted; set it to 1 or more (default 20)"
             )
         if keep_last > 1_000_000:
             raise ValueError(f"keep_last is {keep_last}: at most 1,000,000")

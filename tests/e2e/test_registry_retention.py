@@ -1,0 +1,78 @@
+"""Registry retention through the real ``model_registry_retention`` DAG: a dry run that changes nothing, an enforcing
+run that deletes only the unprotected versions, then on-call rolls back to a protected old version.
+
+The versions are registered in-process by the package's own lifecycle code as the service account (no training): the
+DAG runs are what is tested. ``keep_days: 0`` makes every version old enough, so the protections alone decide.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from include.promotion.audit import log as audit
+from include.promotion.registry import client as mlflow_client
+from include.promotion.registry.invariants import verify_invariant
+from include.promotion.registry.lifecycle import Change
+from include.promotion.retention.apply import RETENTION_ACTOR
+from include.promotion.watch.reconcile import WATCH_ACTOR, watch_model
+from tests.e2e.test_rollback_dag import trigger_rollback
+from tests.support import champion, promote, register, snapshot
+
+pytestmark = pytest.mark.e2e
+
+DAG_ID = "model_registry_retention"
+POLICY = {"mode": "dry_run", "keep_last": 1, "keep_days": 0, "keep_served_days": 365}
+
+
+def versions_of(name: str) -> list[str]:
+    found = mlflow_client.client().search_model_versions(f"name = {mlflow_client.quote(name)}")
+    return sorted((str(mv.version) for mv in found), key=int)
+
+
+def retention_run(api, name: str) -> tuple[str, str]:
+    run_id = api.trigger(DAG_ID, {"model_name": name})
+    return run_id, api.wait_for_run(DAG_ID, run_id, timeout=180)
+
+
+def test_a_dry_run_then_an_enforcing_run_then_a_rollback_to_a_protected_old_version(
+    as_user, add_model, models_dir: Path
+) -> None:
+    name = add_model("retention", retention=POLICY)["name"]
+    v1 = promote(name)  # served, then replaced: the default rollback target
+    v2, v3 = register(name), register(name)  # never served: what the policy removes
+    v4 = promote(name)  # the champion
+    v5 = register(name)  # the newest (keep_last: 1)
+    admin = as_user("admin")
+
+    before = snapshot(name)
+    run_id, outcome = retention_run(admin, name)
+    assert outcome == "success"
+    assert snapshot(name) == before  # a dry run writes neither the registry nor the audit log
+    log = admin.task_log(DAG_ID, run_id, "apply_retention", map_index=0)
+    assert f"{name}: dry_run, would remove 2 of 5 versions (delete)" in log
+    assert f"{name} v{v2}: would remove delete" in log and f"{name} v{v3}: would remove delete" in log
+
+    path = models_dir / f"{name}.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["retention"]["mode"] = "enforce"
+    path.write_text(yaml.safe_dump(cfg))  # read by the task when it runs: no re-parse needed
+    run_id, outcome = retention_run(admin, name)
+    assert outcome == "success"
+    assert versions_of(name) == [v1, v4, v5]
+    rows = [r for r in audit.rows(name) if r["action"] == "retention_delete"]
+    assert [(r["version"], r["actor"], r["dag_id"], r["run_id"]) for r in rows] == [
+        (v2, RETENTION_ACTOR, DAG_ID, run_id),
+        (v3, RETENTION_ACTOR, DAG_ID, run_id),
+    ]
+    assert {r["version"] for r in audit.rows(name) if r["action"] == "register"} >= {v2, v3}  # their rows stay
+    watch = watch_model(name, Change(WATCH_ACTOR, "model_registry_watch", uuid.uuid4().hex), restore=False)
+    assert watch.drifts == [] and not watch.failed  # a deletion on record is not drift
+
+    carol = as_user("carol")
+    run_id = trigger_rollback(carol, {"model_name": name, "target_version": int(v1), "reason": "v4 misbehaves"})
+    assert carol.wait_for_run("model_rollback", run_id, timeout=120) == "success"
+    assert verify_invariant(name) == v1 == champion(name)
