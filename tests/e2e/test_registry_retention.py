@@ -20,7 +20,7 @@ from include.promotion.registry.lifecycle import Change
 from include.promotion.retention.apply import RETENTION_ACTOR
 from include.promotion.watch.reconcile import WATCH_ACTOR, watch_model
 from tests.e2e.test_rollback_dag import trigger_rollback
-from tests.support import champion, promote, register, snapshot
+from tests.support import champion, fast_model, promote, register, snapshot
 
 pytestmark = pytest.mark.e2e
 
@@ -38,15 +38,16 @@ def retention_run(api, name: str) -> tuple[str, str]:
     return run_id, api.wait_for_run(DAG_ID, run_id, timeout=180)
 
 
-def test_a_dry_run_then_an_enforcing_run_then_a_rollback_to_a_protected_old_version(
-    as_user, add_model, models_dir: Path
-) -> None:
-    name = add_model("retention", retention=POLICY)["name"]
+def test_a_dry_run_then_an_enforcing_run_then_a_rollback_to_a_protected_old_version(as_user, models_dir: Path) -> None:
+    # the tasks read the model's config when they run; only the rollback form lists the models it parsed: its file is
+    # parsed again now, while the retention runs go on (no wait for the model's own promotion DAG)
+    name = fast_model(models_dir, "retention", schedule=None, retention=POLICY)
+    admin = as_user("admin")
+    admin.reparse("model_rollback")
     v1 = promote(name)  # served, then replaced: the default rollback target
     v2, v3 = register(name), register(name)  # never served: what the policy removes
     v4 = promote(name)  # the champion
     v5 = register(name)  # the newest (keep_last: 1)
-    admin = as_user("admin")
 
     before = snapshot(name)
     run_id, outcome = retention_run(admin, name)
