@@ -160,9 +160,9 @@ def test_an_open_rollback_runs_target_is_never_deleted() -> None:
 
 def test_nothing_is_deleted_while_the_audit_chain_does_not_verify(services) -> None:
     name = unique("retention-tamper")
-    promote(name)
-    register(name)
-    promote(name)
+    old = register(name)
+    register(name)  # keep_last: 1 keeps this one
+    assert retention_run(name, Retention(keep_last=1, keep_days=0)).plan["to_remove_versions"] == [old]
     first = audit.rows(name)[0]
     conn = psycopg2.connect(services.owner_uri())
     conn.autocommit = True
@@ -181,9 +181,8 @@ def test_a_refused_policy_changes_nothing(models_dir: Path) -> None:
     from include.promotion.config import load_model_configs
 
     name = unique("retention-bad")
-    promote(name)
     register(name)
-    promote(name)
+    register(name)
     before = snapshot(name)
     path = models_dir / f"{name}.yaml"
     for retention, refusal in (
