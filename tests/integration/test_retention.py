@@ -126,9 +126,8 @@ def test_enforce_deletes_only_unprotected_versions_and_a_protected_old_one_can_b
 
 def test_a_crash_between_the_row_and_the_deletion_resumes_without_acting_twice() -> None:
     name = unique("retention-crash")
-    promote(name)
     old = [register(name), register(name)]
-    promote(name)
+    register(name)  # the newest (keep_last: 1)
 
     def crash(method: str, args: tuple) -> None:
         if method == "delete_model_version" and args[1] == old[1]:
@@ -148,12 +147,30 @@ def test_a_crash_between_the_row_and_the_deletion_resumes_without_acting_twice()
     assert retention_run(name).removed == []
 
 
+def test_archive_moves_old_versions_to_archived_once_and_keeps_their_status(services) -> None:
+    name = unique("retention-archive")
+    old = [register(name), register(name)]
+    newest = register(name)
+    policy = Retention(mode="enforce", action="archive", keep_last=1, keep_days=0)
+    assert retention_run(name, policy).removed == old
+    client = mlflow_client.client()
+    for version in old:
+        mv = client.get_model_version(name, version)
+        assert (mv.current_stage, mv.tags["promotion_status"]) == ("Archived", "registered")
+        assert mv.tags["retention_archived_timestamp"]
+    assert client.get_model_version(name, newest).current_stage == "None"
+    assert [r["version"] for r in audit.rows(name) if r["action"] == "retention_archive"] == old
+    assert retention_run(name, policy).removed == []  # archived once
+    watch = watch_model(name, Change(WATCH_ACTOR, "model_registry_watch", uuid.uuid4().hex), restore=False)
+    assert watch.drifts == []
+
+
 def test_an_open_rollback_runs_target_is_never_deleted() -> None:
     name = unique("retention-open")
-    v1 = promote(name)
-    promote(name)
-    promote(name)  # v1 served over a year ago (400 days ahead), the default target is v2
-    report = retention_run(name, days_ahead=400, open_runs=OpenRuns(rollback_targets=frozenset({v1})))
+    v1 = register(name)  # old, never served: removed, but for the rollback run naming it
+    register(name)  # the newest (keep_last: 1)
+    assert retention_run(name, Retention(keep_last=1, keep_days=0)).plan["to_remove_versions"] == [v1]
+    report = retention_run(name, open_runs=OpenRuns(rollback_targets=frozenset({v1})))
     assert report.removed == [] and v1 in versions_of(name)
     assert report.plan["kept_because"]["open_rollback_target"] == 1
 

@@ -1,8 +1,10 @@
 """The retention policy applied to one model: planned again under the model's lock, then each removal recorded and made.
 
-Order of one deletion, under the lock: the ``retention_delete`` row first, then the registry call. A run that crashes
-between the two leaves a version the audit log records as deleted; the next run (or the retry) finds the row and
-finishes the deletion without a second row. A version that is protected by then is left in place and reported.
+Order of one deletion, under the lock: the ``retention_delete`` row first, then the registry call (a deletion cannot
+be done again to find out what it was). A run that crashes between the two leaves a version the audit log records as
+deleted; the next run (or the retry) finds the row and finishes the deletion without a second row. A version that is
+protected by then is left in place and reported. An archive is the registry first, then its row (as the lifecycle's
+steps): repeating its writes is harmless, and the row marks it done.
 
 Nothing is written (registry or audit log) while the model's audit chain does not verify, in a dry run, or by a
 policy the config loader refused.
@@ -20,7 +22,7 @@ from include.promotion import settings
 from include.promotion.audit import log as audit
 from include.promotion.audit.schema import chain_break
 from include.promotion.config_sections import Retention
-from include.promotion.errors import AuditLogError, RegistryStateError
+from include.promotion.errors import AuditLogError
 from include.promotion.registry import client as mlflow_client
 from include.promotion.registry.lifecycle import Change, now_iso
 from include.promotion.retention.plan import (
@@ -36,7 +38,6 @@ from include.promotion.watch.reconcile import read_registry
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-    from mlflow.entities.model_registry import ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ def registry_versions(client: MlflowClient, name: str) -> tuple[list[RegistryVer
             created_at=datetime.fromtimestamp(found.created_ms[v] / 1000, UTC),
             stage=found.stages.get(v, Stage.NONE),
             aliases=tuple(sorted(aliases.get(v, []))),
+            run_id=found.origins.get(v, ("", ""))[0],
+            source=found.origins.get(v, ("", ""))[1],
         )
         for v in found.statuses
     ]
@@ -106,6 +109,7 @@ def apply_retention(
     """
     client = client or mlflow_client.client()
     report = RetentionReport(name)
+    owners: dict[str, str | None] = {}  # logged model id -> the run that logged it (one lookup per model per run)
     while True:
         with audit.model_lock(name, change.change_id) as log_:
             rows = log_.rows()
@@ -123,12 +127,14 @@ def apply_retention(
                 _log_plan(plan)
             report.conflicts = [f"v{d.version}: {d.reason}" for d in plan.conflicts]
             batch = plan.removals[:BATCH] if policy.mode == "enforce" else []
+            by_number = {v.version: v for v in versions}
             for decision in batch:
+                version = by_number[decision.version]
                 if policy.action == "delete":
-                    if model_id := _delete(client, log_, name, decision, change):
+                    if model_id := _delete(client, log_, name, version, decision, change, owners):
                         report.artifacts_deleted.append(model_id)
                 else:
-                    _archive(client, log_, name, decision, change)
+                    _archive(client, log_, name, version, decision, change)
                 report.removed.append(decision.version)
         if not batch or len(report.removed) >= policy.max_per_run:
             return report
@@ -153,64 +159,63 @@ def _log_plan(plan: RetentionPlan) -> None:
         log.warning("%s v%s: %s", plan.model_name, decision.version, decision.reason)
 
 
-def _delete(client: MlflowClient, log_: audit.AuditLog, name: str, decision: Decision, change: Change) -> str | None:
-    """Record, then delete one version and mark its own logged model deleted; return that model's id, if any."""
-    mv = mlflow_client.get_version(client, name, decision.version)
-    if mv is None:  # deleted since the plan was read: only possible outside the lock, i.e. outside the pipeline
-        raise RegistryStateError(
-            f"{name} v{decision.version} vanished from the registry while the retention policy held the model's lock: "
-            "the registry is changed outside the pipeline. Run model_registry_watch; nothing more was deleted."
-        )
+def _delete(
+    client: MlflowClient,
+    log_: audit.AuditLog,
+    name: str,
+    version: RegistryVersion,
+    decision: Decision,
+    change: Change,
+    owners: dict[str, str | None],
+) -> str | None:
+    """Record, then delete one version and mark its own logged model deleted; return that model's id, if any.
+
+    The version is as the registry was read under the lock this runs in (the plan's reading)."""
     if not decision.resume:
-        entry = change.entry(name, decision.version, AuditAction.RETENTION_DELETE, _stage(mv), None, decision.reason)
-        log_.record(entry)
-    client.delete_model_version(name, decision.version)
-    return _delete_logged_model(client, mv)
+        stage = _stage(version.stage)
+        log_.record(change.entry(name, version.version, AuditAction.RETENTION_DELETE, stage, None, decision.reason))
+    client.delete_model_version(name, version.version)
+    return _delete_logged_model(client, version, owners)
 
 
-def _delete_logged_model(client: MlflowClient, mv: ModelVersion) -> str | None:
+def _delete_logged_model(client: MlflowClient, version: RegistryVersion, owners: dict[str, str | None]) -> str | None:
     """Mark the version's logged model deleted (``mlflow gc`` then frees its artifacts), only when it is the version's
     own: logged by the version's run, and no other version of any model registered from that run."""
     from mlflow.exceptions import MlflowException
 
-    source = mv.source or ""
-    # the REST answer may leave ``model_id`` out; the source ``models:/m-<id>`` names it too
-    model_id = getattr(mv, "model_id", None) or (
-        source.removeprefix("models:/") if source.startswith("models:/m-") else None
-    )
-    if not model_id or not mv.run_id:
+    model_id = version.source.removeprefix("models:/") if version.source.startswith("models:/m-") else None
+    if not model_id or not version.run_id:
         return None
     try:
-        logged = client.get_logged_model(model_id)
-        if logged.source_run_id != mv.run_id:
+        if model_id not in owners:
+            owners[model_id] = client.get_logged_model(model_id).source_run_id
+        if owners[model_id] != version.run_id:
             return None
-        if client.search_model_versions(f"run_id = {mlflow_client.quote(mv.run_id)}"):
+        if client.search_model_versions(f"run_id = {mlflow_client.quote(version.run_id)}"):
             return None
         client.delete_logged_model(model_id)
     except MlflowException as exc:  # the version is gone either way; its artifacts stay until someone may delete them
-        log.warning("%s v%s: its logged model %s was not deleted (%s)", mv.name, mv.version, model_id, exc)
+        log.warning("v%s: its logged model %s was not deleted (%s)", version.version, model_id, exc)
         return None
     return model_id
 
 
-def _archive(client: MlflowClient, log_: audit.AuditLog, name: str, decision: Decision, change: Change) -> None:
-    """Record, then move one version to the Archived stage (its ``promotion_status`` stays: it is its history)."""
-    mv = mlflow_client.get_version(client, name, decision.version)
-    if mv is None:
-        raise RegistryStateError(
-            f"{name} v{decision.version} vanished from the registry while the retention policy held the model's lock: "
-            "the registry is changed outside the pipeline. Run model_registry_watch; nothing more was archived."
-        )
-    stage = _stage(mv)
-    log_.record(
-        change.entry(name, decision.version, AuditAction.RETENTION_ARCHIVE, stage, Stage.ARCHIVED, decision.reason)
-    )
+def _archive(
+    client: MlflowClient, log_: audit.AuditLog, name: str, version: RegistryVersion, decision: Decision, change: Change
+) -> None:
+    """Move one version to the Archived stage (its ``promotion_status`` stays: it is its history), then record it.
+
+    The registry first, as the lifecycle's steps do: the row is what marks the version done, so a crash before it
+    leaves a version the next run archives again (the same writes) and records once."""
+    stage = _stage(version.stage)
     if settings.mirror_stages() and stage != Stage.ARCHIVED:
-        mlflow_client.set_stage(client, name, decision.version, Stage.ARCHIVED)
-    mlflow_client.set_tags(client, name, decision.version, {ARCHIVED_TAG: mv.tags.get(ARCHIVED_TAG) or now_iso()})
+        mlflow_client.set_stage(client, name, version.version, Stage.ARCHIVED)
+    mlflow_client.set_tags(client, name, version.version, {ARCHIVED_TAG: now_iso()})
+    entry = change.entry(name, version.version, AuditAction.RETENTION_ARCHIVE, stage, Stage.ARCHIVED, decision.reason)
+    log_.record(entry)
 
 
-def _stage(mv: ModelVersion) -> Stage | None:
-    """The version's legacy stage as the audit row's ``from_stage`` (None: a value the package never writes)."""
-    stage = mv.current_stage or Stage.NONE
+def _stage(stage: str) -> Stage | None:
+    """A legacy stage as the audit row's ``from_stage`` (None: a value the package never writes)."""
+    stage = stage or Stage.NONE
     return Stage(stage) if stage in set(Stage) else None

@@ -27,6 +27,8 @@ class RegistryVersion:
     created_at: datetime  # set by the MLflow server
     stage: str = "None"
     aliases: tuple[str, ...] = ()
+    run_id: str = ""  # the MLflow run it was registered from
+    source: str = ""  # what it was registered from (``models:/m-<id>``: a logged model)
 
 
 @dataclass(frozen=True)
