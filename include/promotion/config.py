@@ -35,6 +35,7 @@ from include.promotion.config_sections import (
     Metric,
     PostgresSource,
     PostPromotion,
+    Retention,
     Rollback,
     Schedule,
     Shadow,
@@ -99,6 +100,10 @@ class ModelConfig(_Strict):
     shadow: Shadow = Field(default_factory=Shadow)
     health: Health | None = Field(
         default=None, description="Production health checks (model_health); without this section, none."
+    )
+    retention: Retention | None = Field(
+        default=None,
+        description="Registry retention (model_registry_retention); without this section, no version is ever deleted.",
     )
     deploy_notifications: DeployNotifications = Field(
         default_factory=DeployNotifications,

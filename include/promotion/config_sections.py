@@ -212,6 +212,65 @@ class Health(_Strict):
         return {**{m: v for m, v in gates.items() if m not in mins}, **mins}
 
 
+MAX_RETENTION_DAYS = 36_500  # a hundred years: anything longer is a typo
+
+
+class Retention(_Strict):
+    """Registry retention (``model_registry_retention``): which old versions of the model are deleted (or archived).
+
+    Never touched: the champion, the challenger, any version holding an alias, a version awaiting approval or
+    registered by a promotion run still open, the target of an open rollback run, the version a rollback without a
+    target would restore, every version that served in production within ``keep_served_days``, the newest
+    ``keep_last`` versions, and every version younger than ``keep_days``.
+    """
+
+    mode: Literal["dry_run", "enforce"] = Field(
+        default="dry_run", description="dry_run: only report what would be done; enforce: do it."
+    )
+    action: Literal["delete", "archive"] = Field(
+        default="delete",
+        description="delete: the version (and its logged model, where MLflow lets the pipeline); archive: only move "
+        "it to the Archived stage, recorded.",
+    )
+    keep_last: int = Field(default=20, description="The newest versions always kept (at least 1).")
+    keep_days: float = Field(default=30, description="Versions younger than this (days since registration) are kept.")
+    keep_served_days: float = Field(
+        default=365, description="A version that served in production is kept this long after it stopped serving."
+    )
+    max_per_run: int = Field(
+        default=1000, ge=1, le=100_000, description="At most this many versions deleted or archived per run."
+    )
+
+    @field_validator("keep_last")
+    @classmethod
+    def _keep_some(cls, keep_last: int) -> int:
+        if keep_last < 1:
+            raise ValueError(
+                f"keep_last is {keep_last}: even the newest version (the one a promotion run just registered) could be "
+                "deleted; set it to 1 or more (default 20)"
+            )
+        if keep_last > 1_000_000:
+            raise ValueError(f"keep_last is {keep_last}: at most 1,000,000")
+        return keep_last
+
+    @field_validator("keep_days", "keep_served_days")
+    @classmethod
+    def _days(cls, days: float) -> float:
+        if not (math.isfinite(days) and 0 <= days <= MAX_RETENTION_DAYS):
+            raise ValueError(f"must be a number of days from 0 to {MAX_RETENTION_DAYS}, got {days!r}")
+        return days
+
+    @field_validator("keep_served_days")
+    @classmethod
+    def _keep_served(cls, days: float) -> float:
+        if days < 1:
+            raise ValueError(
+                f"keep_served_days is {days:g}: every version that served in production (the rollback targets) would "
+                "be deleted as soon as it stopped serving; set it to 1 day or more (default 365)"
+            )
+        return days
+
+
 MAX_SCHEDULE_ASSETS = 10
 RESERVED_ASSET_PREFIX = "model-retrain/"  # include.promotion.assets.retrain_asset_name: added by health.on_breach
 _ASSET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,199}$")

@@ -61,6 +61,15 @@ def health_schedule() -> str | None:
     return None if value.lower() in {"none", "null"} else value
 
 
+def retention_schedule() -> str | None:
+    """How often ``model_registry_retention`` applies the models' ``retention:`` policies
+    (``PROMOTION_RETENTION_SCHEDULE``; ``none``: manual runs only). Default daily: the policy counts in days."""
+    value = (os.environ.get("PROMOTION_RETENTION_SCHEDULE") or "").strip()
+    if not value:
+        return "@daily"
+    return None if value.lower() in {"none", "null"} else value
+
+
 def clock_skew_seconds() -> float:
     """How far apart the clocks of the workers and the MLflow server may be (``PROMOTION_CLOCK_SKEW_SECONDS``,
     default 60). The registry watch calls a version created later than that after the pipeline registered it a

@@ -61,6 +61,9 @@ class AuditAction(StrEnum):
     # production health (model_health): a finding opened on the champion, and the same finding gone
     HEALTH_DEGRADED = "health_degraded"
     HEALTH_RECOVERED = "health_recovered"
+    # registry retention (model_registry_retention): a version deleted, or only moved to the Archived stage
+    RETENTION_DELETE = "retention_delete"
+    RETENTION_ARCHIVE = "retention_archive"
 
 
 class Tag(StrEnum):

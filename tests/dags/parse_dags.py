@@ -26,6 +26,11 @@ def schedule_assets(dag) -> list[str]:
     return sorted(asset.name for asset in getattr(condition, "objects", [condition]))
 
 
+def _mapped_doc(task) -> str | None:
+    callable_ = getattr(task, "python_callable", None) if type(task).__name__ == "DecoratedMappedOperator" else None
+    return callable_.__doc__ if callable_ is not None else None
+
+
 def main(dags_folder: str) -> None:
     from airflow.dag_processing.dagbag import DagBag  # Airflow's own import is not part of the parse
 
@@ -40,7 +45,8 @@ def main(dags_folder: str) -> None:
             "owners": sorted({t.owner for t in dag.tasks}),
             "retries_by_task": {t.task_id: t.retries for t in dag.tasks},
             "task_ids": [t.task_id for t in dag.tasks],
-            "task_docs": {t.task_id: bool(t.doc_md or getattr(t, "doc", None)) for t in dag.tasks},
+            # a mapped task (``.expand``) keeps no doc_md of its own: its function's docstring is its doc
+            "task_docs": {t.task_id: bool(t.doc_md or getattr(t, "doc", None) or _mapped_doc(t)) for t in dag.tasks},
             "schedule": str(dag.schedule),
             "timetable": type(dag.timetable).__name__,
             "schedule_assets": schedule_assets(dag),

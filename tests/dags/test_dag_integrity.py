@@ -54,7 +54,9 @@ def test_parsing_is_light_and_opens_no_connection(parsed: dict) -> None:
     # how long it takes is measured, not asserted (a timed test fails on a busy machine): benchmarks/scale.py --parse
 
 
-@pytest.mark.parametrize("dag_id", ["model_rollback", "model_promotion__fraud_detector", "model_registry_watch"])
+@pytest.mark.parametrize(
+    "dag_id", ["model_rollback", "model_promotion__fraud_detector", "model_registry_watch", "model_registry_retention"]
+)
 def test_dags_document_themselves(parsed: dict, dag_id: str) -> None:
     dag = parsed["dags"][dag_id]
     assert dag["doc_md"], f"{dag_id} has no doc_md"
@@ -113,6 +115,13 @@ def test_registry_watch_runs_every_five_minutes_by_default(parsed: dict) -> None
     dag = parsed["dags"]["model_registry_watch"]
     assert dag["task_ids"] == ["reconcile_registry"]
     assert dag["schedule"] == "*/5 * * * *"
+
+
+def test_registry_retention_runs_daily_by_default_mapped_over_the_models(parsed: dict) -> None:
+    dag = parsed["dags"]["model_registry_retention"]
+    assert dag["task_ids"] == ["models_with_policy", "apply_retention", "retention_verdict"]
+    assert dag["schedule"] == "@daily"
+    assert dag["params"] == ["model_name"]
 
 
 def test_rollback_dag_is_manual_with_its_form(parsed: dict) -> None:

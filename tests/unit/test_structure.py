@@ -34,6 +34,9 @@ TASK_IDS = {
     "models_to_check",
     "check_model_health",
     "health_verdict",
+    "models_with_policy",
+    "apply_retention",
+    "retention_verdict",
 }
 
 

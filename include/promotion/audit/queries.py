@@ -22,7 +22,12 @@ from include.promotion.states import AuditAction, Stage, Status
 # ``approve`` row takes a version out too (a re-created model's version, or a forged row): the registry cannot show a
 # version in Production after it.
 ENTERS_PRODUCTION = tuple(a for a, s in STATUS_AFTER.items() if s == Status.PRODUCTION)
-LEAVES_PRODUCTION = tuple(a for a, s in STATUS_AFTER.items() if s != Status.PRODUCTION)
+# (and a ``retention_delete`` row: replay forgets a deleted version; the policy never deletes the champion, but a
+# reading of the log must not depend on that)
+LEAVES_PRODUCTION = (
+    *(a for a, s in STATUS_AFTER.items() if s != Status.PRODUCTION),
+    AuditAction.RETENTION_DELETE,
+)
 # what ends a version's time in service, and what puts one there (audit actions), as the page shows them
 ENDED_BY = (AuditAction.ARCHIVE, AuditAction.REJECT, AuditAction.SUPERSEDE, AuditAction.ROLLBACK_DEMOTE)
 SERVES_AFTER = (*ENTERS_PRODUCTION, AuditAction.POST_CHECK_ROLLBACK)

@@ -70,6 +70,9 @@ class AuditedState:
     registered_at: dict[str, datetime] = field(default_factory=dict)
     # versions with an open production-health finding: a ``health_degraded`` row no later ``health_recovered`` closed
     degraded: frozenset[str] = frozenset()
+    # versions the retention policy deleted (a ``retention_delete`` row): gone on purpose, so no longer expected in
+    # the registry (not drift) and never a rollback target; their earlier rows stay
+    deleted: frozenset[str] = frozenset()
 
     def previous_champion(self, exists: Callable[[str], bool]) -> str | None:
         """The latest earlier champion that still exists and was not rolled back: a rollback's default target."""
@@ -86,8 +89,14 @@ def audited_state(model_name: str, rows: Iterable[Mapping[str, Any]]) -> Audited
     open_drift: set[str] = set()
     registered_at: dict[str, datetime] = {}
     degraded: set[str] = set()
+    deleted: set[str] = set()
     for row in rows:
         version = str(row["version"])
+        if row["action"] == AuditAction.RETENTION_DELETE:
+            deleted.add(version)
+            statuses.pop(version, None)
+            registered_at.pop(version, None)
+            continue
         if row["action"] == AuditAction.HEALTH_DEGRADED:
             degraded.add(version)
             continue
@@ -103,6 +112,7 @@ def audited_state(model_name: str, rows: Iterable[Mapping[str, Any]]) -> Audited
         status = status_after(row)
         if status is None:
             continue
+        deleted.discard(version)  # a re-created model's version of the same number
         if status == Status.PRODUCTION:
             # one production version at a time: the rows that archive the previous one follow in the same
             # change, but a change that crashed between its rows must not read as two champions
@@ -124,6 +134,7 @@ def audited_state(model_name: str, rows: Iterable[Mapping[str, Any]]) -> Audited
         open_drift=frozenset(open_drift),
         registered_at=registered_at,
         degraded=frozenset(degraded),
+        deleted=frozenset(deleted),
     )
 
 

@@ -197,6 +197,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "rows hash-chained per model", _hash_chain),
     Migration(5, "prediction_log: the serving side's predictions (shadow evaluation)", _sql(prediction_log.DDL)),
     Migration(6, "production health: model_health_checks; actions health_degraded, health_recovered", _health),
+    Migration(7, "registry retention: actions retention_delete, retention_archive", _action_check),
 )
 CURRENT_VERSION = MIGRATIONS[-1].version
 

@@ -59,6 +59,11 @@ def plan_rollback(
         raise RollbackTargetInvalid(
             f"{name} v{current} replaced no earlier champion: nothing to roll back to; pass target_version."
         )
+    if target in state.deleted:
+        raise RollbackTargetInvalid(
+            f"{name} v{target} was deleted by the retention policy (audit log: retention_delete; its earlier rows "
+            "stay): it cannot be restored. Pass a version that still exists and served before. Nothing was changed."
+        )
     mv = mlflow_client.get_version(client, name, target)
     if mv is None:
         raise RollbackTargetInvalid(

@@ -52,6 +52,8 @@ class RegistrySnapshot:
     statuses: dict[str, str] = field(default_factory=dict)
     stages: dict[str, str] = field(default_factory=dict)
     created_ms: dict[str, int] = field(default_factory=dict)  # set by the server: no client can choose it
+    # each version's (run id, source): what registry retention needs to find the version's own logged model
+    origins: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ def read_registry(client: MlflowClient, name: str) -> RegistrySnapshot:
     statuses: dict[str, str] = {}
     stages: dict[str, str] = {}
     created: dict[str, int] = {}
+    origins: dict[str, tuple[str, str]] = {}
     token = None
     while True:
         page = client.search_model_versions(
@@ -112,10 +115,13 @@ def read_registry(client: MlflowClient, name: str) -> RegistrySnapshot:
             statuses[str(mv.version)] = mlflow_client.status_of(mv)
             stages[str(mv.version)] = mv.current_stage or Stage.NONE
             created[str(mv.version)] = int(mv.creation_timestamp or 0)
+            origins[str(mv.version)] = (mv.run_id or "", mv.source or "")
         token = page.token
         if not token:
             break
-    return RegistrySnapshot(exists=True, aliases=aliases, statuses=statuses, stages=stages, created_ms=created)
+    return RegistrySnapshot(
+        exists=True, aliases=aliases, statuses=statuses, stages=stages, created_ms=created, origins=origins
+    )
 
 
 def _shown(status: str) -> str:
@@ -142,6 +148,7 @@ def differences(expected: AuditedState, found: RegistrySnapshot, mirror_stages: 
         ]
     drifts: list[Drift] = []
     champion, challenger = expected.champion, expected.challenger
+    # a version the retention policy deleted is not in ``expected.statuses``: its absence is on record, not drift
     for version in sorted(expected.statuses, key=version_order):
         if version not in found.statuses:
             advice = ""
@@ -187,7 +194,11 @@ def differences(expected: AuditedState, found: RegistrySnapshot, mirror_stages: 
         drifts.append(Drift(actual or audited or "", reason))
     for version, status in sorted(found.statuses.items(), key=lambda item: version_order(item[0])):
         audited = expected.statuses.get(version)
-        if audited is None:
+        if audited is None and version in expected.deleted:
+            reason = f"v{version} is recorded as deleted by the retention policy but is still in the registry"
+            advice = "a retention run stopped between its audit row and the deletion: the next one finishes it."
+            drifts.append(Drift(version, reason, False, advice))
+        elif audited is None:
             reason = f"v{version} was created outside the pipeline (status {_shown(status)})"
             drifts.append(Drift(version, reason, False))
         elif status != audited:
