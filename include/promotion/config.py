@@ -209,6 +209,54 @@ def _format_validation_error(path: Path, exc: ValidationError) -> str:
 # libyaml's parser (PyYAML's wheels ship it): about 15x faster than the pure-Python one on a model file (14 ms), with
 # the same safe constructor, so the same YAML 1.1 types. The pure-Python loader where PyYAML was built without it.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_TAG = "tag:yaml.org,2002:"
+# the scalars a model file has besides strings, built by the safe constructor's own functions (same YAML 1.1 rules)
+_SCALARS = {f"{_TAG}{t}": yaml.SafeLoader.yaml_constructors[f"{_TAG}{t}"] for t in ("int", "float", "bool", "null")}
+
+
+class _NotPlain(Exception):
+    """The document uses something the fast path leaves to PyYAML's constructor (an alias, a merge key, a timestamp,
+    a non-string key...)."""
+
+
+def _plain_value(node: yaml.Node, loader: Any, seen: set[int]) -> Any:
+    if id(node) in seen:  # an alias: PyYAML shares (and may nest) the object; let it do so
+        raise _NotPlain
+    seen.add(id(node))
+    tag = node.tag
+    if isinstance(node, yaml.ScalarNode):
+        if tag == f"{_TAG}str":
+            return node.value
+        if tag in _SCALARS:
+            return _SCALARS[tag](loader, node)
+    elif isinstance(node, yaml.MappingNode) and tag == f"{_TAG}map":
+        mapping = {}
+        for key, value in node.value:
+            if key.tag != f"{_TAG}str" or not isinstance(key, yaml.ScalarNode):  # '<<' (merge), numbers, nested keys
+                raise _NotPlain
+            mapping[key.value] = _plain_value(value, loader, seen)  # a repeated key: the last wins, as in PyYAML
+        return mapping
+    elif isinstance(node, yaml.SequenceNode) and tag == f"{_TAG}seq":
+        return [_plain_value(item, loader, seen) for item in node.value]
+    raise _NotPlain
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.load(text, Loader=_YAML_LOADER)``, about 40% cheaper on a model file (0.3 ms instead of 0.5 ms; three
+    DAG files read every config on each parse): libyaml composes the nodes with the safe loader's tag resolution, and
+    a document of plain mappings, sequences, strings, numbers, booleans and nulls is built directly; anything else
+    goes through PyYAML's safe constructor unchanged. The same values, the same errors."""
+    loader = _YAML_LOADER(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        try:
+            return _plain_value(node, loader, set())
+        except _NotPlain:
+            return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def parse_model_config(path: Path) -> ModelConfig:
@@ -222,7 +270,7 @@ def parse_model_config(path: Path) -> ModelConfig:
 
 def _validate_content(path: Path, content: bytes) -> ModelConfig:
     try:
-        raw = yaml.load(content.decode("utf-8"), Loader=_YAML_LOADER)  # a safe loader either way
+        raw = _load_yaml(content.decode("utf-8"))  # a safe loader either way
     except UnicodeDecodeError as exc:
         raise ModelConfigError(f"{path.name}: not UTF-8 text ({exc}); save the file as UTF-8.") from None
     except yaml.YAMLError as exc:

@@ -12,6 +12,7 @@ are involved: a cron-only model's DAG parses as fast as before.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -25,6 +26,14 @@ def promotion_schedule(cfg: ModelConfig, timezone: Any = DEFAULT_TIMEZONE) -> An
     cron, asset_names = cfg.effective_schedule, cfg.schedule_assets
     if not asset_names:
         return cron
+    return _asset_schedule(cron, tuple(asset_names), timezone)
+
+
+# One object per distinct schedule, shared by the DAGs that have it: building a cron timetable describes the cron in
+# words (cron_descriptor loads its translations each time), about 0.2 ms of CPU per DAG. Timetables are immutable
+# values; the DAGs only read them.
+@lru_cache(maxsize=256)
+def _asset_schedule(cron: str | None, asset_names: tuple[str, ...], timezone: Any) -> Any:
     from airflow.sdk import Asset, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable
 
     assets = AssetAny(*(Asset(name) for name in asset_names))

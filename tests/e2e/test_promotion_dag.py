@@ -36,6 +36,9 @@ def test_the_demo_model_reaches_the_gate_and_a_reviewer_promotes_it(as_user) -> 
     assert f"v{mv.version}" in detail["subject"]
     assert "| roc_auc |" in detail["body"] and mv.tags["data_version"] in detail["body"]
     assert [u["id"] for u in detail["assigned_users"]] == ["bob"]  # alice triggered the run
+    # the form is given to the request when the gate opens (not parsed with the DAG): the reviewers see it all the same
+    form = detail["params"]["reason"]
+    assert form["schema"]["title"] == "Reason" and "audit log" in form["description"]
     before = snapshot(name)
     for refused in (alice, carol):
         with pytest.raises(AirflowAPIError) as err:

@@ -42,7 +42,7 @@ def test_the_report_shows_every_version_who_did_what_and_the_history_newest_firs
     rollback.rollback(plan, HOSTILE, change("carol"))
 
     report, calls = counted(registry_report.model_report, cfg, 1, 5)
-    assert calls == Counter({"get_registered_model": 1, "search_model_versions": 1})
+    assert calls == Counter({"search_registered_models": 1, "search_model_versions": 1})
     assert (report.champion, report.challenger) == (v1, None)
     lines = {line.version: line for line in report.versions}
     assert [line.version for line in report.versions] == [v3, v2, v1]
@@ -74,12 +74,27 @@ def test_versions_come_a_page_at_a_time_in_one_search_whatever_their_number(serv
     cfg = governed("versions")
     fill(cfg.name, VERSIONS_PAGE + 5)
     newest, calls = counted(registry_report.model_report, cfg)
-    assert calls == Counter({"get_registered_model": 1, "search_model_versions": 1})
+    assert calls == Counter({"search_registered_models": 1, "search_model_versions": 1})
     listed = [int(line.version) for line in newest.versions]
     assert listed == list(range(VERSIONS_PAGE + 5, 5, -1)) and newest.older_versions == "6"
     older, calls = counted(registry_report.model_report, cfg, before=int(newest.older_versions))
-    assert calls == Counter({"get_registered_model": 1, "search_model_versions": 1})
+    assert calls == Counter({"search_registered_models": 1, "search_model_versions": 1})
     assert [line.version for line in older.versions] == ["5", "4", "3", "2", "1"] and older.older_versions is None
+
+
+def test_a_registered_model_is_found_by_its_exact_name_in_one_search(services) -> None:
+    # one search, not get_registered_model: MLflow's server loads every version of a model to answer that
+    base = unique("exact")
+    client = mlflow_client.client()
+    for name in (f"{base}_a", f"{base}Xa", f"{base}_a2"):  # '_' is a wildcard in LIKE: only '=' may match
+        client.create_registered_model(name, tags={"made_as": name})
+    client.set_registered_model_alias(f"{base}_a", "champion", register(f"{base}_a"))
+    found, calls = counted(lambda: mlflow_client.find_registered_model(mlflow_client.client(), f"{base}_a"))
+    assert calls == Counter({"search_registered_models": 1})
+    assert found.name == f"{base}_a" and found.tags["made_as"] == f"{base}_a" and found.aliases == {"champion": "1"}
+    missing, calls = counted(lambda: mlflow_client.find_registered_model(mlflow_client.client(), f"{base}_b"))
+    assert missing is None
+    assert calls == Counter({"search_registered_models": 1, "get_registered_model": 1})
 
 
 def test_the_overview_reads_champion_and_challenger_only_and_says_who_approved(services) -> None:
@@ -93,8 +108,9 @@ def test_the_overview_reads_champion_and_challenger_only_and_says_who_approved(s
     empty = governed("overview-empty")
 
     (line, nothing), calls = counted(registry_report.overview, [cfg, empty])
-    # per model: the registered model, then its champion and its challenger; the model never registered: one call
-    assert calls == Counter({"get_registered_model": 2, "get_model_version": 2})
+    # per model: the registered model, then its champion and its challenger; the model never registered: the search,
+    # and the read by name that tells "missing" from "not readable"
+    assert calls == Counter({"search_registered_models": 2, "get_model_version": 2, "get_registered_model": 1})
     assert (line.champion.version, line.champion.approved_by, line.champion.approval_reason) == (
         champion,
         "bob",

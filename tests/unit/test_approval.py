@@ -10,6 +10,25 @@ from tests.support import DEMO
 CFG = parse_model_config(DEMO)
 
 
+def test_the_approval_form_is_given_to_the_request_and_checks_the_answer() -> None:
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    from include.promotion.approval.gate import build_approval_task
+    from include.promotion.inputs import MAX_REASON_CHARS
+
+    task = build_approval_task(CFG, {}, {}, {}, task_id="approve")
+    # not in the parsed DAG (Airflow would validate it on every serialization), only in the open request
+    assert "reason" not in task.params
+    task.validate_params_input({"reason": "looks good"})  # as a resumed task receives the answer
+    assert task.params["reason"] == "looks good"
+    form = task.serialized_params["reason"]
+    assert form["schema"]["title"] == "Reason" and "audit log" in form["description"]
+    assert form["schema"]["maxLength"] == MAX_REASON_CHARS and form["source"] == "task"
+    fresh = build_approval_task(CFG, {}, {}, {}, task_id="approve")
+    with pytest.raises(ParamValidationError, match="reason"):
+        fresh.validate_params_input({"reason": "x" * (MAX_REASON_CHARS + 1)})
+
+
 def test_the_triggerer_is_never_an_eligible_reviewer() -> None:
     assert eligible_reviewers(["alice", "bob"], "alice") == ["bob"]
     assert eligible_reviewers(["alice", "bob"], None) == ["alice", "bob"]

@@ -187,3 +187,41 @@ def test_a_malformed_schedule_names_the_field_and_the_fix(tmp_path: Path, demo: 
     with pytest.raises(ModelConfigError, match=r"bad\.yaml") as err:
         parse_model_config(write(tmp_path, "bad.yaml", {**demo, "schedule": schedule}))
     assert expected in str(err.value)
+
+
+YAML_DOCUMENTS = [
+    DEMO.read_text(),
+    "name: m\nflags: [yes, no, on, Off, ~, null, true]\nints: [0x1F, 0o17, 1_000, -3, 1:30]\n"
+    "floats: [.5, 1e3, .inf, -.NaN]",
+    "base: &b {a: 1, b: [x, y]}\nother: *b\n",  # an alias: PyYAML shares the object
+    "base: &b {a: 1}\nmerged:\n  <<: *b\n  c: 2\n",  # a merge key
+    "when: 2026-01-01\nraw: !!binary aGk=\n",  # a timestamp and bytes
+    "? [a, b]\n: nested key\n",  # a key PyYAML cannot hash
+    "loop: &l [*l]\n",  # a structure that contains itself
+    "a: 1\na: 2\n",  # a repeated key: the last wins
+    "s: !!str [a]\n",  # a tag on the wrong kind of node
+    "",
+    "- just\n- a list\n",
+    "a: [unclosed\n",
+    "one: 1\n---\ntwo: 2\n",
+    "x: !!python/object:os.system {}\n",
+]
+
+
+@pytest.mark.parametrize("text", YAML_DOCUMENTS, ids=range(len(YAML_DOCUMENTS)))
+def test_the_fast_yaml_load_gives_what_pyyaml_gives_or_the_same_error(text: str) -> None:
+    from include.promotion.config import _YAML_LOADER, _load_yaml
+
+    try:
+        expected: object = yaml.load(text, Loader=_YAML_LOADER)
+    except (yaml.YAMLError, TypeError) as exc:
+        with pytest.raises(type(exc)) as raised:
+            _load_yaml(text)
+        assert str(raised.value) == str(exc)
+        return
+    got = _load_yaml(text)
+    if text.startswith("loop"):  # equality cannot compare a list that contains itself: compare its shape
+        assert got["loop"][0] is got["loop"]
+        return
+    assert got == expected
+    assert repr(got) == repr(expected)  # the same types too (1 is not 1.0 is not True)

@@ -120,7 +120,10 @@ def claim_for_pipeline(resource_type: str, resource_id: str, what: str) -> None:
     if resource_type == "experiment":
         tags, mark = client.get_experiment(resource_id).tags, client.set_experiment_tag
     else:
-        tags, mark = client.get_registered_model(resource_id).tags, client.set_registered_model_tag
+        registered = mlflow_client.find_registered_model(client, resource_id)
+        if registered is None:
+            raise RegistryStateError(f"{what} does not exist in the registry: nothing to claim.")
+        tags, mark = registered.tags, client.set_registered_model_tag
     writers = claim(settings.tracking_uri(), resource_type, resource_id)
     if writers:
         mark(resource_id, CLAIM_REFUSED_TAG, ", ".join(writers)[:5000])

@@ -20,7 +20,7 @@ from include.promotion.states import Stage, Status, Tag
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 
 
 def client() -> MlflowClient:
@@ -83,6 +83,27 @@ def status_of(mv: ModelVersion) -> str:
     return (mv.tags or {}).get(Tag.STATUS, Status.REGISTERED)
 
 
+def find_registered_model(mlflow_client: MlflowClient, name: str) -> RegisteredModel | None:
+    """The registered model ``name`` (its tags and aliases), or None when MLflow has none of that name.
+
+    One search by exact name rather than ``get_registered_model``: to answer the latter, MLflow 3.17's server loads
+    every version of the model (its "latest versions" are computed in Python: 0.04 s at 10 versions, 0.9 s at 10,000,
+    docs/scale.md); its search computes them in SQL. A model the search does not list is asked for by name, so that a
+    model the account may not read still fails as it did, instead of looking absent.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for registered in mlflow_client.search_registered_models(f"name = {quote(name)}", max_results=10):
+        if registered.name == name:
+            return registered
+    try:
+        return mlflow_client.get_registered_model(name)
+    except MlflowException as exc:
+        if _is_missing(exc):
+            return None
+        raise
+
+
 def get_version(mlflow_client: MlflowClient, name: str, version: str | int) -> ModelVersion | None:
     """One model version, or None if the model or the version does not exist."""
     from mlflow.exceptions import MlflowException
@@ -123,11 +144,7 @@ def delete_alias_if(mlflow_client: MlflowClient, name: str, alias: str, version:
 def ensure_registered_model(mlflow_client: MlflowClient, name: str, description: str) -> None:
     from mlflow.exceptions import MlflowException
 
-    try:
-        mlflow_client.get_registered_model(name)
-    except MlflowException as exc:
-        if not _is_missing(exc):
-            raise
+    if find_registered_model(mlflow_client, name) is None:
         try:
             mlflow_client.create_registered_model(name, description=description, tags={"governed_by": "airflow"})
         except MlflowException as race:

@@ -10,8 +10,9 @@ is restored from an audit log whose hash chain is broken, or onto versions creat
 registered them (a registered model deleted or renamed and re-created), and production is never taken away
 when the audit log records no champion.
 
-Registry reads per model: one ``get_registered_model`` (aliases) and one paged ``search_model_versions``
-(tags and stages of every version), whatever the number of versions.
+Registry reads per model: one ``find_registered_model`` search (aliases) and ``search_model_versions`` a page of
+1,000 versions at a time (tags and stages of every version: each one is checked against the audit log, so this read
+grows with the number of versions; docs/scale.md has the figures).
 """
 
 from __future__ import annotations
@@ -93,14 +94,9 @@ class WatchReport:
 
 def read_registry(client: MlflowClient, name: str) -> RegistrySnapshot:
     """The model's aliases, tags and stages in one call plus one paged search."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        model = client.get_registered_model(name)
-    except MlflowException as exc:
-        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
-            return RegistrySnapshot(exists=False)
-        raise
+    model = mlflow_client.find_registered_model(client, name)
+    if model is None:
+        return RegistrySnapshot(exists=False)
     aliases = {alias: str(version) for alias, version in (model.aliases or {}).items()}
     statuses: dict[str, str] = {}
     stages: dict[str, str] = {}

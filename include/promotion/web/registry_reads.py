@@ -21,14 +21,7 @@ LINEAGE_LIMIT = 1_000  # versions listed by one lineage search (the answer says 
 
 def registered_model(client: MlflowClient, name: str) -> Any | None:
     """The registered model (its aliases and tags), or None when MLflow has none of that name."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_registered_model(name)
-    except MlflowException as exc:
-        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
+    return mlflow_client.find_registered_model(client, name)
 
 
 def aliases_of(registered: Any | None) -> dict[str, str]:

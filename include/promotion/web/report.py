@@ -2,7 +2,7 @@
 
 Three sources, each read in a fixed number of queries whatever the number of versions or audit rows:
 
-- the **registry** (MLflow, ``registry_reads``): per model one ``get_registered_model`` (aliases) and one paged
+- the **registry** (MLflow, ``registry_reads``): per model one ``find_registered_model`` search (aliases) and one paged
   ``search_model_versions``; the overview reads only the champion and the challenger; lineage is one tag search
   across every model;
 - the **audit log** (PostgreSQL, read-only connection ``promotion_db_reader``): the parameterized SQL of
@@ -94,7 +94,7 @@ def model_report(
     """One model's page: its newest versions (below version ``before``, if given), one page of its audit history,
     its alerts.
 
-    Registry calls: ``get_registered_model`` and one ``search_model_versions``, whatever the number of versions.
+    Registry calls: one registered-model search and one ``search_model_versions``, whatever the number of versions.
     SQL: five parameterized queries, and two more for a model with a ``health:`` section (``production_health``;
     plus one ``get_model_version`` when its champion is not on the page). The registry's reads and the audit log's
     run side by side.
@@ -162,7 +162,7 @@ def overview(
 ) -> list[ModelOverview]:
     """One line per governed model: champion, challenger, last run, alerts.
 
-    Registry calls per model: ``get_registered_model`` and ``get_model_version`` for the champion and the
+    Registry calls per model: one registered-model search and ``get_model_version`` for the champion and the
     challenger (at most three). SQL: four queries for all models together.
     """
     last_runs = last_runs or {}
