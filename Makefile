@@ -4,7 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
+<<<<<<< HEAD
 .PHONY: run run-distributed test test-fast lint venv browser constraints benchmark screenshots clean-state
+=======
+.PHONY: run run-distributed test test-fast lint venv browser browser-chromium constraints benchmark clean-state
+>>>>>>> h-ui
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt client/pyproject.toml client/requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,8 +31,17 @@ run-distributed: $(STAMP)
 	$(PY) -m scripts.run_local --celery $(RUN_ARGS)
 
 # The browser tests (tests/e2e/test_promotion_page.py) drive Debian's chromium through Playwright (Playwright's own
-# browser download is not reachable from every machine): installed here when missing and we are root.
-browser:
+# browser download is not reachable from every machine): installed here when missing and we are root. Their
+# accessibility check injects axe-core, taken from the npm registry (npm pack) into .cache/ once.
+AXE_VERSION = 4.14.1
+AXE = .cache/axe-core-$(AXE_VERSION)/axe.min.js
+browser: browser-chromium $(AXE)
+$(AXE):
+	@command -v npm >/dev/null 2>&1 || { echo "The accessibility check needs npm (apt-get install -y npm)" >&2; exit 1; }
+	mkdir -p $(dir $(AXE))
+	cd $(dir $(AXE)) && npm pack --silent axe-core@$(AXE_VERSION) >/dev/null && \
+	  tar -xzf axe-core-$(AXE_VERSION).tgz --strip-components=1 package/axe.min.js && rm axe-core-$(AXE_VERSION).tgz
+browser-chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing chromium for the browser tests (apt-get, about a minute)"; \

@@ -3,7 +3,7 @@
 The app receives MLflow's registry webhook (``POST /promotion/api/mlflow-webhook``), which wakes the DAG
 ``model_registry_watch`` within seconds of a change in MLflow, and serves the "Model promotion" pages, their JSON and
 their static files (``include/promotion/web/routes.py``), each behind an Airflow login; ``external_views`` puts the
-pages in the navigation.
+pages in the navigation. Its listener (``include/promotion/run_note.py``) writes each run's outcome as the run's note.
 """
 
 from __future__ import annotations
@@ -12,11 +12,15 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
+from include.promotion.run_note import RunNoteListener
+
 
 class ModelPromotionPlugin(AirflowPlugin):
     name = "model_promotion"
     # The navigation entry: the overview page (include/promotion/web/routes.py), shown inside the Airflow UI.
     external_views = [{"name": "Model promotion", "href": "/promotion/", "url_route": "model-promotion"}]
+    # Writes a promotion or rollback run's outcome as its note when the run ends (in the scheduler); light to import.
+    listeners = [RunNoteListener()]
 
     @property
     def fastapi_apps(self) -> list[dict[str, Any]]:

@@ -198,6 +198,11 @@ def test_a_rejection_on_celery_promotes_nothing(as_user, runs) -> None:
     assert verify_invariant(gate.name) == gate.champion
     last = audit.rows(gate.name)[-1]
     assert (last["version"], last["action"], last["actor"]) == (candidate, "reject", "bob")
+    # the green run says on itself that it promoted nothing, who rejected it and why
+    assert (
+        bob.run(gate.dag_id, gate.run_id)["note"]
+        == f"Not promoted: v{candidate} rejected by bob: drifts on the new merchants"
+    )
 
 
 def test_a_rollback_on_celery_restores_the_previous_champion(celery_stack, as_user, runs) -> None:

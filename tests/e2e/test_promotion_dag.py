@@ -59,6 +59,11 @@ def test_the_demo_model_reaches_the_gate_and_a_reviewer_promotes_it(as_user) -> 
     # the first champion as a serving client loads it: the post-promotion check passed (no deploy targets configured)
     states = bob.task_states(dag_id, run_id)
     assert (states["verify_in_production"], states["notify_deployers"]) == ("success", "success")
+    # the outcome on the run itself, where Airflow shows it (the grid, the run's view)
+    assert (
+        bob.run(dag_id, run_id)["note"]
+        == f"Promoted v{mv.version} to production (approved by bob; the model's first champion)."
+    )
 
 
 def test_a_candidate_that_fails_its_gates_registers_nothing(as_user, add_model) -> None:
@@ -74,6 +79,13 @@ def test_a_candidate_that_fails_its_gates_registers_nothing(as_user, add_model) 
     # train claimed the model's name for the pipeline (an empty registered model); nothing was registered in it
     assert snapshot(name) == {"versions": {}, "aliases": {}, "audit": []}
     assert "not promoted: roc_auc" in api.task_log(dag_id, run_id, "register").lower()
+    # a green run that promoted nothing says so on the run, and the evaluate log opens with the outcome and its reason
+    note = api.run(dag_id, run_id)["note"]
+    assert note.startswith("Not promoted: roc_auc = ") and "is below the minimum 0.999" in note, note
+    evaluate_log = api.task_log(dag_id, run_id, "evaluate")
+    first = evaluate_log.split("::group::Pre Execute")[1].split("::endgroup::", 1)[1].strip().splitlines()[0]
+    assert first.startswith(f"{name}: NOT PROMOTED: roc_auc = ") and "below the minimum 0.999" in first, evaluate_log
+    assert "FAIL  roc_auc >= 0.999" in evaluate_log
     client = mlflow_client.client()
     experiment = client.get_experiment_by_name(mlflow_client.experiment_name(name))
     (run,) = client.search_runs([experiment.experiment_id])
@@ -93,4 +105,7 @@ def test_no_answer_in_time_is_a_rejection(as_user, run_to_gate) -> None:
     mv = mlflow_client.client().get_model_version(name, candidate)
     assert mv.tags["promotion_status"] == "rejected"
     assert mv.tags["rejection_reason"].startswith("timed out")
+    assert (
+        api.run(dag_id, run_id)["note"] == f"Not promoted: v{candidate} timed out: no reviewer answered within 0.003 h"
+    )
     assert verify_invariant(name) == champion

@@ -194,7 +194,7 @@ def test_every_route_needs_an_airflow_login_with_read_access_to_the_models_dags(
     assert "script-src 'self'" in policy and "style-src 'self'" in policy and "sha256-" not in policy
     assert "<script>" not in page.text and "<style" not in page.text
     assets = re.findall(r'(?:src|href)="(/promotion/static/[^"]+)"', page.text)
-    assert len(assets) == 3, assets  # the stylesheet, times.js and links.js, behind the same login as the pages
+    assert len(assets) == 4, assets  # the stylesheet, theme.js, times.js, links.js, behind the same login as the pages
     for asset in assets:
         assert requests.get(base + asset, allow_redirects=False, timeout=30).status_code == 401
         served = requests.get(base + asset, cookies={"_token": alice}, timeout=30)
@@ -208,8 +208,17 @@ def test_every_route_needs_an_airflow_login_with_read_access_to_the_models_dags(
 def test_the_triggerer_and_a_non_reviewer_see_the_request_but_cannot_answer(gate, sign_in, as_user, airflow) -> None:
     before = snapshot(gate.name)
     task = f"/dags/{gate.dag_id}/runs/{gate.run_id}/tasks/approve/required_actions"
+    told = {
+        "alice": "You (alice) may not answer: you triggered this run",
+        "mallory": "You (mallory) may not answer: you are not one of the model's reviewers",
+    }
     for user in ("alice", "mallory"):  # alice triggered the run; mallory is no reviewer
         page = sign_in(user)
+        # the Model promotion page tells them before they click: who may answer, and why they may not
+        page.get_by_role("link", name="Model promotion").click()
+        waiting = promotion_frame(page).locator(f'tr[data-model="{gate.name}"] .answerers')
+        assert waiting.inner_text() == "May answer: bob (not alice, who triggered the run)."
+        assert told[user] in promotion_frame(page).locator(f'tr[data-model="{gate.name}"] .may-not').inner_text()
         page.goto(airflow.airflow_url + task)
         page.get_by_text(f"Promote {gate.name} v{gate.candidate} to production?").first.wait_for()
         # Airflow 3.3 shows the form to every viewer and refuses an answer from anyone not assigned
@@ -232,6 +241,7 @@ def test_links_open_where_they_point_from_airflows_frame_and_directly(gate, sign
     run = f"/dags/{gate.dag_id}/runs/{quote(gate.run_id, safe='')}"
     page.get_by_role("link", name="Model promotion").click()
     row = promotion_frame(page).locator(f'tr[data-model="{gate.name}"]')
+    assert row.locator(".may").inner_text() == "You may answer it."  # bob: a reviewer who did not trigger it
     for path, shown in (
         (f"/dags/{gate.dag_id}", page.get_by_text(gate.dag_id)),  # the model's DAG
         (f"{run}/tasks/approve/required_actions", page.get_by_text(f"Promote {gate.name} v{gate.candidate}")),
@@ -263,7 +273,7 @@ def test_links_open_where_they_point_from_airflows_frame_and_directly(gate, sign
 
 
 def test_a_reviewer_approves_in_required_actions_and_the_page_shows_the_new_champion(
-    gate, sign_in, as_user, screenshots
+    gate, sign_in, as_user, airflow, screenshots
 ) -> None:
     reason = f"recall up 4 points on weekend traffic {HOSTILE}"
     page = sign_in("bob", login_page=True)
@@ -278,6 +288,10 @@ def test_a_reviewer_approves_in_required_actions_and_the_page_shows_the_new_cham
     page.locator("#element_reason").fill(reason)
     page.get_by_test_id("hitl-option-Approve").click()
     assert as_user("bob").wait_for_run(gate.dag_id, gate.run_id, timeout=120) == "success"
+    promoted = f"Promoted v{gate.candidate} to production (approved by bob; v{gate.champion} archived)."
+    assert as_user("bob").run(gate.dag_id, gate.run_id)["note"] == promoted
+    page.goto(f"{airflow.airflow_url}/dags/{gate.dag_id}/runs/{quote(gate.run_id, safe='')}")
+    page.get_by_text(promoted).first.wait_for()  # Airflow's own view of the run shows the note
 
     page.get_by_role("link", name="Model promotion").click()
     row = promotion_frame(page).locator(f'tr[data-model="{gate.name}"]')
@@ -304,12 +318,17 @@ def test_on_call_rolls_back_from_the_page_and_sees_it_in_the_history(
     frame = promotion_frame(page)
     frame.get_by_role("link", name=gate.name, exact=True).click()
     frame.get_by_role("link", name="Roll back").click()
+    # the form names the version it restores before anything is triggered
+    assert frame.locator("#rollback-target").inner_text() == f"v{gate.champion}"
     frame.locator("textarea[name=reason]").fill(reason)
-    frame.get_by_role("button", name="Trigger rollback").click()
+    frame.get_by_role("button", name=f"Roll back to v{gate.champion}").click()
+    # it follows the run to its end, and says how it ended (the run's note)
+    frame.locator('#rollback-result[data-state="success"]').wait_for(timeout=120_000)
+    done = frame.locator("#rollback-result").inner_text()
+    assert f"Rolled back {gate.name}: v{gate.champion} is the champion again, v{gate.candidate} is rolled back." in done
     run_link = frame.locator("#rollback-result a").first
-    run_link.wait_for()
     run_id = run_link.inner_text()
-    assert as_user("carol").wait_for_run("model_rollback", run_id, timeout=120) == "success"
+    assert as_user("carol").run("model_rollback", run_id)["state"] == "success"
     refused = refused_navigations(page)
     with page.context.expect_page() as opened:  # the triggered run, in a new tab (ctrl+click) from Airflow's frame
         run_link.click(modifiers=["ControlOrMeta"])
@@ -330,3 +349,101 @@ def test_on_call_rolls_back_from_the_page_and_sees_it_in_the_history(
     assert re.search(r"rolled_back", frame.locator(f'#versions tr[data-version="{gate.candidate}"]').inner_text())
     screenshot(page, screenshots / "model-promotion-rollback.png")
     assert champion(gate.name) == gate.champion
+
+
+def test_a_refused_rollback_shows_validates_message_and_an_alert_and_no_champion_disables_the_form(
+    gate, sign_in, airflow, models_dir
+) -> None:
+    assert champion(gate.name) == gate.champion, "needs the previous test's rollback"
+    page = sign_in("carol")
+    page.get_by_role("link", name="Model promotion").click()
+    frame = promotion_frame(page)
+    frame.get_by_role("link", name=gate.name, exact=True).click()
+    frame.get_by_role("link", name="Roll back").click()
+    # v1 was the first champion: no version to go back to by default; the rolled-back candidate may be named
+    plan = frame.locator("#rollback-plan").inner_text()
+    assert f"No version to restore by default: {gate.name} v{gate.champion} replaced no earlier champion" in plan
+    assert f"v{gate.candidate} (rolled back earlier: tick the box)" in plan
+    before = snapshot(gate.name)
+    frame.locator("input[name=target_version]").fill("99")
+    frame.locator("textarea[name=reason]").fill("try a version that does not exist")
+    frame.get_by_role("button", name="Roll back to v99").click()
+    frame.locator('#rollback-result[data-state="failed"]').wait_for(timeout=120_000)
+    failed = frame.locator("#rollback-result").inner_text()
+    assert "ended failed" in failed and f"validate failed: model '{gate.name}' has no version 99" in failed, failed
+    run_id = frame.locator("#rollback-result a").first.inner_text()
+    assert snapshot(gate.name) == before
+    # the failed rollback is an alert on the overview and on the model's page until a rollback of it succeeds
+    frame.get_by_role("link", name="Model promotion", exact=True).click()  # the page's own link, in the frame
+    alert = f"the last rollback run failed ({run_id}): validate failed: model '{gate.name}' has no version 99"
+    row = promotion_frame(page).locator(f'tr[data-model="{gate.name}"]')
+    assert alert in row.inner_text()
+    promotion_frame(page).get_by_role("link", name=gate.name, exact=True).click()
+    assert alert in promotion_frame(page).locator(".alerts").inner_text()
+
+    # a model with no champion: no Roll back button, and its form says why and cannot be submitted
+    cfg = yaml.safe_load((models_dir / f"{gate.name}.yaml").read_text())
+    cfg["name"] = unique("nochamp")
+    (models_dir / f"{cfg['name']}.yaml").write_text(yaml.safe_dump(cfg))
+    base = airflow.airflow_url
+    page.goto(f"{base}/promotion/models/{cfg['name']}")
+    assert "Roll back: no champion to roll back" in page.locator(".summary").inner_text()
+    assert page.get_by_role("link", name="Roll back").count() == 0
+    page.goto(f"{base}/promotion/models/{cfg['name']}/rollback")
+    assert (
+        f"No rollback is possible: model '{cfg['name']}' has no champion" in page.locator("#rollback-plan").inner_text()
+    )
+    # the whole form is off (a disabled fieldset): its button and fields cannot be used
+    assert page.get_by_role("button", name="Trigger rollback").is_disabled()
+    assert page.locator("textarea[name=reason]").is_disabled()
+
+
+AXE = Path(__file__).resolve().parents[2] / ".cache" / "axe-core-4.14.1" / "axe.min.js"
+AXE_MISSING = "The accessibility check needs axe-core from the npm registry: run  make browser"
+
+
+def serious_violations(page: Any) -> list[str]:
+    """axe-core's serious and critical findings on the page (WCAG 2 A/AA rules and best practices), one line each."""
+    page.add_script_tag(path=str(AXE))
+    found = page.evaluate("axe.run(document, {resultTypes: ['violations']}).then(r => r.violations)")
+    return [
+        f"{v['id']} ({v['impact']}): {v['help']}: {[n['target'] for n in v['nodes']][:3]}"
+        for v in found
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
+def test_the_pages_follow_airflows_theme_pass_axe_and_stay_readable_at_800_px(gate, browser, airflow) -> None:
+    """In light and dark, at 800 px: axe-core (injected; the context bypasses the page's CSP only for that) finds no
+    serious or critical violation on any page, tables say they scroll; framed, the page takes Airflow's theme."""
+    if not AXE.exists():
+        pytest.fail(AXE_MISSING, pytrace=False)
+    base, name = airflow.airflow_url, gate.name
+    paths = ("/promotion/", f"/promotion/models/{name}", f"/promotion/models/{name}/rollback")
+    paths += (
+        f"/promotion/lineage?data_version={quote(snapshot(name)['versions'][gate.champion]['tags']['data_version'])}",
+    )
+    for scheme in ("light", "dark"):
+        context = browser.new_context(viewport={"width": 800, "height": 800}, color_scheme=scheme, bypass_csp=True)
+        context.add_cookies([{"name": "_token", "value": airflow.api_token("carol"), "url": base}])
+        page = context.new_page()
+        for path in paths:
+            page.goto(base + path)
+            page.locator("h1").wait_for()
+            assert serious_violations(page) == [], (scheme, path)
+            for box in page.locator(".box:has(table)").all():
+                assert box.evaluate("b => getComputedStyle(b).overflowX") == "auto"
+            if page.locator(".box:has(table)").count():
+                assert page.locator(".scroll-hint").first.is_visible()  # at 800 px the hint says the table scrolls
+        # Airflow's own theme wins over the system's: chosen dark on a light system (and light on a dark one)
+        chosen = "dark" if scheme == "light" else "light"
+        page.goto(base + "/")
+        page.evaluate(f"localStorage.setItem('theme', '{chosen}')")
+        page.reload()
+        page.get_by_role("link", name="Model promotion").click()
+        framed = promotion_frame(page).locator("html")
+        promotion_frame(page).locator("h1").wait_for()
+        assert framed.get_attribute("data-theme") == chosen
+        background = promotion_frame(page).locator("body").evaluate("b => getComputedStyle(b).backgroundColor")
+        assert background == ("rgb(18, 22, 28)" if chosen == "dark" else "rgb(255, 255, 255)"), background
+        context.close()

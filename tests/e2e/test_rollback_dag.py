@@ -40,6 +40,10 @@ def test_on_call_rolls_back_step_by_step_and_to_a_named_version(as_user, add_mod
     run_id = trigger_rollback(carol, {"model_name": name, "reason": "v3 flags every card"})
     assert carol.wait_for_run("model_rollback", run_id, timeout=120) == "success"
     assert verify_invariant(name) == v2
+    assert (
+        carol.run("model_rollback", run_id)["note"]
+        == f"Rolled back {name}: v{v2} is the champion again, v{v3} is rolled back."
+    )
     [event] = receiver.events  # signed with the connection's secret, checked by the receiver
     assert (event["type"], event["version"], event["previous_version"]) == ("model.rolled_back", v2, v3)
     assert (event["actor"], event["reason"], event["run_id"]) == ("carol", "v3 flags every card", run_id)
@@ -64,6 +68,8 @@ def test_on_call_rolls_back_step_by_step_and_to_a_named_version(as_user, add_mod
     states = carol.task_states("model_rollback", run_id)
     assert states["validate"] == "failed" and states["restore_previous_champion"] == "upstream_failed"
     assert "has no version 99" in carol.task_log("model_rollback", run_id, "validate")
+    note = carol.run("model_rollback", run_id)["note"]  # the refusal on the run, not only in the task's log
+    assert note.startswith("validate failed: ") and "has no version 99" in note, note
     assert snapshot(name) == before
     conf = {"model_name": name, "target_version": int(v2), "reason": "back to v2", "restore_rolled_back": True}
     run_id = trigger_rollback(carol, conf)

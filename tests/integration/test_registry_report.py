@@ -15,8 +15,9 @@ from include.promotion.registry import client as mlflow_client
 from include.promotion.registry import rollback
 from include.promotion.registry.accounts import READER_ACCOUNT, acting_as
 from include.promotion.web import report as registry_report
+from include.promotion.web import rollback_form
 from include.promotion.web.registry_reads import VERSIONS_PAGE
-from tests.support import DEMO, change, promote, register, unique
+from tests.support import DEMO, change, promote, register, snapshot, unique
 
 pytestmark = pytest.mark.usefixtures("services")
 HOSTILE = "<script>alert(1)</script> & \"quotes\" 'too'"
@@ -177,3 +178,28 @@ def test_the_readers_can_read_and_change_nothing(services) -> None:
         assert str(client.get_registered_model(cfg.name).aliases["champion"]) == version
         with pytest.raises(MlflowException, match=r"PERMISSION_DENIED|403"):
             client.set_registered_model_alias(cfg.name, "champion", "1")
+
+
+def test_the_rollback_form_says_what_a_rollback_restores_read_as_the_pages_reader(services) -> None:
+    """The form's preview (``web.rollback_form``) as the api-server reads it: MLflow's read-only account and the
+    audit log's reader role; the same answers as ``validate``, and nothing written."""
+    cfg = governed("form")
+    reader = (READER_ACCOUNT, services.state.secrets["mlflow_reader_password"])
+
+    def preview() -> rollback_form.RollbackPreview:
+        with acting_as(*reader):
+            return rollback_form.preview(cfg.name, registry_report.READER_CONN_ID)
+
+    never = preview()  # no such registered model yet: MLflow refuses the reader its alias lookups
+    assert (never.possible, never.champion) == (False, None) and "has no champion" in never.why_not
+    v1 = promote(cfg.name)
+    first = preview()
+    assert (first.champion, first.target, first.named, first.possible) == (v1, None, (), False)
+    assert "replaced no earlier champion" in first.why_not
+    v2 = promote(cfg.name)
+    assert preview() == rollback_form.RollbackPreview(v2, v1, None, ())
+    rollback.rollback(rollback.plan_rollback(cfg.name, None), "v2 is bad", change("carol"))
+    before = snapshot(cfg.name)
+    back = preview()  # v1 serves again and replaced nothing; v2 may be named, with the rolled-back box
+    assert (back.champion, back.target, back.named) == (v1, None, (rollback_form.Restorable(v2, True),))
+    assert back.possible and snapshot(cfg.name) == before

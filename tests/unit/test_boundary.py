@@ -56,3 +56,14 @@ def test_the_library_errors_do_not_import_airflow() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["Exception", "False"], done.stderr
     assert PromotionError.__mro__[1] is Exception
+
+
+def test_a_refusal_outside_a_task_leaves_no_note_and_still_fails() -> None:
+    """Outside a task there is no run to note: the refusal is still the task's failure, with its message."""
+
+    @fails_fast
+    def validate() -> None:
+        raise PromotionError("'m' has no champion: nothing to roll back")
+
+    with pytest.raises(AirflowFailException, match="has no champion"):
+        validate()

@@ -18,6 +18,7 @@ from include.promotion.approval.review import champion_note, evidence_markdown, 
 from include.promotion.config import METRICS, parse_model_config
 from include.promotion.inputs import MAX_REASON_CHARS
 from include.promotion.web import pages
+from include.promotion.web.rollback_form import Restorable, RollbackPreview
 from include.promotion.web.routes import CONTENT_SECURITY_POLICY, SafeJSONResponse
 from include.promotion.web.views import (
     AuditPage,
@@ -43,6 +44,9 @@ LINKS = pages.Links(
     mlflow_version=lambda model, version: f"http://mlflow.test/#/models/{model}/versions/{version}",
     approve_task_id="approve",
 )
+
+
+PLAN = RollbackPreview(champion="7", target="6", why_not=None, named=())
 
 
 def overview(name: str = "fraud-detector") -> ModelOverview:
@@ -105,13 +109,15 @@ def report(history_total: int = 120, page: int = 2, before: int | None = None, o
 TIMES_SCRIPT_TAG = f'<script src="{LINKS.asset("times.js")}"></script>'
 LINKS_SCRIPT_TAG = f'<script src="{LINKS.asset("links.js")}"></script>'
 FORM_SCRIPT_TAG = f'<script src="{LINKS.asset("rollback.js")}"></script>'
+THEME_SCRIPT_TAG = f'<script src="{LINKS.asset("theme.js")}"></script>'
 # what markupsafe (Jinja's autoescape) makes of HOSTILE
 HOSTILE_AS_TEXT = "&lt;script&gt;alert(&#34;owned&#34;)&lt;/script&gt; &amp; &lt;img src=x onerror=alert(1)&gt;"
 
 
 def assert_only_own_script(html: str) -> None:
-    """The page's scripts are its own two files; every hostile value shows as text."""
-    assert html.count("<script") == 2 and TIMES_SCRIPT_TAG in html and LINKS_SCRIPT_TAG in html
+    """The page's scripts are its own three files; every hostile value shows as text."""
+    assert html.count("<script") == 3 and TIMES_SCRIPT_TAG in html and LINKS_SCRIPT_TAG in html
+    assert html.index(THEME_SCRIPT_TAG) < html.index("</head>")  # the colours are right from the first paint
     assert "<img" not in html and 'alert("owned")' not in html
     assert HOSTILE_AS_TEXT in html
 
@@ -168,7 +174,7 @@ def test_the_content_security_policy_allows_only_the_apps_own_files_and_the_page
         pages.model_page(report(), LINKS, "carol", METRICS),
         pages.lineage_page(Lineage("sha256:x", (), False), LINKS, "alice"),
         pages.message_page("Refused", HOSTILE, LINKS, "alice"),
-        pages.rollback_page(line, ("carol",), LINKS, "carol"),
+        pages.rollback_page(line, PLAN, ("carol",), LINKS, "carol"),
     ):
         assert_no_inline_code(html)
         assert f'<link rel="stylesheet" href="{LINKS.asset("page.css")}">' in html
@@ -182,7 +188,7 @@ def test_every_link_out_of_the_app_says_where_it_opens_so_links_js_can_open_it_f
     for html in (
         pages.overview_page([line], LINKS, "alice"),
         pages.model_page(report(), LINKS, "carol", METRICS),
-        pages.rollback_page(line, ("carol",), LINKS, "carol"),
+        pages.rollback_page(line, PLAN, ("carol",), LINKS, "carol"),
     ):
         for tag, attrs in Tags(html).tags:
             href = attrs.get("href") or ""
@@ -214,7 +220,7 @@ def test_autoescaping_covers_values_no_code_escapes_by_hand() -> None:
 
 
 def test_the_apps_static_files_are_the_pages_styles_and_scripts() -> None:
-    assert set(pages.ASSETS) == {"page.css", "times.js", "links.js", "rollback.js"}
+    assert set(pages.ASSETS) == {"page.css", "theme.js", "times.js", "links.js", "rollback.js"}
     assert {a.media_type.split(";")[0] for a in pages.ASSETS.values()} == {"text/css", "text/javascript"}
     assert "prefers-color-scheme: dark" in pages.ASSETS["page.css"].body.decode()
     assert 'localStorage.getItem("timezone")' in pages.ASSETS["times.js"].body.decode()
@@ -254,11 +260,11 @@ def test_roll_back_leads_on_call_to_the_rollback_form_of_that_model() -> None:
     assert "Roll back</a>" not in pages.model_page(report(), LINKS, "mallory", METRICS)
 
     line = overview('a"b&c<d>')
-    form = pages.rollback_page(line, ("carol",), LINKS, "carol")
-    assert form.count("<script") == 3 and FORM_SCRIPT_TAG in form and "<d>" not in form
+    form = pages.rollback_page(line, PLAN, ("carol",), LINKS, "carol")
+    assert form.count("<script") == 4 and FORM_SCRIPT_TAG in form and "<d>" not in form
     assert 'data-model="a&#34;b&amp;c&lt;d&gt;"' in form and 'data-api="/api/v2/dags/model_rollback/dagRuns"' in form
     assert 'name="reason"' in form and f'maxlength="{MAX_REASON_CHARS}"' in form
-    refused = pages.rollback_page(line, ("alice", "bob"), LINKS, "mallory")
+    refused = pages.rollback_page(line, PLAN, ("alice", "bob"), LINKS, "mallory")
     assert 'id="rollback"' not in refused and "Only the model's on-call may roll it back" in refused
     assert FORM_SCRIPT_TAG not in refused
 
@@ -313,3 +319,58 @@ def test_the_approval_body_shows_the_champions_reason_as_text(monkeypatch: pytes
     assert r"approved by bob: “\<script\>alert\(\"owned\"\)\<\/script\> \& \<img src\=x onerror\=alert\(1\)\>”" in body
     assert re.search(r"(?<!\\)[<>]", body) is None, "every angle bracket in the body is escaped"
     assert champion_note({}) is None
+
+
+def test_the_rollback_form_names_the_version_it_restores_or_why_none_can_be() -> None:
+    line = overview()
+    form = pages.rollback_page(line, PLAN, ("carol",), LINKS, "carol")
+    assert 'Rolling back restores <b id="rollback-target">v6</b>, the version v7 replaced' in form
+    assert ">Roll back to v6</button>" in form and "<fieldset>" in form
+    why = f"{HOSTILE} v7 replaced no earlier champion: nothing to roll back to; pass target_version."
+    named = RollbackPreview("7", None, why, (Restorable("5", False), Restorable("3", True)))
+    form = pages.rollback_page(line, named, ("carol",), LINKS, "carol")
+    assert "No version to restore by default" in form and "<script>alert" not in form  # validate's words, escaped
+    assert "<b>v5</b>, <b>v3</b> (rolled back earlier: tick the box)" in form
+    assert 'placeholder="an earlier champion"' in form and " required placeholder" in form and "<fieldset>" in form
+    impossible = RollbackPreview(None, None, "model 'fraud-detector' has no champion: nothing is in production", ())
+    form = pages.rollback_page(line, impossible, ("carol",), LINKS, "carol")
+    assert "<b>No rollback is possible:</b> model &#39;fraud-detector&#39; has no champion" in form
+    assert "<fieldset disabled>" in form and ">Trigger rollback</button>" in form
+    assert 'data-possible="no"' in form and not impossible.possible and named.possible and PLAN.possible
+
+
+def test_an_open_approval_says_who_may_answer_and_why_the_viewer_may_not() -> None:
+    waiting = replace(overview(), reviewers=("alice", "bob"))
+    waiting = replace(
+        waiting, last_run=replace(waiting.last_run, run_id=waiting.challenger.run_id, triggered_by="alice")
+    )
+    seen = {user: pages.overview_page([waiting], LINKS, user) for user in ("alice", "bob", "carol")}
+    for html in seen.values():
+        assert "May answer: <b>bob</b> (not alice, who triggered the run)." in html
+    assert "You (alice) may not answer: you triggered this run" in seen["alice"]
+    assert "You (carol) may not answer: you are not one of the model&#39;s reviewers" in seen["carol"]
+    assert "You may answer it." in seen["bob"] and "may not answer" not in seen["bob"]
+    assert pages.answerers(("alice",), "alice", "alice").may_answer == ()
+
+
+def test_roll_back_is_not_offered_for_a_model_without_a_champion() -> None:
+    page = pages.model_page(replace(report(), champion=None), LINKS, "carol", METRICS)
+    assert "Roll back</a>" not in page and "Roll back: no champion to roll back" in page
+
+
+def test_the_colours_follow_airflows_theme_and_empty_tables_say_what_to_do() -> None:
+    css = pages.ASSETS["page.css"].body.decode()
+    theme = pages.ASSETS["theme.js"].body.decode()
+    assert ':root[data-theme="dark"]' in css and ':root:not([data-theme="light"])' in css
+    assert 'localStorage.getItem("theme")' in theme and "MutationObserver" in theme and "top.document" in theme
+    empty = replace(report(), versions=(), history=AuditPage((), 1, 50, 0))
+    page = pages.model_page(empty, LINKS, "carol", METRICS)
+    assert "No version yet. Trigger the DAG model_promotion__fraud_detector" in page and "Nothing recorded yet" in page
+    assert "No governed model yet." in pages.overview_page([], LINKS, "alice")
+    assert "No version you may read was trained" in pages.lineage_page(Lineage("sha256:x", (), False), LINKS, "alice")
+
+
+def test_a_history_row_that_stays_in_its_stage_shows_the_stage_once() -> None:
+    row = {**report().history.rows[0], "action": "approve", "from_stage": "Staging", "to_stage": "Staging"}
+    page = pages.model_page(replace(report(), history=AuditPage((row,), 1, 50, 1)), LINKS, "carol", METRICS)
+    assert "<td>Staging</td>" in page and "Staging &rarr; Staging" not in page

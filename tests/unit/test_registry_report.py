@@ -146,5 +146,5 @@ def test_json_times_are_iso_utc() -> None:
     assert as_json({"at": datetime(2026, 1, 2, 3, 4, 5), "nested": [LastRun("d", "r", "x", T0, None, "o")]}) == {
         "at": "2026-01-02T03:04:05Z",
         "nested": [{"dag_id": "d", "run_id": "r", "state": "x", "started_at": "2026-05-01T12:00:00Z",
-                    "ended_at": None, "outcome": "o"}],
+                    "ended_at": None, "outcome": "o", "triggered_by": None}],
     }  # fmt: skip

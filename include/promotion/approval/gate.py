@@ -24,6 +24,7 @@ from include.promotion.config import ModelConfig, get_model_config
 from include.promotion.errors import ApprovalRefused, InputRejected
 from include.promotion.inputs import MAX_REASON_CHARS
 from include.promotion.notify.alerts import approval_notifiers
+from include.promotion.run_note import leave
 from include.promotion.signing import Kind
 from include.promotion.tasks.boundary import fails_fast
 
@@ -100,14 +101,22 @@ class GovernedApprovalOperator(ApprovalOperator):
             # Never leave a challenger that nobody can approve any more: record it like a rejection.
             why = f"the approval request ended with an error ({event.get('error_type', 'error')}): {event['error']}"
             approval.record_answer(cfg.name, version, run, None, False, why[:MAX_REASON_CHARS])
+            leave(f"Not promoted: v{version} rejected: {why}")
             return super().execute_complete(context, event)
         try:
             responder, approved, reason = approval.answer_of(event, self.APPROVE, cfg.approval.timeout_hours)
             approval.check_responder(responder, cfg.approval.reviewers, run.triggered_by)
         except (ApprovalRefused, InputRejected) as exc:
             approval.record_answer(cfg.name, version, run, None, False, f"answer refused: {exc}"[:MAX_REASON_CHARS])
+            leave(f"Not promoted: v{version} rejected, the answer was refused: {exc}")
             raise AirflowFailException(f"{exc} The candidate was rejected; nothing was promoted.") from None
         approval.record_answer(cfg.name, version, run, responder, approved, reason)
+        if not approved:
+            leave(
+                f"Not promoted: v{version} rejected by {responder}: {reason}"
+                if responder
+                else f"Not promoted: v{version} {reason}"
+            )
         return super().execute_complete(context, event)
 
 

@@ -85,6 +85,22 @@ def apply_gates(
     return results, reasons
 
 
+def outcome_line(evaluation: Evaluation) -> str:
+    """The verdict in one line, reason first: what the ``evaluate`` log opens with."""
+    if not evaluation.passed:
+        return f"NOT PROMOTED: {'; '.join(evaluation.reasons)}. Nothing will be registered."
+    passed = len(evaluation.gate_results)
+    against = (
+        f"beats champion v{evaluation.champion_version}" if evaluation.champion_version else "no champion to beat yet"
+    )
+    return f"PASSED all {passed} gates ({against}): the candidate goes on to registration and review."
+
+
+def gate_lines(evaluation: Evaluation) -> list[str]:
+    """One line per gate: PASS or FAIL, the gate, the candidate's value."""
+    return [f"  {'PASS' if g['passed'] else 'FAIL'}  {g['gate']}: {g['value']:.4f}" for g in evaluation.gate_results]
+
+
 def comparison_markdown(evaluation: Evaluation) -> str:
     """Candidate vs champion, metric by metric with deltas, as a Markdown table."""
     champion = evaluation.champion_metrics

@@ -6,8 +6,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from include.promotion.audit import log as audit
 from include.promotion.audit.replay import AuditedState, audited_state
@@ -41,12 +42,17 @@ def plan_rollback(
     target_version: str | int | None,
     client: MlflowClient | None = None,
     allow_rolled_back: bool = False,
+    audit_rows: Sequence[Mapping[str, Any]] | None = None,
 ) -> RollbackPlan:
-    """Resolve and check a rollback's target in O(1) registry calls; raise ``RollbackTargetInvalid``."""
+    """Resolve and check a rollback's target in O(1) registry calls; raise ``RollbackTargetInvalid``.
+
+    ``audit_rows``: the model's audit rows, oldest first, when the caller read them already (the rollback form
+    reads them as the audit log's reader); by default they are read here."""
     client = client or mlflow_client.client()
     requested = clean_version(target_version)
     champion = get_alias(client, name, CHAMPION_ALIAS)
-    state = audited_state(name, audit.rows(name))  # what only workers wrote: the last word on what served
+    # what only workers wrote: the last word on what served
+    state = audited_state(name, audit.rows(name) if audit_rows is None else audit_rows)
     current_deleted = False
     if champion is not None:
         current = str(champion.version)

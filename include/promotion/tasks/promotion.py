@@ -19,6 +19,7 @@ from include.promotion.config import METRICS, get_model_config
 from include.promotion.pipeline import data, evaluation, training
 from include.promotion.post_promotion import check as post_promotion
 from include.promotion.registry import lifecycle
+from include.promotion.run_note import leave
 from include.promotion.signing import Kind, sign, verify
 from include.promotion.states import METRIC_TAG_PREFIX, Tag
 
@@ -53,7 +54,9 @@ def evaluate(model_name: str, trained: dict[str, Any], run: RunRef) -> dict[str,
     trained = verify(Kind.TRAINING, run, trained)
     frame = data.load_expected(cfg, trained["data_version"])
     verdict = evaluation.evaluate_candidate(cfg, frame, trained)
-    log.info("%s gate results:\n%s", model_name, "\n".join(f"  {g}" for g in verdict.gate_results))
+    # the outcome and its reason first; then every gate, the failed ones marked
+    log.info("%s: %s", model_name, evaluation.outcome_line(verdict))
+    log.info("%s gates:\n%s", model_name, "\n".join(evaluation.gate_lines(verdict)))
     return sign(Kind.EVALUATION, run, verdict.as_dict())
 
 
@@ -62,9 +65,10 @@ def register(model_name: str, trained: dict[str, Any], verdict: dict[str, Any], 
     trained = verify(Kind.TRAINING, run, trained)
     verdict = verify(Kind.EVALUATION, run, verdict)
     if not verdict["passed"]:
-        message = f"not promoted: {'; '.join(verdict['reasons'])}"
-        log.warning("%s NOT PROMOTED: %s. Nothing was registered.", model_name, "; ".join(verdict["reasons"]))
-        raise AirflowSkipException(message)
+        why = "; ".join(verdict["reasons"])
+        log.warning("%s NOT PROMOTED: %s. Nothing was registered.", model_name, why)
+        leave(f"Not promoted: {why}. Nothing was registered.")
+        raise AirflowSkipException(f"not promoted: {why}")
     cfg = get_model_config(model_name)
     tags = {
         **training.lineage_tags(cfg, trained["data_version"], run.dag_id, run.run_id),
@@ -103,6 +107,8 @@ def promote_to_production(model_name: str, staged: dict[str, Any], run: RunRef) 
 
     approver, previous = lifecycle.promote_to_production(model_name, version, lifecycle.Change.by(run), four_eyes)
     log.info("%s v%s is the champion (approved by %s); archived: %s", model_name, version, approver, previous)
+    archived = f"; v{previous} archived" if previous else "; the model's first champion"
+    leave(f"Promoted v{version} to production (approved by {approver}{archived}).")
     return {"model_name": model_name, "version": version, "archived": previous, "approver": approver}
 
 

@@ -13,6 +13,7 @@ from include.promotion.inputs import clean_reason
 from include.promotion.registry import client as mlflow_client
 from include.promotion.registry import lifecycle, rollback
 from include.promotion.registry.invariants import verify_invariant
+from include.promotion.run_note import leave
 from include.promotion.signing import Kind, sign, verify
 from include.promotion.states import CHAMPION_ALIAS
 
@@ -90,4 +91,5 @@ def verify_rollback(signed_plan: dict[str, Any], run: RunRef) -> str:
         raise InvariantViolation(
             f"'{name}': expected the champion to be v{target} after the rollback, found v{champion}."
         )
+    leave(f"Rolled back {name}: v{target} is the champion again, v{plan['current_version']} is rolled back.")
     return champion

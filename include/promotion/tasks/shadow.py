@@ -20,6 +20,7 @@ from include.promotion.config import get_model_config
 from include.promotion.registry import client as mlflow_client
 from include.promotion.registry import lifecycle
 from include.promotion.retries import retry_transient
+from include.promotion.run_note import leave
 from include.promotion.shadow import evaluate, evidence
 from include.promotion.signing import Kind, sign, verify
 from include.promotion.states import CHAMPION_ALIAS, AuditAction
@@ -32,6 +33,7 @@ def shadow_evaluate(model_name: str, staged: dict[str, Any], run: RunRef) -> tup
     cfg = get_model_config(model_name)
     version = verify(Kind.STAGING, run, staged)["version"]
     if earlier := _rejected_by(model_name, version, run):  # a retry after this run rejected it
+        leave(f"Not promoted: v{version} rejected by its shadow evaluation: {earlier}")
         raise AirflowSkipException(f"not promoted: {earlier}")
     client = mlflow_client.client()
     champion = (
@@ -49,6 +51,7 @@ def shadow_evaluate(model_name: str, staged: dict[str, Any], run: RunRef) -> tup
         reason = "; ".join(found["reasons"])
         retry_transient(lifecycle.reject, model_name, version, run.dag_id, reason, lifecycle.Change.by(run))
         log.warning("%s v%s NOT PROMOTED: %s", model_name, version, reason)
+        leave(f"Not promoted: v{version} rejected by its shadow evaluation: {reason}")
         raise AirflowSkipException(f"not promoted: {reason}")
     return True, sign(Kind.SHADOW, run, found)
 

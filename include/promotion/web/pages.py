@@ -23,7 +23,8 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from include.promotion.inputs import MAX_REASON_CHARS, MAX_VERSION
 from include.promotion.web import production_health
-from include.promotion.web.views import Lineage, ModelOverview, ModelReport, iso_utc
+from include.promotion.web.rollback_form import RollbackPreview
+from include.promotion.web.views import Answerers, Lineage, ModelOverview, ModelReport, iso_utc
 
 TEMPLATES = Path(__file__).with_name("templates")
 STATIC = Path(__file__).with_name("static")
@@ -101,6 +102,18 @@ class Links:
         return f"{self.app_root}/static/{url(name)}?v={ASSETS[name].version}"
 
 
+def answerers(reviewers: Sequence[str], triggered_by: str | None, user: str) -> Answerers:
+    """Who may answer an open approval (the model's reviewers, never the run's triggerer), and why ``user`` may not:
+    what Airflow's Required Actions does not say before the click (it shows the buttons to every viewer)."""
+    if user and user == triggered_by:
+        why = "you triggered this run, and no one approves a run they triggered"
+    elif user not in reviewers:
+        why = "you are not one of the model's reviewers"
+    else:
+        why = None
+    return Answerers(tuple(r for r in reviewers if r != triggered_by), triggered_by, why)
+
+
 def short(text: str, keep: int = 18) -> str:
     """A long id cut to ``keep`` characters (the whole of it goes in a title or a link)."""
     return text if len(text) <= keep else text[: keep - 1] + "\u2026"
@@ -128,6 +141,7 @@ def environment() -> Environment:
         MAX_REASON_CHARS=MAX_REASON_CHARS,
         SCORES=production_health.SCORES,
         url=url,
+        answerers=answerers,
     )
     return env
 
@@ -161,6 +175,9 @@ def message_page(title: str, message: str, links: Links, user: str) -> str:
     return render("message.html", links, user, title=title, message=message)
 
 
-def rollback_page(overview: ModelOverview, on_call: Sequence[str], links: Links, user: str) -> str:
-    """The ``model_rollback`` DAG's form for one model (model filled in), for its on-call; others see who is."""
-    return render("rollback.html", links, user, overview=overview, on_call=on_call)
+def rollback_page(
+    overview: ModelOverview, plan: RollbackPreview, on_call: Sequence[str], links: Links, user: str
+) -> str:
+    """The ``model_rollback`` DAG's form for one model (model filled in), for its on-call; others see who is. It names
+    the version a rollback restores, or says why none can be and is disabled then."""
+    return render("rollback.html", links, user, overview=overview, plan=plan, on_call=on_call)

@@ -7,7 +7,8 @@ Three sources, each read in a fixed number of queries whatever the number of ver
   across every model;
 - the **audit log** (PostgreSQL, read-only connection ``promotion_db_reader``): the parameterized SQL of
   ``include/promotion/audit/queries.py``, paginated newest first, plus one query for who did what to each version;
-- **Airflow's record of the runs** (``runs``): the last retraining run per model, read by the caller.
+- **Airflow's record of the runs** (``runs``): the last retraining run per model and the models whose last rollback
+  run failed, read by the caller.
 
 Nothing here decides anything: it reads and shapes (``shaping``) into ``views``. ``pages`` renders them as HTML,
 ``routes`` serves them.
@@ -47,7 +48,15 @@ from include.promotion.web.registry_reads import (
     version_page,
 )
 from include.promotion.web.shaping import alerts_for, challenger_of, champion_of, metrics_of, millis, version_row
-from include.promotion.web.views import LastRun, Lineage, LineageHit, ModelOverview, ModelReport, VersionRow
+from include.promotion.web.views import (
+    FailedRollback,
+    LastRun,
+    Lineage,
+    LineageHit,
+    ModelOverview,
+    ModelReport,
+    VersionRow,
+)
 
 # The audit database as a reader: SELECT on the audit log only (the api-server never holds a role that writes it).
 READER_CONN_ID = "promotion_db_reader"
@@ -90,6 +99,7 @@ def model_report(
     last_run: LastRun | None = None,
     before: int | None = None,
     conn_id: str = READER_CONN_ID,
+    failed_rollback: FailedRollback | None = None,
 ) -> ModelReport:
     """One model's page: its newest versions (below version ``before``, if given), one page of its audit history,
     its alerts.
@@ -138,8 +148,10 @@ def model_report(
             last_run,
             tags_of(registered).get(CLAIM_REFUSED_TAG),
             findings,
+            failed_rollback,
         ),
         health=production_health.shape(cfg, champion, offline, checks, findings, now),
+        last_run=last_run,
     )
 
 
@@ -159,13 +171,14 @@ def overview(
     configs: Sequence[ModelConfig],
     last_runs: Mapping[str, LastRun] | None = None,
     conn_id: str = READER_CONN_ID,
+    failed_rollbacks: Mapping[str, FailedRollback] | None = None,
 ) -> list[ModelOverview]:
     """One line per governed model: champion, challenger, last run, alerts.
 
     Registry calls per model: one registered-model search and ``get_model_version`` for the champion and the
     challenger (at most three). SQL: four queries for all models together.
     """
-    last_runs = last_runs or {}
+    last_runs, failed_rollbacks = last_runs or {}, failed_rollbacks or {}
     names = [cfg.name for cfg in configs]
     with ThreadPoolExecutor(max_workers=OVERVIEW_READERS) as pool:  # models side by side: the page waits less
         found = dict(zip(names, pool.map(serving_versions, names), strict=True))
@@ -199,7 +212,9 @@ def overview(
                     last_run,
                     tags_of(registered).get(CLAIM_REFUSED_TAG),
                     findings.get(cfg.name, []),
+                    failed_rollbacks.get(cfg.name),
                 ),
+                reviewers=tuple(cfg.approval.reviewers),
             )
         )
     return lines

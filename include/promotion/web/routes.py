@@ -33,8 +33,8 @@ from include.promotion.config import METRICS, ModelConfig, load_model_configs
 from include.promotion.errors import InputRejected
 from include.promotion.registry import client as mlflow_client
 from include.promotion.watch.mlflow_webhook import URL_PREFIX  # where the plugin mounts the package's app
-from include.promotion.web import limits, pages, report
-from include.promotion.web.runs import RunTasks, read_last_runs
+from include.promotion.web import limits, pages, report, rollback_form
+from include.promotion.web.runs import RunTasks, read_failed_rollbacks, read_last_runs
 from include.promotion.web.views import Lineage, ModelOverview, ModelReport, as_json
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,8 @@ def _json(content: Any) -> SafeJSONResponse:
 def _overview(user: Any, tasks: RunTasks) -> list[ModelOverview]:
     configs = readable_models(user)
     runs = _read("Airflow's runs", read_last_runs, [c.dag_id for c in configs], tasks)
-    return _read("the registry and the audit log", report.overview, configs, runs)
+    rollbacks = _read("Airflow's runs", read_failed_rollbacks, [c.name for c in configs], pages.ROLLBACK_DAG_ID)
+    return _read("the registry and the audit log", report.overview, configs, runs, failed_rollbacks=rollbacks)
 
 
 def _model(
@@ -170,7 +171,17 @@ def _model(
     page_number, page_size = _read("the page number", limits.clean_page, page, per_page)
     cursor = _read("the version number", limits.clean_before, before)
     run = _read("Airflow's runs", read_last_runs, [cfg.dag_id], tasks).get(cfg.dag_id)
-    return _read("the registry and the audit log", report.model_report, cfg, page_number, page_size, run, cursor)
+    rollback = _read("Airflow's runs", read_failed_rollbacks, [cfg.name], pages.ROLLBACK_DAG_ID).get(cfg.name)
+    return _read(
+        "the registry and the audit log",
+        report.model_report,
+        cfg,
+        page_number,
+        page_size,
+        run,
+        cursor,
+        failed_rollback=rollback,
+    )
 
 
 def _lineage(user: Any, data_version: str | None) -> Lineage:
@@ -214,7 +225,8 @@ def rollback_page(request: Request, user: PageUser, model_name: str) -> Response
     def build(links: pages.Links, name: str) -> str:
         cfg = readable_model(user, model_name)
         line = _read("the registry and the audit log", report.overview, [cfg])[0]
-        return pages.rollback_page(line, cfg.rollback_on_call, links, name)
+        plan = _read("the registry and the audit log", rollback_form.preview, cfg.name, report.READER_CONN_ID)
+        return pages.rollback_page(line, plan, cfg.rollback_on_call, links, name)
 
     return _page(request, user, "Roll back", build)
 

@@ -7,7 +7,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from include.promotion.web.views import LastRun
+from include.promotion.web.views import FailedRollback, LastRun
+
+RECENT_ROLLBACKS = 200  # the rollback runs the alerts look through, newest first
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,14 @@ def last_runs(dag_ids: Sequence[str], tasks: RunTasks, session: Any) -> dict[str
         select(DagRun.dag_id, func.max(DagRun.id).label("id")).where(DagRun.dag_id.in_(dag_ids)).group_by(DagRun.dag_id)
     ).subquery()
     runs = session.execute(
-        select(DagRun.dag_id, DagRun.run_id, DagRun.state, DagRun.start_date, DagRun.end_date).join(
-            newest, DagRun.id == newest.c.id
-        )
+        select(
+            DagRun.dag_id,
+            DagRun.run_id,
+            DagRun.state,
+            DagRun.start_date,
+            DagRun.end_date,
+            DagRun.triggering_user_name,
+        ).join(newest, DagRun.id == newest.c.id)
     ).all()
     if not runs:
         return {}
@@ -98,9 +105,43 @@ def last_runs(dag_ids: Sequence[str], tasks: RunTasks, session: Any) -> dict[str
             outcome=run_outcome(
                 _state(r.state), states.get((r.dag_id, r.run_id), {}), reasons.get((r.dag_id, r.run_id), [])
             ),
+            triggered_by=r.triggering_user_name or None,
         )
         for r in runs
     }
+
+
+def failed_rollbacks(
+    models: Sequence[str], rollback_dag_id: str, session: Any, recent: int = RECENT_ROLLBACKS
+) -> dict[str, FailedRollback]:
+    """{model: its latest finished rollback run} for the models whose latest one failed: one query, over the
+    ``recent`` newest runs of the rollback DAG (a model rolled back longer ago than that has no alert)."""
+    from airflow.models.dagrun import DagRun
+    from sqlalchemy import select
+
+    wanted, latest = set(models), {}
+    for run in session.scalars(
+        select(DagRun)
+        .where(DagRun.dag_id == rollback_dag_id, DagRun.state.in_(("success", "failed")))
+        .order_by(DagRun.id.desc())
+        .limit(recent)
+    ):
+        model = (run.conf or {}).get("model_name") if isinstance(run.conf, dict) else None
+        if model in wanted and model not in latest:
+            latest[model] = run
+    return {
+        model: FailedRollback(run.run_id, run.end_date, run.note)
+        for model, run in latest.items()
+        if _state(run.state) == "failed"
+    }
+
+
+def read_failed_rollbacks(models: Sequence[str], rollback_dag_id: str) -> dict[str, FailedRollback]:
+    """``failed_rollbacks`` in a session of the api-server's own metadata database."""
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return failed_rollbacks(models, rollback_dag_id, session)
 
 
 def read_last_runs(dag_ids: Sequence[str], tasks: RunTasks) -> dict[str, LastRun]:

@@ -14,7 +14,7 @@ from include.promotion.audit.queries import CHECK_DEMOTED, ENDED_BY, SERVES_AFTE
 from include.promotion.config import METRICS
 from include.promotion.shadow.evidence import page_line
 from include.promotion.states import METRIC_TAG_PREFIX, AuditAction, Status, Tag
-from include.promotion.web.views import Challenger, Champion, LastRun, VersionRow
+from include.promotion.web.views import Challenger, Champion, FailedRollback, LastRun, VersionRow
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -107,6 +107,7 @@ def alerts_for(
     last_run: LastRun | None,
     claim_refused: str | None,
     health_findings: Iterable[Mapping[str, Any]] = (),
+    failed_rollback: FailedRollback | None = None,
 ) -> tuple[str, ...]:
     """What someone responsible for the model should look at now."""
     alerts = [f"registry drift on record: {reason}" for reason in sorted(open_drift)]
@@ -122,6 +123,9 @@ def alerts_for(
         )
     if last_run is not None and last_run.state == "failed":
         alerts.append(f"the last retraining run failed ({last_run.run_id})")
+    if failed_rollback is not None:
+        why = failed_rollback.note or "see its task logs"
+        alerts.append(f"the last rollback run failed ({failed_rollback.run_id}): {why}")
     if claim_refused:
         alerts.append(f"the registered model was writable by others ({claim_refused}): an MLflow admin must fix it")
     return tuple(alerts)

@@ -59,6 +59,25 @@ class LastRun:
     started_at: datetime | None
     ended_at: datetime | None
     outcome: str
+    triggered_by: str | None = None  # the user who triggered it (None: scheduled); may not answer its approval
+
+
+@dataclass(frozen=True)
+class FailedRollback:
+    """A model's latest ``model_rollback`` run, when it failed: an alert until a later rollback of it succeeds."""
+
+    run_id: str
+    ended_at: datetime | None
+    note: str | None  # the run's note: validate's refusal, or the failed task
+
+
+@dataclass(frozen=True)
+class Answerers:
+    """Who may answer an open approval, and why the viewer may not (None: the viewer may)."""
+
+    may_answer: tuple[str, ...]
+    triggered_by: str | None
+    viewer_may_not: str | None
 
 
 @dataclass(frozen=True)
@@ -69,6 +88,7 @@ class ModelOverview:
     challenger: Challenger | None
     last_run: LastRun | None
     alerts: tuple[str, ...]
+    reviewers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -154,6 +174,7 @@ class ModelReport:
     history: AuditPage
     alerts: tuple[str, ...]
     health: ProductionHealth | None = None
+    last_run: LastRun | None = None
 
 
 @dataclass(frozen=True)
@@ -196,11 +217,13 @@ def iso_utc(moment: datetime) -> str:
 
 
 __all__ = [
+    "Answerers",
     "AuditPage",
     "Challenger",
     "Champion",
     "DriftFigure",
     "Event",
+    "FailedRollback",
     "Finding",
     "HealthCheck",
     "LastRun",
