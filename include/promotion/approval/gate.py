@@ -20,6 +20,7 @@ from airflow.sdk.execution_time.hitl import HITLUser
 from include.promotion import signing
 from include.promotion.airflow_run import RunRef
 from include.promotion.approval import review as approval
+from include.promotion.approval.restarts import restarts_of
 from include.promotion.config import ModelConfig, get_model_config
 from include.promotion.errors import ApprovalRefused, InputRejected
 from include.promotion.inputs import MAX_REASON_CHARS
@@ -53,9 +54,12 @@ class GovernedApprovalOperator(ApprovalOperator):
         run = RunRef.from_context(context)
         staged = signing.verify(Kind.STAGING, run, self.staged)
         try:
-            eligible = approval.eligible_reviewers(cfg.approval.reviewers, run.triggered_by)
+            restarts = restarts_of(run)
+            eligible = approval.eligible_reviewers(cfg.approval.reviewers, run.triggered_by, restarts)
         except ApprovalRefused as exc:
             raise AirflowFailException(str(exc)) from None
+        if restarts:
+            self.log.warning("This run was restarted by %s", "; ".join(r.describe() for r in restarts))
         self.assigned_users = [HITLUser(id=r, name=r) for r in eligible]
         self.subject = f"Promote {cfg.name} v{staged['version']} to production?"
         evaluation = signing.verify(Kind.EVALUATION, run, self.evaluation)
@@ -66,6 +70,7 @@ class GovernedApprovalOperator(ApprovalOperator):
             signing.verify(Kind.TRAINING, run, self.trained),
             approval.champion_note(approval.champion_tags(cfg.name, evaluation.get("champion_version"))),
             signing.verify(Kind.SHADOW, run, self.shadow) if self.shadow is not None else None,
+            approval.who_may_answer(eligible, run.triggered_by, restarts),
         )
         self.log.info(
             "Waiting for one of %s to approve %s v%s (Required Actions in the Airflow UI); timeout %s.",
@@ -92,11 +97,13 @@ class GovernedApprovalOperator(ApprovalOperator):
             return super().execute_complete(context, event)
         try:
             responder, approved, reason = approval.answer_of(event, self.APPROVE, cfg.approval.timeout_hours)
-            approval.check_responder(responder, cfg.approval.reviewers, run.triggered_by)
+            # read again: a clear while the gate waited (of this run's tasks) counts as much as one before it
+            restarts = restarts_of(run) if responder is not None else []
+            approval.check_responder(responder, cfg.approval.reviewers, run.triggered_by, restarts)
         except (ApprovalRefused, InputRejected) as exc:
             approval.record_answer(cfg.name, version, run, None, False, f"answer refused: {exc}"[:MAX_REASON_CHARS])
             raise AirflowFailException(f"{exc} The candidate was rejected; nothing was promoted.") from None
-        approval.record_answer(cfg.name, version, run, responder, approved, reason)
+        approval.record_answer(cfg.name, version, run, responder, approved, reason, restarts)
         return super().execute_complete(context, event)
 
 
