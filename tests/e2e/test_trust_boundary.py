@@ -155,41 +155,39 @@ def test_answers_outside_the_limits_are_refused_and_an_oversize_one_is_recorded_
 
 
 # -- c2. four eyes by who made the candidate: the run's clearer, and a gate answered twice ----------------------
-def test_a_reviewer_who_cleared_the_run_cannot_approve_it_and_a_replayed_gate_changes_nothing(
+def test_a_cleared_gate_never_reopens_so_neither_its_clearer_nor_a_replayed_answer_changes_anything(
     as_user, run_to_gate
 ) -> None:
-    """alice triggers; bob (a reviewer) clears every task of her run, so it retrains and the candidate is his too:
-    Airflow itself refuses his answer (403: he is no longer assigned), the question says why, carol approves. Then
-    bob clears ``approve`` of the finished run and carol answers the gate again, differently: refused, the registry
-    stays byte-identical."""
-    gate = run_to_gate("clearer", approval={"reviewers": ["alice", "bob", "carol"], "timeout_hours": 1})
-    name, dag_id, run_id, candidate = gate.name, gate.dag_id, gate.run_id, gate.candidate
-    bob, carol = as_user("bob"), as_user("carol")
+    """Airflow keeps a cleared gate's first question: its assigned users and evidence (apache/airflow#73235). So a
+    cleared gate refuses to reopen, whoever cleared it. (1) bob (a reviewer) clears every task of alice's run, so it
+    retrains and the candidate is his too: the gate fails naming him and the candidate is withdrawn. (2) carol
+    approves alice's next run; bob clears ``approve`` and would answer again: the registry stays byte-identical."""
+    reviewers = {"approval": {"reviewers": ["alice", "bob", "carol"], "timeout_hours": 1}}
+    gate = run_to_gate("clearer", **reviewers)
+    name, dag_id, run_id, champion = gate.name, gate.dag_id, gate.run_id, gate.champion
+    alice, bob, carol = as_user("alice"), as_user("bob"), as_user("carol")
+    assert "not alice triggered the run" in bob.hitl_detail(dag_id, run_id)["body"]  # said before anyone clicks
 
-    clear(bob, dag_id, run_id)  # every task, as the UI's "Clear run" does
-    detail = bob.wait_for_gate(dag_id, run_id)
-    assert [u["id"] for u in detail["assigned_users"]] == ["carol"]
-    assert "not bob restarted it: bob (cleared tasks at" in detail["body"], detail["body"][-800:]
-    with pytest.raises(AirflowAPIError) as refused:
-        bob.answer(dag_id, run_id, "Approve", "my own retrain looks fine")
-    assert refused.value.status_code == 403, refused.value
-    assert bob.task_states(dag_id, run_id)["approve"] == "awaiting_input"
+    clear(bob, dag_id, run_id)  # every task, as the UI's "Clear run" does: it retrains
+    assert bob.wait_for_run(dag_id, run_id, timeout=240) == "failed"
+    assert "Airflow keeps a cleared gate's first question" in latest_log(bob, dag_id, run_id, "approve")
+    rejection = audit.rows(name)[-1]
+    assert (rejection["version"], rejection["action"], rejection["actor"]) == (gate.candidate, "reject", dag_id)
+    assert "run restarted by bob (cleared tasks at" in rejection["reason"], rejection["reason"]
+    assert "challenger" not in mlflow_client.client().get_registered_model(name).aliases
+    assert verify_invariant(name) == champion
 
-    carol.answer(dag_id, run_id, "Approve", "reviewed the retrain")
+    run_id = alice.trigger(dag_id)
+    alice.wait_for_gate(dag_id, run_id)
+    carol.answer(dag_id, run_id, "Approve", "reviewed")
     assert carol.wait_for_run(dag_id, run_id, timeout=240) == "success"
-    approval = [r for r in audit.rows(name) if r["action"] == "approve"][-1]
-    assert (approval["version"], approval["actor"]) == (candidate, "carol")  # the same run: register is not repeated
-    assert approval["reason"].startswith("reviewed the retrain [run restarted by bob (cleared tasks at")
     before = snapshot(name)
-
-    clear(bob, dag_id, run_id, ["approve"])  # the gate asks again, for a version that is already the champion
-    carol.wait_for_gate(dag_id, run_id)
-    carol.answer(dag_id, run_id, "Approve", "approving it once more")
-    assert carol.wait_for_run(dag_id, run_id, timeout=180) == "failed"
-    log = latest_log(carol, dag_id, run_id, "approve")
-    assert "this run's approval was already answered (approve by carol" in log, log[-2000:]
+    clear(bob, dag_id, run_id, ["approve"])  # the gate would ask again, for the version that is now the champion
+    assert bob.wait_for_run(dag_id, run_id, timeout=180) == "failed"
+    log = latest_log(bob, dag_id, run_id, "approve")
+    assert "Airflow keeps a cleared gate's first question" in log, log[-2000:]
+    assert "already answered (approve by carol" in log, log[-2000:]
     assert snapshot(name) == before  # no tag rewritten without an audit row: the registry and the log as they were
-    assert mlflow_client.client().get_model_version(name, candidate).tags["approved_by"] == "carol"
 
 
 # -- d. rollbacks by the wrong person, or outside the limits -----------------------------------------------
