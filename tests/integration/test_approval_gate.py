@@ -92,7 +92,7 @@ def test_a_refused_answer_fails_the_task_and_says_why(models_dir: Path) -> None:
 def test_a_second_answer_to_an_answered_gate_changes_nothing(models_dir: Path, option: str, reason: str) -> None:
     """A cleared ``approve`` asks again; the audit log holds the first answer, so the second writes nothing (no tag
     without its audit row) and the task fails saying so."""
-    name, version, task, context = gate_for(models_dir)
+    name, _, task, context = gate_for(models_dir)
     task.execute_complete(context, answer("bob", reason="better recall"))
     before = snapshot(name)
     with pytest.raises(AirflowFailException, match=r"already answered \(approve by bob"):
