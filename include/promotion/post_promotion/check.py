@@ -266,7 +266,7 @@ def verify_in_production(cfg: ModelConfig, run: RunRef) -> dict[str, Any]:
         )
     champion = mlflow_client.get_alias(client, name, CHAMPION_ALIAS)
     if champion is None or str(champion.version) != promotion.version:
-        _moved(cfg, promotion, str(champion.version) if champion is not None else None)
+        _moved(cfg, promotion, str(champion.version) if champion is not None else None, change)
     with tempfile.TemporaryDirectory(prefix="post-promotion-") as tmp:
         try:
             sample = expected_sample(client, name, promotion.version, Path(tmp))
@@ -281,24 +281,28 @@ def verify_in_production(cfg: ModelConfig, run: RunRef) -> dict[str, Any]:
     _serving_latency(name, promotion.version, result)
     loaded = result.get("version")
     if loaded is not None and loaded != promotion.version:
-        _moved(cfg, promotion, loaded)
+        _moved(cfg, promotion, loaded, change)
     if failed := failures_of(result, cfg):
         log.error("%s v%s: post-promotion measurements %s", name, promotion.version, json.dumps(result))
         _fail(cfg, promotion, failed, change)
-    log.info(
-        "%s v%s passed its post-promotion check: loaded in %.2f s through the serving loader, %d holdout "
-        "probabilities within %g of evaluate's (max %.3g), single-row p95 %.2f ms (limit %g ms; %s)",
-        name,
-        promotion.version,
-        result["load_seconds"],
-        result["rows"],
-        MAX_ABS_DIFF,
-        result["max_abs_diff"],
-        result["latency_ms_p95"],
-        cfg.post_promotion.latency_ms_p95,
-        result["latency_source"],
+    passed = (
+        f"loaded in {result['load_seconds']:.2f} s through the serving loader, {result['rows']} holdout "
+        f"probabilities within {MAX_ABS_DIFF:g} of evaluate's (max {result['max_abs_diff']:.3g}), single-row p95 "
+        f"{result['latency_ms_p95']:.2f} ms (limit {cfg.post_promotion.latency_ms_p95:g} ms; "
+        f"{result['latency_source']})"
     )
+    record_outcome(promotion, change, AuditAction.POST_CHECK_PASSED, f"passed: {passed}")
+    log.info("%s v%s passed its post-promotion check: %s", name, promotion.version, passed)
     return {**result, "checked": True, "passed": True}
+
+
+def record_outcome(promotion: Promotion, change: Change, action: AuditAction, reason: str) -> None:
+    """The check's outcome as an audit row, written by the check itself: a promotion without one was never checked
+    (``unchecked_promotion``), whatever state its task shows."""
+    from include.promotion.audit import log as audit
+
+    with audit.model_lock(promotion.model_name, change.change_id) as book:
+        book.record(change.entry(promotion.model_name, promotion.version, action, None, None, reason[:1900]))
 
 
 SERVING_LATENCY_MIN_ROWS = 50  # champion predictions of the version in the last hour, for the serving-side p95
@@ -334,7 +338,73 @@ def _serving_latency(name: str, version: str, result: dict[str, Any]) -> None:
     log.info("%s v%s: latency judged from %s", name, version, result["latency_source"])
 
 
-def _moved(cfg: ModelConfig, promotion: Promotion, holder: str | None) -> None:
+# -- a promotion whose check never ran: a task state set by hand (or a skipped task) skips nothing ---------------
+CHECK_OUTCOMES = (AuditAction.POST_CHECK_PASSED, AuditAction.POST_CHECK_FAILED, AuditAction.POST_CHECK_ROLLBACK)
+
+
+def unchecked_promotion(
+    rows: list[dict[str, Any]], since: Any = None, run: RunRef | None = None
+) -> dict[str, Any] | None:
+    """The ``promote`` row of a promotion that holds production with no check outcome after it, else None.
+
+    ``run``: only that run's promotion (its own ``notify_deployers``); otherwise the champion's, when the latest
+    row that put a version in production is a ``promote``. ``since``: promotions recorded earlier are not judged
+    (they predate check outcomes: ``audit.schema.CHECK_OUTCOMES_MIGRATION``).
+    """
+    from include.promotion.audit.replay import status_after
+    from include.promotion.states import Status
+
+    if run is not None:
+        mine = [r for r in rows if r["dag_id"] == run.dag_id and r["run_id"] == run.run_id]
+        promoted = [r for r in mine if r["action"] == AuditAction.PROMOTE]
+    else:
+        entered = [r for r in rows if status_after(r) == Status.PRODUCTION and r["action"] != AuditAction.APPROVE]
+        promoted = entered[-1:] if entered and entered[-1]["action"] == AuditAction.PROMOTE else []
+    if not promoted:
+        return None
+    promote = promoted[-1]
+    if since is not None and promote["created_at"] < since:
+        return None
+    after = [r for r in rows if r["id"] > promote["id"] and str(r["version"]) == str(promote["version"])]
+    return None if any(r["action"] in CHECK_OUTCOMES for r in after) else promote
+
+
+def check_outcome_recorded(cfg: ModelConfig, change: Change, run: RunRef | None = None, grace: float = 0.0) -> None:
+    """Handle a promotion without a check outcome as a failed check (alert; roll back when configured): ``run``'s
+    own, or (the watch) the champion's, once ``grace`` minutes passed. Raises ``PostPromotionCheckFailed``."""
+    from datetime import UTC, datetime, timedelta
+
+    from include.promotion.audit import log as audit
+    from include.promotion.audit import schema as audit_schema
+
+    if not cfg.post_promotion.check:
+        return
+    conn = audit_schema.connect()
+    try:
+        since = audit_schema.applied_at(conn, audit_schema.CHECK_OUTCOMES_MIGRATION)
+    finally:
+        conn.close()
+    rows = audit.rows(cfg.name)
+    promote = unchecked_promotion(rows, since, run)
+    if promote is None or (run is None and promote["created_at"] > datetime.now(UTC) - timedelta(minutes=grace)):
+        return
+    version = str(promote["version"])
+    archived = [
+        str(r["version"])
+        for r in rows
+        if r["action"] == AuditAction.ARCHIVE
+        and (r["dag_id"], r["run_id"]) == (promote["dag_id"], promote["run_id"])
+        and str(r["version"]) != version
+    ]
+    why = (
+        f"no check outcome is on record for the promotion of v{version} by run {promote['run_id']}: "
+        "verify_in_production never checked it (its state was set by hand, or it was skipped)"
+    )
+    log.error("%s: %s; handled as a failed check", cfg.name, why)
+    _fail(cfg, Promotion(cfg.name, version, archived[-1] if archived else None), [why], change)
+
+
+def _moved(cfg: ModelConfig, promotion: Promotion, holder: str | None, change: Change) -> None:
     """Someone else moved ``champion`` since this run promoted: alert and fail, never undo their change."""
     from include.promotion.errors import PostPromotionCheckFailed
     from include.promotion.notify import alerts as notifiers
@@ -346,6 +416,7 @@ def _moved(cfg: ModelConfig, promotion: Promotion, holder: str | None) -> None:
         "change); see the audit log and the registry watch."
     )
     notifiers.alert_post_promotion(cfg, [message])
+    record_outcome(promotion, change, AuditAction.POST_CHECK_FAILED, message)
     raise PostPromotionCheckFailed(message)
 
 
@@ -382,6 +453,8 @@ def _fail(cfg: ModelConfig, promotion: Promotion, failed: list[str], change: Cha
             outcome = f"the automatic rollback to v{promotion.previous} was refused: {exc}"
     message = f"{name} v{version} failed its post-promotion check: {what.rstrip('.')}. {outcome}."
     notifiers.alert_post_promotion(cfg, [message])
+    if not outcome.startswith("rolled back"):  # a rollback's own post_check_rollback rows are the outcome otherwise
+        record_outcome(promotion, change, AuditAction.POST_CHECK_FAILED, message)
     raise PostPromotionCheckFailed(message)
 
 
