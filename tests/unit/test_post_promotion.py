@@ -17,9 +17,9 @@ from include.promotion.post_promotion.check import (
     MAX_ABS_DIFF,
     REPO_ROOT,
     failures_of,
-    unchecked_promotion,
     worth_a_second_look,
 )
+from include.promotion.post_promotion.outcome import unchecked_promotion
 
 DEMO = REPO_ROOT / "include" / "models" / "fraud-detector.yaml"
 GOOD = {"version": "3", "signature": None, "max_abs_diff": 0.0, "rows": 200, "latency_ms_p95": 4.2}

@@ -26,10 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from include.promotion.post_promotion.outcome import Promotion
 from include.promotion.states import CHAMPION_ALIAS, AuditAction, Stage, Tag
 
 if TYPE_CHECKING:
@@ -60,15 +60,6 @@ LATENCY_PREDICTIONS = 100  # single-row predictions timed for the p95
 CHECK_TIMEOUT = 600.0  # seconds the fresh interpreter may take (loading, 200 rows, the timed predictions)
 RESULT_MARKER = "POST_PROMOTION_RESULT "  # the line of the child's stdout that carries its JSON
 REPO_ROOT = Path(__file__).resolve().parents[3]
-
-
-@dataclass(frozen=True)
-class Promotion:
-    """What this run changed in production, from its own audit rows: the version it promoted, the one it replaced."""
-
-    model_name: str
-    version: str
-    previous: str | None
 
 
 # -- the fresh interpreter: measure ------------------------------------------------------------------------------
@@ -243,6 +234,7 @@ def worth_a_second_look(result: dict[str, Any], cfg: ModelConfig) -> bool:
 def verify_in_production(cfg: ModelConfig, run: RunRef) -> dict[str, Any]:
     """The check, its rollback and its alert; returns the measurements, raises ``PostPromotionCheckFailed``."""
     from include.promotion.errors import PostPromotionCheckFailed
+    from include.promotion.post_promotion import outcome
     from include.promotion.registry import client as mlflow_client
     from include.promotion.registry.lifecycle import Change, require_version
 
@@ -291,18 +283,9 @@ def verify_in_production(cfg: ModelConfig, run: RunRef) -> dict[str, Any]:
         f"{result['latency_ms_p95']:.2f} ms (limit {cfg.post_promotion.latency_ms_p95:g} ms; "
         f"{result['latency_source']})"
     )
-    record_outcome(promotion, change, AuditAction.POST_CHECK_PASSED, f"passed: {passed}")
+    outcome.record_outcome(promotion, change, AuditAction.POST_CHECK_PASSED, f"passed: {passed}")
     log.info("%s v%s passed its post-promotion check: %s", name, promotion.version, passed)
     return {**result, "checked": True, "passed": True}
-
-
-def record_outcome(promotion: Promotion, change: Change, action: AuditAction, reason: str) -> None:
-    """The check's outcome as an audit row, written by the check itself: a promotion without one was never checked
-    (``unchecked_promotion``), whatever state its task shows."""
-    from include.promotion.audit import log as audit
-
-    with audit.model_lock(promotion.model_name, change.change_id) as book:
-        book.record(change.entry(promotion.model_name, promotion.version, action, None, None, reason[:1900]))
 
 
 SERVING_LATENCY_MIN_ROWS = 50  # champion predictions of the version in the last hour, for the serving-side p95
@@ -338,76 +321,21 @@ def _serving_latency(name: str, version: str, result: dict[str, Any]) -> None:
     log.info("%s v%s: latency judged from %s", name, version, result["latency_source"])
 
 
-# -- a promotion whose check never ran: a task state set by hand (or a skipped task) skips nothing ---------------
-CHECK_OUTCOMES = (AuditAction.POST_CHECK_PASSED, AuditAction.POST_CHECK_FAILED, AuditAction.POST_CHECK_ROLLBACK)
-
-
-def unchecked_promotion(
-    rows: list[dict[str, Any]], since: Any = None, run: RunRef | None = None
-) -> dict[str, Any] | None:
-    """The ``promote`` row of a promotion that holds production with no check outcome after it, else None.
-
-    ``run``: only that run's promotion (its own ``notify_deployers``); otherwise the champion's, when the latest
-    row that put a version in production is a ``promote``. ``since``: promotions recorded earlier are not judged
-    (they predate check outcomes: ``audit.schema.CHECK_OUTCOMES_MIGRATION``).
-    """
-    from include.promotion.audit.replay import status_after
-    from include.promotion.states import Status
-
-    if run is not None:
-        mine = [r for r in rows if r["dag_id"] == run.dag_id and r["run_id"] == run.run_id]
-        promoted = [r for r in mine if r["action"] == AuditAction.PROMOTE]
-    else:
-        entered = [r for r in rows if status_after(r) == Status.PRODUCTION and r["action"] != AuditAction.APPROVE]
-        promoted = entered[-1:] if entered and entered[-1]["action"] == AuditAction.PROMOTE else []
-    if not promoted:
-        return None
-    promote = promoted[-1]
-    if since is not None and promote["created_at"] < since:
-        return None
-    after = [r for r in rows if r["id"] > promote["id"] and str(r["version"]) == str(promote["version"])]
-    return None if any(r["action"] in CHECK_OUTCOMES for r in after) else promote
-
-
 def check_outcome_recorded(cfg: ModelConfig, change: Change, run: RunRef | None = None, grace: float = 0.0) -> None:
     """Handle a promotion without a check outcome as a failed check (alert; roll back when configured): ``run``'s
-    own, or (the watch) the champion's, once ``grace`` minutes passed. Raises ``PostPromotionCheckFailed``."""
-    from datetime import UTC, datetime, timedelta
+    own, or (the watch) the champion's, once ``grace`` minutes passed (``outcome.unchecked``). Raises
+    ``PostPromotionCheckFailed``."""
+    from include.promotion.post_promotion import outcome
 
-    from include.promotion.audit import log as audit
-    from include.promotion.audit import schema as audit_schema
-
-    if not cfg.post_promotion.check:
-        return
-    conn = audit_schema.connect()
-    try:
-        since = audit_schema.applied_at(conn, audit_schema.CHECK_OUTCOMES_MIGRATION)
-    finally:
-        conn.close()
-    rows = audit.rows(cfg.name)
-    promote = unchecked_promotion(rows, since, run)
-    if promote is None or (run is None and promote["created_at"] > datetime.now(UTC) - timedelta(minutes=grace)):
-        return
-    version = str(promote["version"])
-    archived = [
-        str(r["version"])
-        for r in rows
-        if r["action"] == AuditAction.ARCHIVE
-        and (r["dag_id"], r["run_id"]) == (promote["dag_id"], promote["run_id"])
-        and str(r["version"]) != version
-    ]
-    why = (
-        f"no check outcome is on record for the promotion of v{version} by run {promote['run_id']}: "
-        "verify_in_production never checked it (its state was set by hand, or it was skipped)"
-    )
-    log.error("%s: %s; handled as a failed check", cfg.name, why)
-    _fail(cfg, Promotion(cfg.name, version, archived[-1] if archived else None), [why], change)
+    if found := outcome.unchecked(cfg, run, grace):
+        _fail(cfg, found[0], [found[1]], change)
 
 
 def _moved(cfg: ModelConfig, promotion: Promotion, holder: str | None, change: Change) -> None:
     """Someone else moved ``champion`` since this run promoted: alert and fail, never undo their change."""
     from include.promotion.errors import PostPromotionCheckFailed
     from include.promotion.notify import alerts as notifiers
+    from include.promotion.post_promotion import outcome
 
     now = f"v{holder}" if holder else "no version"
     message = (
@@ -416,7 +344,7 @@ def _moved(cfg: ModelConfig, promotion: Promotion, holder: str | None, change: C
         "change); see the audit log and the registry watch."
     )
     notifiers.alert_post_promotion(cfg, [message])
-    record_outcome(promotion, change, AuditAction.POST_CHECK_FAILED, message)
+    outcome.record_outcome(promotion, change, AuditAction.POST_CHECK_FAILED, message)
     raise PostPromotionCheckFailed(message)
 
 
@@ -427,6 +355,7 @@ def _fail(cfg: ModelConfig, promotion: Promotion, failed: list[str], change: Cha
     """
     from include.promotion.errors import PostPromotionCheckFailed, PromotionError
     from include.promotion.notify import alerts as notifiers
+    from include.promotion.post_promotion import outcome
     from include.promotion.registry import rollback
 
     name, version = cfg.name, promotion.version
@@ -454,7 +383,7 @@ def _fail(cfg: ModelConfig, promotion: Promotion, failed: list[str], change: Cha
     message = f"{name} v{version} failed its post-promotion check: {what.rstrip('.')}. {outcome}."
     notifiers.alert_post_promotion(cfg, [message])
     if not outcome.startswith("rolled back"):  # a rollback's own post_check_rollback rows are the outcome otherwise
-        record_outcome(promotion, change, AuditAction.POST_CHECK_FAILED, message)
+        outcome.record_outcome(promotion, change, AuditAction.POST_CHECK_FAILED, message)
     raise PostPromotionCheckFailed(message)
 
 
