@@ -4,11 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-<<<<<<< HEAD
-.PHONY: run run-distributed test test-fast lint venv browser constraints benchmark screenshots clean-state
-=======
-.PHONY: run run-distributed test test-fast lint venv browser browser-chromium constraints benchmark clean-state
->>>>>>> h-ui
+.PHONY: run run-distributed test test-fast lint venv browser browser-chromium constraints benchmark screenshots clean-state
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt client/pyproject.toml client/requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,15 +28,13 @@ run-distributed: $(STAMP)
 
 # The browser tests (tests/e2e/test_promotion_page.py) drive Debian's chromium through Playwright (Playwright's own
 # browser download is not reachable from every machine): installed here when missing and we are root. Their
-# accessibility check injects axe-core, taken from the npm registry (npm pack) into .cache/ once.
+# accessibility check injects axe-core, taken from the npm registry (checked against its integrity hash) into .cache/
+# once.
 AXE_VERSION = 4.14.1
 AXE = .cache/axe-core-$(AXE_VERSION)/axe.min.js
 browser: browser-chromium $(AXE)
 $(AXE):
-	@command -v npm >/dev/null 2>&1 || { echo "The accessibility check needs npm (apt-get install -y npm)" >&2; exit 1; }
-	mkdir -p $(dir $(AXE))
-	cd $(dir $(AXE)) && npm pack --silent axe-core@$(AXE_VERSION) >/dev/null && \
-	  tar -xzf axe-core-$(AXE_VERSION).tgz --strip-components=1 package/axe.min.js && rm axe-core-$(AXE_VERSION).tgz
+	$(PYTHON) -m scripts.axe_core $(AXE_VERSION) $(AXE)
 browser-chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \

@@ -33,12 +33,22 @@ fi
 # The Airflow users' passwords, kept in the passwords file and printed the first time. Airflow's own code
 # writes them here, before the api-server's first start would, so that MLflow gets the same ones.
 echo "airflow-init: Airflow users' passwords"
+# The pipeline's read-only Airflow account (the approval gate reads Airflow's event log with it: who cleared a
+# run): its password comes from .env, as the workers' connection promotion_airflow_api holds it.
+python - <<'PYTHON'
+import json, os, pathlib
+path = pathlib.Path(os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
+current = json.loads(path.read_text() or "{}") if path.exists() else {}
+current["event-log-reader"] = os.environ["PROMOTION_AIRFLOW_API_PASSWORD"]
+path.write_text(json.dumps(current))
+PYTHON
 python -c 'from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager as M; M().init()'
 
 # Signed in as the MLflow admin: the pipeline's service account (the only account that writes governed
 # models), a read account for each Airflow user with their Airflow password, and the api-server's `promotion-reader`.
 echo "airflow-init: MLflow accounts"
-python -m include.promotion.registry.accounts bootstrap --people-file "${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE}"
+python -m include.promotion.registry.accounts bootstrap --people-file "${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE}" \
+    --not-people event-log-reader
 
 # As the service account (an MLflow admin: webhooks are admin-only): MLflow posts registry events to the
 # api-server, which wakes the DAG model_registry_watch for the model at once. Created, or updated in place.

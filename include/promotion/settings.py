@@ -70,6 +70,13 @@ def retention_schedule() -> str | None:
     return None if value.lower() in {"none", "null"} else value
 
 
+def unchecked_promotion_minutes() -> float:
+    """How long after a promotion the registry watch expects its post-promotion check outcome
+    (``PROMOTION_UNCHECKED_PROMOTION_MINUTES``, default 30): a champion still without one is handled as a failed
+    check. The promotion run's own ``notify_deployers`` finds it at once; this is the watch's backstop."""
+    return float(os.environ.get("PROMOTION_UNCHECKED_PROMOTION_MINUTES") or 30)
+
+
 def clock_skew_seconds() -> float:
     """How far apart the clocks of the workers and the MLflow server may be (``PROMOTION_CLOCK_SKEW_SECONDS``,
     default 60). The registry watch calls a version created later than that after the pipeline registered it a

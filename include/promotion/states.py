@@ -58,6 +58,9 @@ class AuditAction(StrEnum):
     DRIFT_DETECTED = "drift_detected"
     DRIFT_RESTORE = "drift_restore"
     POST_CHECK_ROLLBACK = "post_check_rollback"
+    # the post-promotion check's outcome, written by the check itself (a task state set by hand writes no row)
+    POST_CHECK_PASSED = "post_check_passed"
+    POST_CHECK_FAILED = "post_check_failed"
     # production health (model_health): a finding opened on the champion, and the same finding gone
     HEALTH_DEGRADED = "health_degraded"
     HEALTH_RECOVERED = "health_recovered"

@@ -11,7 +11,10 @@ DEFAULT_USERS = {"admin": "admin", "alice": "user", "bob": "user", "carol": "use
 # passwords file only (never printed, no MLflow account). The demo's labeler announces new labelled data through
 # POST /api/v2/assets/events, which needs role op (scripts/traffic.py).
 LABELER = "labeler"
-DEFAULT_SERVICE_USERS = {LABELER: "op"}
+# The pipeline's own Airflow account: read-only (viewer). The approval gate reads Airflow's event log with it (who
+# cleared or re-ran a run: four eyes, include/promotion/approval/restarts.py); only the task-running processes get it.
+PIPELINE_AIRFLOW_USER = "event-log-reader"
+DEFAULT_SERVICE_USERS = {LABELER: "op", PIPELINE_AIRFLOW_USER: "viewer"}
 LOOPBACK = "127.0.0.1"
 # The executors a stack runs Airflow with: ``make run`` (one machine) and ``make run-distributed`` (the team
 # stack's shape: Redis, two Celery workers that share nothing on disk, MLflow on PostgreSQL).

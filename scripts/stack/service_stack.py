@@ -9,12 +9,13 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 import psutil
 
 from scripts.stack.airflow_services import COMPONENTS, AirflowServices
 from scripts.stack.celery_workers import CeleryWorkers
-from scripts.stack.config import StackConfig
+from scripts.stack.config import LOOPBACK, PIPELINE_AIRFLOW_USER, StackConfig
 from scripts.stack.mlflow_server import MlflowServer
 from scripts.stack.postgres import APP_ROLE, OWNER_ROLE, READER_ROLE, SERVING_ROLE, Postgres
 from scripts.stack.processes import Port, Supervisor
@@ -133,6 +134,8 @@ class ServiceStack:
             # the reader role (SELECT on the audit log): what the Model promotion page reads it with
             "AIRFLOW_CONN_PROMOTION_DB_READER": self.postgres.role_uri(READER_ROLE),
             "PROMOTION_SIGNING_KEY": self.state.secrets["signing_key"],
+            # the pipeline's read-only Airflow account (the approval gate reads Airflow's event log with it)
+            "AIRFLOW_CONN_PROMOTION_AIRFLOW_API": self.pipeline_airflow_api_uri(),
             # MLflow signs its webhook deliveries with it; among Airflow's processes only the api-server gets it
             "PROMOTION_WEBHOOK_SECRET": self.state.secrets["webhook_secret"],
             "PYTHONPATH": os.pathsep.join(pythonpath),
@@ -143,6 +146,11 @@ class ServiceStack:
         if self.config.models_dir is not None:
             env["PROMOTION_MODELS_DIR"] = str(self.config.models_dir)
         return env
+
+    def pipeline_airflow_api_uri(self) -> str:
+        """The connection ``promotion_airflow_api``: the api-server's URL and the pipeline's read-only account."""
+        password = quote(self.state.service_password(PIPELINE_AIRFLOW_USER), safe="")
+        return f"http://{PIPELINE_AIRFLOW_USER}:{password}@{LOOPBACK}:{self.airflow.port.number}"
 
     def serving_env(self) -> dict[str, str]:
         """What a serving process needs to log its predictions: the serving role's URL (INSERT into the prediction

@@ -37,7 +37,8 @@ pytestmark = pytest.mark.e2e
 
 # A worker that stops heartbeating fails its task after this long (shared setting: 60 s): the kill test waits less.
 HEARTBEAT_TIMEOUT = "20"
-CLEAN_RUN_ACTIONS = ["register", "stage", "approve", "promote"]
+# one row per registry change, then the post-promotion check's outcome
+CLEAN_RUN_ACTIONS = ["register", "stage", "approve", "promote", "post_check_passed"]
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +169,7 @@ def test_a_run_spreads_over_both_workers_and_a_reviewer_promotes_it(celery_stack
     assert verify_invariant(name) == version
     rows = audit.rows(name)
     assert [r["action"] for r in rows] == CLEAN_RUN_ACTIONS
-    assert (rows[-1]["actor"], rows[-1]["reason"]) == ("bob", "fine on both workers")
+    assert (rows[-2]["actor"], rows[-2]["reason"]) == ("bob", "fine on both workers")
 
     # MLflow stores in PostgreSQL (its own database on the stack's server) and serves the artifacts itself
     with psycopg2.connect(celery_stack.postgres_uri("mlflow_celery")) as conn, conn.cursor() as cur:

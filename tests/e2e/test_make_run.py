@@ -171,6 +171,7 @@ def test_make_run_tells_the_whole_story_and_keeps_its_state(tmp_path: Path) -> N
             ("1", "stage", DAG_ID),
             ("1", "approve", "bob"),
             ("1", "promote", "bob"),
+            ("1", "post_check_passed", "post-promotion-check"),
         ]
         # (a second retrain on the same data would be a copy of the champion: not promoted; and rollbacks have their own
         # tests on both executors: tests/e2e/test_rollback_dag.py, tests/e2e/test_celery_stack.py)

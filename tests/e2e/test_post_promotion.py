@@ -59,3 +59,30 @@ def test_a_champion_that_does_not_hold_is_rolled_back_by_the_check(airflow, as_u
 
 
 # A champion that holds, and its one signed event: tests/e2e/test_celery_stack.py (the story run).
+
+
+def test_a_check_marked_success_by_hand_is_handled_as_a_failed_check(as_user, run_to_gate) -> None:
+    """carol (not a reviewer) sets ``verify_in_production`` to success through the REST API before the approval, so
+    the check never runs. The check's outcome is an audit row only the check writes: the promotion run's own
+    ``notify_deployers`` finds none, rolls back to the champion it replaced and alerts."""
+    gate = run_to_gate("pcmarked")
+    carol, bob = as_user("carol"), as_user("bob")
+    task = f"/dags/{gate.dag_id}/dagRuns/{gate.run_id}/taskInstances/verify_in_production"
+    carol.request("PATCH", task, json={"new_state": "success"})
+    bob.answer(gate.dag_id, gate.run_id, "Approve", "metrics beat the gates")
+
+    bob.wait_for_task(gate.dag_id, gate.run_id, "notify_deployers", {"success", "failed"}, timeout=300)
+    states = bob.task_states(gate.dag_id, gate.run_id)
+    assert (states["promote_to_production"], states["verify_in_production"]) == ("success", "success")
+    assert states["notify_deployers"] == "failed"
+    assert verify_invariant(gate.name) == gate.champion  # the unchecked champion did not stay
+    rows = [(r["version"], r["action"], r["to_stage"], r["actor"]) for r in audit.rows(gate.name)][-4:]
+    assert rows == [
+        (gate.candidate, "promote", "Production", "bob"),
+        (gate.champion, "archive", "Archived", "bob"),
+        (gate.champion, "post_check_rollback", "Production", CHECK_ACTOR),
+        (gate.candidate, "post_check_rollback", "Archived", CHECK_ACTOR),
+    ]
+    log = bob.task_log(gate.dag_id, gate.run_id, "notify_deployers")
+    assert f"no check outcome is on record for the promotion of v{gate.candidate}" in log, log[-2000:]
+    assert "POST-PROMOTION CHECK FAILED" in log

@@ -54,7 +54,8 @@ def test_the_demo_model_reaches_the_gate_and_a_reviewer_promotes_it(as_user) -> 
     assert client.get_model_version_by_alias(name, "champion").version == mv.version
     assert "challenger" not in client.get_registered_model(name).aliases
     rows = audit.rows(name)
-    assert [(r["action"], r["actor"], r["reason"]) for r in rows][-1] == ("promote", "bob", "metrics beat the gates")
+    assert [(r["action"], r["actor"], r["reason"]) for r in rows][-2] == ("promote", "bob", "metrics beat the gates")
+    assert (rows[-1]["action"], rows[-1]["actor"]) == ("post_check_passed", "post-promotion-check")
     assert verify_invariant(name) == mv.version
     # the first champion as a serving client loads it: the post-promotion check passed (no deploy targets configured)
     states = bob.task_states(dag_id, run_id)

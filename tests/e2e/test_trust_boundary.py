@@ -153,6 +153,35 @@ def test_answers_outside_the_limits_are_refused_and_an_oversize_one_is_recorded_
     assert verify_invariant(name) == champion
     assert "challenger" not in mlflow_client.client().get_registered_model(name).aliases
 
+    # a replayed gate (carol, on call, clears the answered ``approve``): it asks nothing again and writes nothing
+    before = snapshot(name)
+    clear(as_user("carol"), dag_id, run_id, ["approve"])
+    assert bob.wait_for_run(dag_id, run_id, timeout=180) == "failed"
+    log = latest_log(bob, dag_id, run_id, "approve")
+    assert "Airflow keeps a cleared gate's first question" in log and "already answered (reject by" in log, log[-2000:]
+    assert snapshot(name) == before
+
+
+# -- c2. four eyes by who made the candidate: the run's clearer ------------------------------------------------
+def test_a_reviewer_who_cleared_the_run_cannot_approve_what_it_retrained(as_user, run_to_gate) -> None:
+    """bob (a reviewer) clears every task of alice's run, so it retrains and the candidate is his too. Airflow keeps
+    a cleared gate's first question, with bob still assigned (apache/airflow#73235), so the gate does not reopen: it
+    fails naming him, and the candidate is withdrawn on record."""
+    gate = run_to_gate("clearer", approval={"reviewers": ["alice", "bob", "carol"], "timeout_hours": 1})
+    name, dag_id, run_id = gate.name, gate.dag_id, gate.run_id
+    bob = as_user("bob")
+    assert "not alice triggered the run" in bob.hitl_detail(dag_id, run_id)["body"]  # said before anyone clicks
+
+    clear(bob, dag_id, run_id)  # every task, as the UI's "Clear run" does: it retrains
+    assert bob.wait_for_run(dag_id, run_id, timeout=240) == "failed"
+    assert bob.task_states(dag_id, run_id)["train"] == "success"
+    assert "Airflow keeps a cleared gate's first question" in latest_log(bob, dag_id, run_id, "approve")
+    rejection = audit.rows(name)[-1]
+    assert (rejection["version"], rejection["action"], rejection["actor"]) == (gate.candidate, "reject", dag_id)
+    assert "run restarted by bob (cleared tasks at" in rejection["reason"], rejection["reason"]
+    assert "challenger" not in mlflow_client.client().get_registered_model(name).aliases
+    assert verify_invariant(name) == gate.champion
+
 
 # -- d. rollbacks by the wrong person, or outside the limits -----------------------------------------------
 def test_a_rollback_by_someone_not_on_call_is_refused(as_user, add_model) -> None:

@@ -21,7 +21,8 @@ from include.promotion.registry import lifecycle
 from include.promotion.signing import Kind, sign
 from tests.support import DEMO, change, promote, register, run_ref, snapshot, unique
 
-pytestmark = pytest.mark.usefixtures("services")
+# the gate reads who restarted the run from Airflow's event log (these runs are not in it: nobody restarted them)
+pytestmark = pytest.mark.usefixtures("airflow")
 
 
 def gate_for(models_dir: Path, triggered_by: str = "alice"):
@@ -85,3 +86,15 @@ def test_a_refused_answer_fails_the_task_and_says_why(models_dir: Path) -> None:
     _, _, task, context = gate_for(models_dir)
     with pytest.raises(AirflowFailException, match=r"2001 characters long.*nothing was promoted"):
         task.execute_complete(context, answer("bob", reason="y" * 2001))
+
+
+@pytest.mark.parametrize(("option", "reason"), [("Reject", "second thoughts"), ("Approve", "a better reason")])
+def test_a_second_answer_to_an_answered_gate_changes_nothing(models_dir: Path, option: str, reason: str) -> None:
+    """A cleared ``approve`` asks again; the audit log holds the first answer, so the second writes nothing (no tag
+    without its audit row) and the task fails saying so."""
+    name, _, task, context = gate_for(models_dir)
+    task.execute_complete(context, answer("bob", reason="better recall"))
+    before = snapshot(name)
+    with pytest.raises(AirflowFailException, match=r"already answered \(approve by bob"):
+        task.execute_complete(context, answer("bob", option, reason))
+    assert snapshot(name) == before

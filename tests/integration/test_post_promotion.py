@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from include.promotion.audit import log as audit
-from include.promotion.errors import PostPromotionCheckFailed
+from include.promotion.errors import PostPromotionCheckFailed, PromotionError
 from include.promotion.post_promotion.check import CHECK_ACTOR, SAMPLE_ARTIFACT, SAMPLE_DIGEST_PARAM
 from include.promotion.registry import client as mlflow_client
 from include.promotion.registry.accounts import acting_as
@@ -53,6 +53,13 @@ def overwrite_model_file(services, name: str, version: str, content: bytes | Non
         client.log_model_artifacts(model_id, str(upload))
 
 
+def registry_and_outcome(name: str, before: dict) -> tuple[dict, list[tuple[str, str]]]:
+    """The registry as it is (the audit part: the rows before ``before`` was taken), and the rows added since."""
+    now = snapshot(name)
+    added = [(r["version"], r["action"]) for r in audit.rows(name) if r["id"] not in set(before["audit"])]
+    return {**now, "audit": [i for i in now["audit"] if i in set(before["audit"])]}, added
+
+
 def check_rows(name: str) -> list[tuple[str, str, str, str]]:
     return [
         (r["version"], r["action"], r["to_stage"], r["actor"])
@@ -73,7 +80,11 @@ def test_a_good_champion_passes_and_a_moved_alias_is_never_undone(services, mode
     assert result["passed"] and result["version"] == version and result["rows"] == 200
     assert result["max_abs_diff"] <= 1e-9 and result["signature"] is None
     assert 0 < result["latency_ms_p95"] <= 50
-    assert snapshot(name) == before  # a check that passes changes nothing
+    # a check that passes changes nothing in the registry; it records its outcome (a state set by hand records none)
+    assert registry_and_outcome(name, before) == (before, [(version, "post_check_passed")])
+    outcome = audit.rows(name)[-1]
+    assert outcome["actor"] == CHECK_ACTOR and outcome["reason"].startswith("passed: loaded in")
+    before = snapshot(name)
 
     # the MLflow admin moves champion back by hand: the check fails and never undoes someone else's change
     with acting_as("admin", services.passwords()["admin"]):
@@ -81,7 +92,7 @@ def test_a_good_champion_passes_and_a_moved_alias_is_never_undone(services, mode
     moved = snapshot(name)
     with pytest.raises(PostPromotionCheckFailed, match=f"'champion' now points at v{previous}: someone else"):
         tasks.verify_in_production(name, run)
-    assert snapshot(name) == moved
+    assert registry_and_outcome(name, moved) == (moved, [(version, "post_check_failed")])
 
 
 def test_a_model_replaced_after_evaluation_is_rolled_back_once(services, models_dir: Path, caplog) -> None:
@@ -146,7 +157,8 @@ def test_without_auto_rollback_or_an_earlier_champion_the_check_fails_and_change
     before = snapshot(first)
     with pytest.raises(PostPromotionCheckFailed, match=r"replaced no earlier champion.*stays in production"):
         tasks.verify_in_production(first, run)
-    assert snapshot(first) == before and champion(first) == version
+    assert registry_and_outcome(first, before) == (before, [(version, "post_check_failed")])
+    assert champion(first) == version
 
     manual = fast_model(models_dir, "pcmanual", post_promotion={"latency_ms_p95": 0.001, "auto_rollback": False})
     seed_champion(manual)
@@ -154,7 +166,8 @@ def test_without_auto_rollback_or_an_earlier_champion_the_check_fails_and_change
     before = snapshot(manual)
     with pytest.raises(PostPromotionCheckFailed, match="auto_rollback is off: nothing was rolled back"):
         tasks.verify_in_production(manual, run)
-    assert snapshot(manual) == before and champion(manual) == version
+    assert registry_and_outcome(manual, before) == (before, [(version, "post_check_failed")])
+    assert champion(manual) == version
 
 
 def test_a_check_turned_off_only_says_so(models_dir: Path, caplog) -> None:
@@ -183,3 +196,38 @@ def test_a_sample_edited_in_the_artifact_store_is_refused(services, models_dir: 
     with pytest.raises(PostPromotionCheckFailed, match="was changed after evaluate logged it"):
         tasks.verify_in_production(name, run)
     assert champion(name) == previous
+
+
+def test_a_promotion_whose_check_never_ran_is_handled_as_a_failed_check(models_dir: Path, monkeypatch) -> None:
+    """``verify_in_production`` set to success by hand (or skipped) records no outcome: the promotion run's own
+    ``notify_deployers`` rolls it back and alerts; once rolled back, nothing is done twice. The watch's backstop finds
+    a champion without an outcome once the grace period passed, and not before."""
+    from include.promotion.notify.deploy_events import notify_deployers
+    from include.promotion.tasks.watch import watch_registry
+
+    name = fast_model(models_dir, "pcunchecked")
+    previous = seed_champion(name)
+    run, version = promote_candidate(name)  # promoted; its check never ran
+    unchecked = f"no check outcome is on record for the promotion of v{version}"
+    with pytest.raises(PostPromotionCheckFailed, match=unchecked):
+        notify_deployers(name, run)
+    assert champion(name) == previous == verify_invariant(name)
+    assert check_rows(name) == [
+        (previous, "post_check_rollback", "Production", CHECK_ACTOR),
+        (version, "post_check_rollback", "Archived", CHECK_ACTOR),
+    ]
+    after = snapshot(name)
+    notify_deployers(name, run)  # a retry: the rollback rows are the outcome now
+    assert snapshot(name) == after
+
+    watched = fast_model(models_dir, "pcwatch")
+    previous = seed_champion(watched)
+    _, version = promote_candidate(watched)
+    monkeypatch.setenv("PROMOTION_UNCHECKED_PROMOTION_MINUTES", "30")
+    before = snapshot(watched)
+    watch_registry(watched, run_ref(dag_id="model_registry_watch"))  # within the grace period: not yet
+    assert snapshot(watched) == before
+    monkeypatch.setenv("PROMOTION_UNCHECKED_PROMOTION_MINUTES", "0")
+    with pytest.raises(PromotionError, match=f"no check outcome is on record for the promotion of v{version}"):
+        watch_registry(watched, run_ref(dag_id="model_registry_watch"))
+    assert champion(watched) == previous

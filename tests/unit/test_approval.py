@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+
 import pytest
 
-from include.promotion.approval.review import check_responder, eligible_reviewers, evidence_markdown
+from include.promotion.airflow_run import RunRef
+from include.promotion.approval.restarts import Restart, restarts_in
+from include.promotion.approval.review import check_responder, eligible_reviewers, evidence_markdown, who_may_answer
 from include.promotion.config import parse_model_config
 from include.promotion.errors import ApprovalRefused
 from tests.support import DEMO
@@ -50,6 +55,52 @@ def test_answers_from_the_triggerer_or_a_stranger_are_refused(responder: str, me
 def test_a_reviewer_and_a_timeout_are_accepted() -> None:
     check_responder("bob", ["alice", "bob"], "alice")
     check_responder(None, ["alice", "bob"], "alice")
+
+
+RUN = RunRef("model_promotion__m", "manual__1", "bob", datetime(2026, 12, 5, 20, 0, tzinfo=UTC))
+
+
+def event(id: int, name: str, owner: str, run_id: str | None = "manual__1", **extra: object) -> dict:
+    """An event as GET /api/v2/eventLogs returns it."""
+    return {
+        "event_log_id": id,
+        "event": name,
+        "owner": owner,
+        "dag_id": "model_promotion__m",
+        "run_id": run_id,
+        "when": f"2026-12-05T20:{id:02d}:00Z",
+        "extra": json.dumps({"method": "POST", **extra}),
+    }
+
+
+def test_clears_and_state_changes_of_the_run_are_restarts_other_events_are_not() -> None:
+    events = [
+        event(1, "post_clear_task_instances", "alice", dry_run=False),
+        event(1, "post_clear_task_instances", "alice", dry_run=False),  # the same event read twice
+        event(2, "clear_dag_run", "dave"),
+        event(3, "patch_task_instance", "carol", new_state="success"),
+        event(4, "patch_dag_run", "erin", note="looks good"),  # a note is not a restart
+        event(5, "get_task_instance", "frank"),
+        event(6, "post_clear_task_instances", "gina", run_id="manual__other"),  # another run
+        event(7, "post_clear_task_instances", "hank", run_id=None),  # by date range, after the run began
+        event(8, "post_clear_task_instances", "ivan", run_id=None, dag_run_id="manual__other"),
+        {**event(9, "post_clear_task_instances", "judy", run_id=None), "when": "2026-12-05T19:00:00Z"},  # before
+        {**event(10, "clear_dag_run", "kim"), "dag_id": "model_promotion__other"},
+    ]
+    assert [r.user for r in restarts_in(events, RUN)] == ["alice", "dave", "carol", "hank"]
+
+
+def test_whoever_restarted_the_run_is_not_an_eligible_reviewer_and_is_refused() -> None:
+    restarts = [Restart("alice", "post_clear_task_instances", "2026-12-05T20:01:00Z")]
+    assert eligible_reviewers(["alice", "bob", "carol"], "bob", restarts) == ["carol"]
+    with pytest.raises(ApprovalRefused, match=r"restarted this run .*cleared tasks at 2026-12-05 20:01:00"):
+        check_responder("alice", ["alice", "bob", "carol"], "bob", restarts)
+    with pytest.raises(ApprovalRefused, match="made this candidate themselves"):
+        eligible_reviewers(["alice", "bob"], "bob", restarts)
+    line = who_may_answer(["carol"], "bob", restarts)
+    assert "**Who may answer**: carol" in line
+    assert "not bob triggered the run" in line
+    assert "not alice restarted it" in line
 
 
 def test_the_evidence_shows_candidate_and_champion_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,6 +24,6 @@ def test_a_service_accounts_password_is_kept_apart_from_the_peoples(tmp_path: Pa
 
 
 def test_an_account_is_a_persons_or_a_programs(tmp_path: Path) -> None:
-    assert StackConfig(state_dir=tmp_path).service_users == {"labeler": "op"}
+    assert StackConfig(state_dir=tmp_path).service_users == {"labeler": "op", "event-log-reader": "viewer"}
     with pytest.raises(ValueError, match=r"\['labeler'\]: an account is a person's"):
         StackConfig(state_dir=tmp_path, users={"labeler": "admin"})

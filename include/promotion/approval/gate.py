@@ -20,8 +20,9 @@ from airflow.sdk.execution_time.hitl import HITLUser
 from include.promotion import signing
 from include.promotion.airflow_run import RunRef
 from include.promotion.approval import review as approval
+from include.promotion.approval.restarts import restarts_of
 from include.promotion.config import ModelConfig, get_model_config
-from include.promotion.errors import ApprovalRefused, InputRejected
+from include.promotion.errors import ApprovalRefused, InputRejected, RegistryStateError
 from include.promotion.inputs import MAX_REASON_CHARS
 from include.promotion.notify.alerts import approval_notifiers
 from include.promotion.run_note import leave
@@ -64,9 +65,12 @@ class GovernedApprovalOperator(ApprovalOperator):
         run = RunRef.from_context(context)
         staged = signing.verify(Kind.STAGING, run, self.staged)
         try:
-            eligible = approval.eligible_reviewers(cfg.approval.reviewers, run.triggered_by)
+            restarts = restarts_of(run)
+            eligible = approval.eligible_reviewers(cfg.approval.reviewers, run.triggered_by, restarts)
         except ApprovalRefused as exc:
             raise AirflowFailException(str(exc)) from None
+        if restarts:
+            self.log.warning("This run was restarted by %s", "; ".join(r.describe() for r in restarts))
         self.assigned_users = [HITLUser(id=r, name=r) for r in eligible]
         self.subject = f"Promote {cfg.name} v{staged['version']} to production?"
         evaluation = signing.verify(Kind.EVALUATION, run, self.evaluation)
@@ -77,7 +81,20 @@ class GovernedApprovalOperator(ApprovalOperator):
             signing.verify(Kind.TRAINING, run, self.trained),
             approval.champion_note(approval.champion_tags(cfg.name, evaluation.get("champion_version"))),
             signing.verify(Kind.SHADOW, run, self.shadow) if self.shadow is not None else None,
+            approval.who_may_answer(eligible, run.triggered_by, restarts),
         )
+        if stale := self._question_kept_from_an_earlier_attempt(context):
+            why = (
+                f"this gate was asked before in this run and Airflow keeps a cleared gate's first question "
+                f"(apache/airflow#73235: {stale}), so an answer would not be bound to this attempt's candidate, "
+                "evidence and reviewers. The candidate is withdrawn; trigger a new run to review it."
+            )
+            try:
+                approval.record_answer(cfg.name, staged["version"], run, None, False, why[:1500], restarts)
+            except RegistryStateError as exc:  # answered already: that answer stands, this attempt changes nothing
+                why = f"{why} {exc}"
+            leave(f"Not promoted: the approval gate was cleared and does not reopen: {why}")
+            raise AirflowFailException(why)
         self.log.info(
             "Waiting for one of %s to approve %s v%s (Required Actions in the Airflow UI); timeout %s.",
             eligible,
@@ -86,6 +103,35 @@ class GovernedApprovalOperator(ApprovalOperator):
             self.response_timeout,
         )
         return super().execute(context)
+
+    def _question_kept_from_an_earlier_attempt(self, context: Any) -> str | None:
+        """What differs between this attempt's question and the one Airflow stores and shows (None: they agree).
+
+        Airflow writes a task instance's question once; a cleared gate keeps the first attempt's subject, body and
+        assigned users (``upsert_hitl_detail``), whatever this attempt computed. Asking the same way the operator
+        does returns what is stored.
+        """
+        from airflow.sdk.execution_time.comms import CreateHITLDetailPayload
+        from airflow.sdk.execution_time.task_runner import SUPERVISOR_COMMS
+
+        stored = SUPERVISOR_COMMS.send(
+            msg=CreateHITLDetailPayload(
+                ti_id=context["task_instance"].id,
+                options=self.options,
+                subject=self.subject,
+                body=self.body,
+                defaults=self.defaults,
+                multiple=self.multiple,
+                params=self.serialized_params,
+                assigned_users=[{"id": u["id"], "name": u["name"]} for u in self.assigned_users],
+            )
+        )
+        shown = sorted(u.id for u in stored.assigned_users or [])
+        if shown != sorted(u["id"] for u in self.assigned_users):
+            return f"it still assigns {', '.join(shown) or 'nobody'}"
+        if (stored.subject, stored.body) != (self.subject, self.body):
+            return "it still shows the first attempt's evidence"
+        return None
 
     def validate_params_input(self, params_input: Mapping) -> None:
         # An API caller may omit the reason (the Param is nullable); that must not lose the answer.
@@ -105,12 +151,14 @@ class GovernedApprovalOperator(ApprovalOperator):
             return super().execute_complete(context, event)
         try:
             responder, approved, reason = approval.answer_of(event, self.APPROVE, cfg.approval.timeout_hours)
-            approval.check_responder(responder, cfg.approval.reviewers, run.triggered_by)
+            # read again: a clear while the gate waited (of this run's tasks) counts as much as one before it
+            restarts = restarts_of(run) if responder is not None else []
+            approval.check_responder(responder, cfg.approval.reviewers, run.triggered_by, restarts)
         except (ApprovalRefused, InputRejected) as exc:
             approval.record_answer(cfg.name, version, run, None, False, f"answer refused: {exc}"[:MAX_REASON_CHARS])
             leave(f"Not promoted: v{version} rejected, the answer was refused: {exc}")
             raise AirflowFailException(f"{exc} The candidate was rejected; nothing was promoted.") from None
-        approval.record_answer(cfg.name, version, run, responder, approved, reason)
+        approval.record_answer(cfg.name, version, run, responder, approved, reason, restarts)
         if not approved:
             leave(
                 f"Not promoted: v{version} rejected by {responder}: {reason}"

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from include.promotion.airflow_run import RunRef
+from include.promotion.approval.restarts import Restart
 from include.promotion.config import ModelConfig
 from include.promotion.errors import ApprovalRefused
 from include.promotion.inputs import clean_reason
@@ -46,29 +48,55 @@ def champion_note(tags: dict[str, str] | None) -> str | None:
     return f"approved by {markdown_text(tags['approved_by'])}: \u201c{markdown_text(reason)}\u201d"
 
 
-def eligible_reviewers(reviewers: list[str], triggered_by: str | None) -> list[str]:
-    """The configured reviewers who may answer: everyone but the run's triggerer (four eyes)."""
-    eligible = [r for r in reviewers if r != (triggered_by or None)]
+def eligible_reviewers(reviewers: list[str], triggered_by: str | None, restarts: Sequence[Restart] = ()) -> list[str]:
+    """The configured reviewers who may answer: everyone but the run's triggerer and whoever restarted it (four
+    eyes: ``restarts.restarts_of``)."""
+    excluded = _makers(triggered_by, restarts)
+    eligible = [r for r in reviewers if r not in excluded]
     if not eligible:
         raise ApprovalRefused(
-            f"no reviewer can approve this run: the only configured reviewer(s) {reviewers} triggered it "
-            "themselves. Add another reviewer under approval.reviewers in the model config, or have someone "
-            "else trigger the run."
+            f"no reviewer can approve this run: the configured reviewer(s) {reviewers} made this candidate "
+            f"themselves ({'; '.join(excluded.values())}). Add another reviewer under approval.reviewers in the "
+            "model config, or have someone else trigger a new run."
         )
     return eligible
 
 
-def check_responder(responder: str | None, reviewers: list[str], triggered_by: str | None) -> None:
+def _makers(triggered_by: str | None, restarts: Sequence[Restart]) -> dict[str, str]:
+    """user -> why they made the candidate: they triggered the run, or restarted it."""
+    makers = {triggered_by: f"{triggered_by} triggered the run"} if triggered_by else {}
+    for restart in restarts:
+        makers.setdefault(restart.user, f"{restart.user} restarted it: {restart.describe()}")
+    return makers
+
+
+def check_responder(
+    responder: str | None, reviewers: list[str], triggered_by: str | None, restarts: Sequence[Restart] = ()
+) -> None:
     """Refuse an answer from anyone but an eligible reviewer, whatever the auth manager allowed."""
     if responder is None:
         return  # the scheduler's timeout default, not a person
     if responder == triggered_by:
         raise ApprovalRefused(f"'{responder}' triggered this run and cannot also approve it; ask another reviewer.")
+    if restarted := [r for r in restarts if r.user == responder]:
+        raise ApprovalRefused(
+            f"'{responder}' restarted this run ({restarted[0].describe()}), so the candidate is theirs and they "
+            "cannot also approve it; ask another reviewer."
+        )
     if responder not in reviewers:
         raise ApprovalRefused(
             f"'{responder}' is not a configured reviewer ({', '.join(reviewers)}); their answer is ignored and "
             "nothing was promoted. Ask a reviewer to answer a new run."
         )
+
+
+def who_may_answer(eligible: list[str], triggered_by: str | None, restarts: Sequence[Restart] = ()) -> str:
+    """The approval body's line on who may answer, and who may not and why (shown before anyone clicks)."""
+    line = f"**Who may answer**: {', '.join(markdown_text(r) for r in eligible)} (the model's reviewers"
+    makers = _makers(triggered_by, restarts)
+    if makers:
+        line += "; not " + "; not ".join(markdown_text(why) for why in makers.values())
+    return line + "). Anyone else who answers is refused and the candidate rejected."
 
 
 def evidence_markdown(
@@ -78,6 +106,7 @@ def evidence_markdown(
     trained: dict[str, Any],
     champion_approval: str | None = None,
     shadow: dict[str, Any] | None = None,
+    who_may_answer: str | None = None,
 ) -> str:
     """What a reviewer needs to decide, in Markdown: metrics side by side, gates, the shadow evaluation on live
     traffic (``shadow.evidence``), data, links, and who approved the current champion and why (``champion_note``,
@@ -118,6 +147,7 @@ def evidence_markdown(
             "",
             "**Approve** makes it the champion and archives the current one. **Reject** keeps the current "
             "champion serving. Either way, write your reason: it goes into the audit log.",
+            *(["", who_may_answer] if who_may_answer else []),
         ]
     )
 
@@ -151,12 +181,21 @@ def answer_of(event: dict[str, Any], approve_option: str, timeout_hours: float) 
 
 
 def record_answer(
-    model_name: str, version: str, run: RunRef, reviewer: str | None, approved: bool, reason: str
+    model_name: str,
+    version: str,
+    run: RunRef,
+    reviewer: str | None,
+    approved: bool,
+    reason: str,
+    restarts: Sequence[Restart] = (),
 ) -> None:
     """Record an answer where it arrives: an Approve on the version (``promote_to_production`` acts only on
-    that audit row); a Reject, a timeout or a refused answer as a rejection (``challenger`` removed)."""
+    that audit row); a Reject, a timeout or a refused answer as a rejection (``challenger`` removed). Who restarted
+    the run, if anyone did, is part of the recorded reason."""
     actor = reviewer or run.dag_id
     change = lifecycle.Change(actor=actor, dag_id=run.dag_id, run_id=run.run_id)
+    if restarts:
+        reason = f"{reason} [run restarted by {'; '.join(r.describe() for r in restarts)}]"
     if approved and reviewer is not None:
         retry_transient(lifecycle.record_approval, model_name, version, reviewer, reason, change)
         log.info("%s v%s approved by %s: %s", model_name, version, reviewer, reason)
@@ -174,4 +213,5 @@ __all__ = [
     "evidence_markdown",
     "markdown_text",
     "record_answer",
+    "who_may_answer",
 ]

@@ -198,7 +198,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "prediction_log: the serving side's predictions (shadow evaluation)", _sql(prediction_log.DDL)),
     Migration(6, "production health: model_health_checks; actions health_degraded, health_recovered", _health),
     Migration(7, "registry retention: actions retention_delete, retention_archive", _action_check),
+    Migration(9, "post-promotion check outcomes: actions post_check_passed, post_check_failed", _action_check),
 )
+# Promotions recorded after this migration have a check outcome row (``post_promotion.outcome.unchecked_promotion``).
+CHECK_OUTCOMES_MIGRATION = 9
 CURRENT_VERSION = MIGRATIONS[-1].version
 
 
@@ -219,6 +222,14 @@ def applied_version(conn: Any) -> int:
             "`python -m include.promotion.audit.schema upgrade --start-new-log`."
         )
     return version
+
+
+def applied_at(conn: Any, version: int) -> datetime | None:
+    """When migration ``version`` was applied to this database (None: not applied)."""
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT applied_at FROM {VERSION_TABLE} WHERE version = %s", (version,))
+        found = cur.fetchone()
+    return found[0] if found else None
 
 
 def upgrade(

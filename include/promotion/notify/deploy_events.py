@@ -269,14 +269,24 @@ def notify_deployers(model_name: str, run: RunRef) -> dict[str, Any]:
     failure alone would leave the run green.
     """
     from include.promotion.config import get_model_config
+    from include.promotion.errors import PostPromotionCheckFailed
     from include.promotion.notify import alerts as notifiers
+    from include.promotion.post_promotion import check
+    from include.promotion.registry.lifecycle import Change
 
     cfg = get_model_config(model_name)
+    unchecked = None
+    try:  # first: a promotion this run made that its check never judged is a failed check (and maybe a rollback)
+        check.check_outcome_recorded(cfg, Change(actor=check.CHECK_ACTOR, dag_id=run.dag_id, run_id=run.run_id), run)
+    except PostPromotionCheckFailed as exc:
+        unchecked = exc
     try:
         outcomes = send_production_changes(model_name, run, cfg.deploy_notifications)
     except DeployNotificationFailed as exc:
         notifiers.alert_deploy_notification(cfg, [str(exc)])
         raise
+    if unchecked is not None:
+        raise unchecked
     return {
         "events": sorted({f"{o.event_type} v{o.version} (audit row {o.audit_id})" for o in outcomes}),
         "deliveries": [f"{o.target}: {o.detail}" for o in outcomes],

@@ -26,10 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from include.promotion.post_promotion.outcome import Promotion
 from include.promotion.states import CHAMPION_ALIAS, AuditAction, Stage, Tag
 
 if TYPE_CHECKING:
@@ -60,15 +60,6 @@ LATENCY_PREDICTIONS = 100  # single-row predictions timed for the p95
 CHECK_TIMEOUT = 600.0  # seconds the fresh interpreter may take (loading, 200 rows, the timed predictions)
 RESULT_MARKER = "POST_PROMOTION_RESULT "  # the line of the child's stdout that carries its JSON
 REPO_ROOT = Path(__file__).resolve().parents[3]
-
-
-@dataclass(frozen=True)
-class Promotion:
-    """What this run changed in production, from its own audit rows: the version it promoted, the one it replaced."""
-
-    model_name: str
-    version: str
-    previous: str | None
 
 
 # -- the fresh interpreter: measure ------------------------------------------------------------------------------
@@ -243,6 +234,7 @@ def worth_a_second_look(result: dict[str, Any], cfg: ModelConfig) -> bool:
 def verify_in_production(cfg: ModelConfig, run: RunRef) -> dict[str, Any]:
     """The check, its rollback and its alert; returns the measurements, raises ``PostPromotionCheckFailed``."""
     from include.promotion.errors import PostPromotionCheckFailed
+    from include.promotion.post_promotion import outcome
     from include.promotion.registry import client as mlflow_client
     from include.promotion.registry.lifecycle import Change, require_version
 
@@ -266,7 +258,7 @@ def verify_in_production(cfg: ModelConfig, run: RunRef) -> dict[str, Any]:
         )
     champion = mlflow_client.get_alias(client, name, CHAMPION_ALIAS)
     if champion is None or str(champion.version) != promotion.version:
-        _moved(cfg, promotion, str(champion.version) if champion is not None else None)
+        _moved(cfg, promotion, str(champion.version) if champion is not None else None, change)
     with tempfile.TemporaryDirectory(prefix="post-promotion-") as tmp:
         try:
             sample = expected_sample(client, name, promotion.version, Path(tmp))
@@ -281,23 +273,18 @@ def verify_in_production(cfg: ModelConfig, run: RunRef) -> dict[str, Any]:
     _serving_latency(name, promotion.version, result)
     loaded = result.get("version")
     if loaded is not None and loaded != promotion.version:
-        _moved(cfg, promotion, loaded)
+        _moved(cfg, promotion, loaded, change)
     if failed := failures_of(result, cfg):
         log.error("%s v%s: post-promotion measurements %s", name, promotion.version, json.dumps(result))
         _fail(cfg, promotion, failed, change)
-    log.info(
-        "%s v%s passed its post-promotion check: loaded in %.2f s through the serving loader, %d holdout "
-        "probabilities within %g of evaluate's (max %.3g), single-row p95 %.2f ms (limit %g ms; %s)",
-        name,
-        promotion.version,
-        result["load_seconds"],
-        result["rows"],
-        MAX_ABS_DIFF,
-        result["max_abs_diff"],
-        result["latency_ms_p95"],
-        cfg.post_promotion.latency_ms_p95,
-        result["latency_source"],
+    passed = (
+        f"loaded in {result['load_seconds']:.2f} s through the serving loader, {result['rows']} holdout "
+        f"probabilities within {MAX_ABS_DIFF:g} of evaluate's (max {result['max_abs_diff']:.3g}), single-row p95 "
+        f"{result['latency_ms_p95']:.2f} ms (limit {cfg.post_promotion.latency_ms_p95:g} ms; "
+        f"{result['latency_source']})"
     )
+    outcome.record_outcome(promotion, change, AuditAction.POST_CHECK_PASSED, f"passed: {passed}")
+    log.info("%s v%s passed its post-promotion check: %s", name, promotion.version, passed)
     return {**result, "checked": True, "passed": True}
 
 
@@ -334,10 +321,21 @@ def _serving_latency(name: str, version: str, result: dict[str, Any]) -> None:
     log.info("%s v%s: latency judged from %s", name, version, result["latency_source"])
 
 
-def _moved(cfg: ModelConfig, promotion: Promotion, holder: str | None) -> None:
+def check_outcome_recorded(cfg: ModelConfig, change: Change, run: RunRef | None = None, grace: float = 0.0) -> None:
+    """Handle a promotion without a check outcome as a failed check (alert; roll back when configured): ``run``'s
+    own, or (the watch) the champion's, once ``grace`` minutes passed (``outcome.unchecked``). Raises
+    ``PostPromotionCheckFailed``."""
+    from include.promotion.post_promotion import outcome
+
+    if found := outcome.unchecked(cfg, run, grace):
+        _fail(cfg, found[0], [found[1]], change)
+
+
+def _moved(cfg: ModelConfig, promotion: Promotion, holder: str | None, change: Change) -> None:
     """Someone else moved ``champion`` since this run promoted: alert and fail, never undo their change."""
     from include.promotion.errors import PostPromotionCheckFailed
     from include.promotion.notify import alerts as notifiers
+    from include.promotion.post_promotion import outcome
 
     now = f"v{holder}" if holder else "no version"
     message = (
@@ -346,6 +344,7 @@ def _moved(cfg: ModelConfig, promotion: Promotion, holder: str | None) -> None:
         "change); see the audit log and the registry watch."
     )
     notifiers.alert_post_promotion(cfg, [message])
+    outcome.record_outcome(promotion, change, AuditAction.POST_CHECK_FAILED, message)
     raise PostPromotionCheckFailed(message)
 
 
@@ -356,6 +355,7 @@ def _fail(cfg: ModelConfig, promotion: Promotion, failed: list[str], change: Cha
     """
     from include.promotion.errors import PostPromotionCheckFailed, PromotionError
     from include.promotion.notify import alerts as notifiers
+    from include.promotion.post_promotion import outcome
     from include.promotion.registry import rollback
 
     name, version = cfg.name, promotion.version
@@ -382,6 +382,8 @@ def _fail(cfg: ModelConfig, promotion: Promotion, failed: list[str], change: Cha
             outcome = f"the automatic rollback to v{promotion.previous} was refused: {exc}"
     message = f"{name} v{version} failed its post-promotion check: {what.rstrip('.')}. {outcome}."
     notifiers.alert_post_promotion(cfg, [message])
+    if not outcome.startswith("rolled back"):  # a rollback's own post_check_rollback rows are the outcome otherwise
+        outcome.record_outcome(promotion, change, AuditAction.POST_CHECK_FAILED, message)
     raise PostPromotionCheckFailed(message)
 
 

@@ -174,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     boot = sub.add_parser("bootstrap", help="create the service account, people's accounts and governed models")
     boot.add_argument("--people-file", type=Path, help='JSON {"user": "password"} of people who log in to read')
+    boot.add_argument(
+        "--not-people", nargs="*", default=[], help="accounts of the people file that are programs (no MLflow account)"
+    )
     args = parser.parse_args(argv)
 
     from include.promotion.config import load_model_configs
@@ -187,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"set {', '.join(missing)} in the environment first", file=sys.stderr)
         return 2
     people = json.loads(args.people_file.read_text()) if args.people_file else {}
+    people = {user: password for user, password in people.items() if user not in args.not_people}
     models = sorted(load_model_configs().models)
     bootstrap(
         os.environ["MLFLOW_TRACKING_URI"],

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from include.promotion.airflow_run import RunRef
 from include.promotion.audit import log as audit
@@ -145,17 +145,38 @@ def record_approval(name: str, version: str, reviewer: str, reason: str, change:
     """Record a reviewer's Approve of the challenger, where the answer arrives: the audit row, and tags.
 
     The audit row is what ``promote_to_production`` acts on (only workers can write it); the tags only
-    show the approval to people reading the registry.
+    show the approval to people reading the registry, and are written from that row. A gate of this run that was
+    answered already and asked again (a cleared ``approve``) changes nothing: ``_answered_once`` refuses it.
     """
     client = mlflow_client.client()
     with audit.model_lock(name, change.change_id) as log:
         mv = require_version(client, name, version)
-        if log.recorded(AuditAction.APPROVE, version) is None:
+        row = _answered_once(log, name, version, AuditAction.APPROVE, reviewer, reason)
+        if row is None:
             require_challenger(client, name, mv)
             log.record(
                 change.entry(name, version, AuditAction.APPROVE, Stage.STAGING, Stage.STAGING, reason, actor=reviewer)
             )
         set_tags(client, name, version, {Tag.APPROVED_BY: reviewer, Tag.APPROVAL_REASON: reason})
+
+
+def _answered_once(
+    log: audit.AuditLog, name: str, version: str, action: AuditAction, reviewer: str, reason: str
+) -> dict[str, Any] | None:
+    """This change's recorded answer on the version, if any (a retry of the same answer after a crash completes it);
+    refused (``RegistryStateError``, nothing written) when this answer is another one: a replayed gate must not
+    rewrite, in tags without an audit row, an answer the audit log already holds."""
+    answers = [row for a in (AuditAction.APPROVE, AuditAction.REJECT) if (row := log.recorded(a, version))]
+    if not answers:
+        return None
+    row = answers[0]
+    if (row["action"], row["actor"], row["reason"]) != (action.value, reviewer, reason):
+        raise RegistryStateError(
+            f"{name} v{version}: this run's approval was already answered ({row['action']} by {row['actor']}: "
+            f"\u201c{row['reason']}\u201d); a second answer to the same gate (a cleared approve task) changes "
+            "nothing. Trigger a new run to review again."
+        )
+    return row
 
 
 def promote_to_production(
@@ -281,6 +302,7 @@ def reject(name: str, version: str, reviewer: str, reason: str, change: Change) 
     client = mlflow_client.client()
     with audit.model_lock(name, change.change_id) as log:
         mv = require_version(client, name, version)
+        _answered_once(log, name, version, AuditAction.REJECT, reviewer, reason)  # a replayed gate writes nothing
         if status_of(mv) not in (Status.STAGING, Status.REJECTED):
             raise RegistryStateError(
                 f"{name} v{version} is '{status_of(mv)}', not awaiting approval; the rejection changes nothing."

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from include.promotion import settings
 from include.promotion.airflow_run import RunRef
 from include.promotion.config import get_model_config, load_model_configs
-from include.promotion.errors import RegistryDrift
+from include.promotion.errors import PromotionError, RegistryDrift
 from include.promotion.notify import alerts as notifiers
+from include.promotion.post_promotion.check import CHECK_ACTOR, check_outcome_recorded
 from include.promotion.registry import client as mlflow_client
 from include.promotion.registry import lifecycle
 from include.promotion.watch import reconcile as watch
@@ -22,6 +24,7 @@ def watch_registry(model_name: str | None, run: RunRef) -> dict[str, Any]:
     name = (model_name or "").strip()
     models = [get_model_config(name).name] if name else sorted(configs)
     change = lifecycle.Change(actor=watch.WATCH_ACTOR, dag_id=run.dag_id, run_id=run.run_id)
+    checker = lifecycle.Change(actor=CHECK_ACTOR, dag_id=run.dag_id, run_id=run.run_id)
     client = mlflow_client.client()
     reports, errors = [], []
     for model in models:
@@ -32,6 +35,10 @@ def watch_registry(model_name: str | None, run: RunRef) -> dict[str, Any]:
             errors.append(f"{model}: {exc}")
             continue
         reports.append(report)
+        try:  # the backstop for a promotion whose check never ran (its run's notify_deployers finds it first)
+            check_outcome_recorded(configs[model], checker, grace=settings.unchecked_promotion_minutes())
+        except PromotionError as exc:
+            errors.append(f"{model}: {exc}")
         lines = watch.describe(report)
         if report.recorded or report.restored:
             notifiers.alert_drift(configs[model], lines)
