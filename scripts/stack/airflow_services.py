@@ -47,7 +47,12 @@ _HEALTH_KEYS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "tri
 
 
 # What only the processes that run tasks may hold (the api-server, dag-processor and triggerer get them blank).
-WORKER_SECRETS = ("PROMOTION_SIGNING_KEY", "MLFLOW_TRACKING_PASSWORD", "AIRFLOW_CONN_PROMOTION_DB")
+WORKER_SECRETS = (
+    "PROMOTION_SIGNING_KEY",
+    "PROMOTION_AUDIT_KEY",
+    "MLFLOW_TRACKING_PASSWORD",
+    "AIRFLOW_CONN_PROMOTION_DB",
+)
 # What only the api-server may hold: it verifies MLflow's webhook deliveries, and reads the audit log for the Model
 # promotion page (the others get them blank).
 API_SERVER_SECRETS = ("PROMOTION_WEBHOOK_SECRET", "AIRFLOW_CONN_PROMOTION_DB_READER")

@@ -133,6 +133,7 @@ class ServiceStack:
             # the reader role (SELECT on the audit log): what the Model promotion page reads it with
             "AIRFLOW_CONN_PROMOTION_DB_READER": self.postgres.role_uri(READER_ROLE),
             "PROMOTION_SIGNING_KEY": self.state.secrets["signing_key"],
+            "PROMOTION_AUDIT_KEY": self.state.secrets["audit_key"],
             # MLflow signs its webhook deliveries with it; among Airflow's processes only the api-server gets it
             "PROMOTION_WEBHOOK_SECRET": self.state.secrets["webhook_secret"],
             "PYTHONPATH": os.pathsep.join(pythonpath),
