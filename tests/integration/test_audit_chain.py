@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg2
@@ -19,6 +18,7 @@ import pytest
 from include.promotion import settings
 from include.promotion.audit import anchor, schema
 from include.promotion.audit.chain import CHAINED_V2, chain_hash
+from include.promotion.audit.queries import Integrity, audited_champions, integrity
 from include.promotion.audit.schema import AUDIT_TABLE, verify_chain
 from include.promotion.errors import RollbackTargetInvalid
 from include.promotion.registry import client as mlflow_client
@@ -26,7 +26,8 @@ from include.promotion.registry import lifecycle, rollback
 from include.promotion.registry.accounts import acting_as
 from include.promotion.registry.lifecycle import Change
 from include.promotion.watch.reconcile import WATCH_ACTOR, watch_model
-from tests.support import champion, change, promote, register, unique
+from include.promotion.web import report
+from tests.support import champion, change, forge_row, promote, register, unique
 
 pytestmark = pytest.mark.usefixtures("services")
 
@@ -73,37 +74,24 @@ def owner(services) -> Iterator[Any]:
     conn.close()
 
 
+def page_reading(name: str) -> tuple[Integrity, dict[str, str]]:
+    """What the Model promotion page reads, as the api-server reads it: the reader role and the anchor tag."""
+    conn = schema.connect(report.READER_CONN_ID)
+    try:
+        anchored = report.anchor_of(mlflow_client.client().get_registered_model(name))
+        checked = integrity(conn, {name: anchored})[name]
+        return checked, audited_champions(conn, [name], {name: checked.trusted_upto})
+    finally:
+        conn.close()
+
+
 def verify_cli(name: str) -> int:
     return schema.main(["verify", "--model", name])
 
 
 def test_a_forged_promotion_appended_by_the_application_role_moves_nothing(rejected, capsys) -> None:
     name, _, v2, v3 = rejected
-    app = schema.connect()  # the application role's password: what every worker holds
-    try:
-        head = all_rows(app, name)[-1]
-        forged = {
-            **{c: head[c] for c in CHAINED_V2},
-            "version": v3,
-            "action": "promote",
-            "from_stage": "Staging",
-            "to_stage": "Production",
-            "actor": "bob",
-            "reason": "approved",
-            "created_at": datetime.now(UTC),
-            "idempotency_key": f"forged-{uuid.uuid4().hex}",
-            "prev_hash": head["row_hash"],
-        }
-        forged["row_hash"] = chain_hash(forged["prev_hash"], forged, CHAINED_V2)  # a correct link
-        forged["mac"] = "0" * 64  # without the workers' key, no MAC
-        columns = list(forged)
-        with app.cursor() as cur:
-            cur.execute(
-                f"INSERT INTO {AUDIT_TABLE} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})",
-                [forged[c] for c in columns],
-            )
-    finally:
-        app.close()
+    forge_row(name, v3, "promote")  # the application role's password: what every worker holds
     before = registry(name)
 
     assert verify_cli(name) == 1
@@ -114,6 +102,9 @@ def test_a_forged_promotion_appended_by_the_application_role_moves_nothing(rejec
     assert registry(name) == before and champion(name) == v2  # the rejected v3 is not put in production
     with pytest.raises(RollbackTargetInvalid, match=f"the audit log of '{name}' does not verify"):
         rollback.plan_rollback(name, None)
+    # the page (the api-server: the reader role, no key) counts the forged row unverified and reads no champion from it
+    seen, champions = page_reading(name)
+    assert seen.problem is None and seen.unverified >= 1 and champions == {name: v2}
 
 
 def rehash_from(owner: Any, name: str, start: int, edit: Callable[[dict[str, Any]], None]) -> None:
@@ -176,4 +167,6 @@ def test_a_tail_deleted_by_the_schema_owner_fails_against_the_anchor(owner) -> N
     report = watch_run(name)
     assert report.restored == [] and report.failed
     assert registry(name) == before and champion(name) == v2  # not "restored" to v1 from the truncated history
+    seen, _ = page_reading(name)
+    assert seen.problem is not None and "is gone" in seen.problem
     assert verify_cli(name) == 1

@@ -170,3 +170,20 @@ def test_the_anchor_moves_forward_only_over_rows_the_workers_wrote() -> None:
     edited = [dict(r) for r in rows]
     edited[4]["actor"] = "mallory"
     assert "differs from the chain head" in (verify_tail("m", edited[4:], anchor, KEY).problem or "")
+
+
+def test_a_task_records_the_dag_version_it_runs_and_the_package_version() -> None:
+    import uuid
+    from types import SimpleNamespace
+
+    from include.promotion.airflow_run import RunRef
+    from include.promotion.audit.provenance import package_version
+    from include.promotion.registry.lifecycle import Change
+
+    version_id = uuid.uuid4()
+    ti = SimpleNamespace(dag_id="d", run_id="r", dag_version_id=version_id)
+    run = RunRef.from_context({"ti": ti, "dag_run": None})
+    entry = Change.by(run, "bob").entry("m", 1, "approve", None, None, "ok")
+    assert entry.dag_version == str(version_id) and entry.actor == "bob"
+    assert RunRef.from_context({"ti": SimpleNamespace(dag_id="d", run_id="r")}).dag_version is None  # outside a run
+    assert package_version() == package_version() and package_version().split("+")[0] == "0.1.0"

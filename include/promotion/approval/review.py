@@ -156,7 +156,7 @@ def record_answer(
     """Record an answer where it arrives: an Approve on the version (``promote_to_production`` acts only on
     that audit row); a Reject, a timeout or a refused answer as a rejection (``challenger`` removed)."""
     actor = reviewer or run.dag_id
-    change = lifecycle.Change(actor=actor, dag_id=run.dag_id, run_id=run.run_id)
+    change = lifecycle.Change.by(run, actor)
     if approved and reviewer is not None:
         retry_transient(lifecycle.record_approval, model_name, version, reviewer, reason, change)
         log.info("%s v%s approved by %s: %s", model_name, version, reviewer, reason)

@@ -154,6 +154,8 @@ class ModelReport:
     history: AuditPage
     alerts: tuple[str, ...]
     health: ProductionHealth | None = None
+    # the last history row the registry's anchor vouches for: later rows are marked unverified (None: no bound)
+    trusted_upto: int | None = None
 
 
 @dataclass(frozen=True)
