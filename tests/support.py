@@ -143,7 +143,7 @@ def state(name: str) -> dict[str, Any]:
     return {"versions": out, "aliases": aliases, "audit": rows}
 
 
-def forge_row(name: str, version: str, action: str) -> dict[str, Any]:
+def forge_row(name: str, version: str, action: str, **fields: Any) -> dict[str, Any]:
     """What the application role's password (every worker holds it) lets anyone do: append a row correctly chained
     to the model's last, e.g. "promote" a version reviewers rejected. Without the workers' audit key it can carry no
     valid MAC. Returns the row."""
@@ -169,6 +169,7 @@ def forge_row(name: str, version: str, action: str) -> dict[str, Any]:
                 "created_at": datetime.now(UTC),
                 "idempotency_key": f"forged-{uuid.uuid4().hex}",
                 "prev_hash": head["row_hash"],
+                **fields,
             }
             forged["row_hash"] = chain_hash(forged["prev_hash"], forged, CHAINED_V2)  # a correct link
             forged["mac"] = "0" * 64

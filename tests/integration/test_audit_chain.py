@@ -20,7 +20,7 @@ from include.promotion.audit import anchor, schema
 from include.promotion.audit.chain import CHAINED_V2, chain_hash
 from include.promotion.audit.queries import Integrity, audited_champions, integrity
 from include.promotion.audit.schema import AUDIT_TABLE, verify_chain
-from include.promotion.errors import RollbackTargetInvalid
+from include.promotion.errors import AuditLogError, RollbackTargetInvalid
 from include.promotion.registry import client as mlflow_client
 from include.promotion.registry import lifecycle, rollback
 from include.promotion.registry.accounts import acting_as
@@ -105,6 +105,28 @@ def test_a_forged_promotion_appended_by_the_application_role_moves_nothing(rejec
     # the page (the api-server: the reader role, no key) counts the forged row unverified and reads no champion from it
     seen, champions = page_reading(name)
     assert seen.problem is None and seen.unverified >= 1 and champions == {name: v2}
+
+
+def test_a_forged_approval_under_the_runs_own_key_is_refused_before_anything_moves() -> None:
+    """Idempotency keys are predictable (the run id is on every page): a forged approve row under the key of the
+    run's own approval would otherwise be what ``promote_to_production`` acts on."""
+    name = unique("approval")
+    v1 = promote(name)
+    v2 = register(name)
+    lifecycle.promote_to_staging(name, v2, change())
+    run = change("bob")
+    forge_row(
+        name,
+        v2,
+        "approve",
+        from_stage="Staging",
+        to_stage="Staging",
+        idempotency_key=f"{run.change_id}|approve|{name}|{v2}",
+    )
+    before = registry(name)
+    with pytest.raises(AuditLogError, match="was not written by the pipeline's workers"):
+        lifecycle.promote_to_production(name, v2, run)
+    assert registry(name) == before and champion(name) == v1
 
 
 def rehash_from(owner: Any, name: str, start: int, edit: Callable[[dict[str, Any]], None]) -> None:

@@ -12,6 +12,7 @@ that records the same change adds nothing.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from include.promotion import settings
 from include.promotion.audit import anchor as chain_anchor
 from include.promotion.audit import schema as audit_schema
-from include.promotion.audit.chain import CHAINED_V2, Verdict, chain_hash, row_mac, verify_tail
+from include.promotion.audit.chain import CHAINED, CHAINED_V2, Verdict, chain_hash, row_mac, verify_tail
 from include.promotion.audit.provenance import package_version
 from include.promotion.audit.schema import AUDIT_TABLE, DEFAULT_CONN_ID, connect
 from include.promotion.errors import AuditLogError, RegistryStateError
@@ -87,14 +88,40 @@ class AuditLog:
         self.written = 0  # rows this log appended (its holder anchors the new head when done)
 
     def recorded(self, action: AuditAction, version: str | int, detail: str = "") -> dict[str, Any] | None:
-        """The row this change recorded for ``action`` on ``version``, if any (e.g. the approval of this run)."""
+        """The row this change recorded for ``action`` on ``version``, if any (e.g. the approval of this run).
+
+        Only a row the workers wrote counts: idempotency keys are predictable, so the application role could insert
+        one first (a forged approval for a promotion to act on, or a row that stops the real one from being written).
+        Such a row raises ``AuditLogError``: the change stops, nothing more is written."""
+        key = self._key(action, self.model_name, str(version), detail)
         with self._conn.cursor() as cur:
-            cur.execute(
-                f"SELECT {', '.join(COLUMNS)} FROM {AUDIT_TABLE} WHERE idempotency_key = %s",
-                (self._key(action, self.model_name, str(version), detail),),
-            )
+            cur.execute(f"SELECT * FROM {AUDIT_TABLE} WHERE idempotency_key = %s", (key,))
             found = cur.fetchone()
-            return dict(zip(COLUMNS, found, strict=True)) if found else None
+            if found is None:
+                return None
+            row = dict(zip([d[0] for d in cur.description], found, strict=True))
+        if not self._written_by_workers(row):
+            raise AuditLogError(
+                f"the audit row {row['id']} of '{self.model_name}' ({row['action']} v{row['version']}) holds this "
+                "change's key but was not written by the pipeline's workers (its MAC does not verify): a row forged "
+                "with a database role. Nothing more was changed; run `python -m include.promotion.audit.schema verify "
+                f"--model {self.model_name}` and investigate."
+            )
+        return {c: row[c] for c in COLUMNS}
+
+    def _written_by_workers(self, row: dict[str, Any]) -> bool:
+        """A keyed row whose hash and MAC verify, or a legacy row at or before the model's migration-8 boundary."""
+        if row.get("mac") is not None:
+            key = self._mac_key or settings.audit_key()
+            return row["row_hash"] == chain_hash(row["prev_hash"], row, CHAINED_V2) and hmac.compare_digest(
+                str(row["mac"]), row_mac(key, row["row_hash"])
+            )
+        boundary = audit_schema.boundaries(self._conn, [self.model_name]).get(self.model_name)
+        return (
+            boundary is not None
+            and row["id"] <= boundary.last_id
+            and row["row_hash"] == chain_hash(row["prev_hash"], row, CHAINED)
+        )
 
     def _key(self, action: str, model_name: str, version: str, detail: str = "") -> str:
         key = f"{self.change_id}|{action}|{model_name}|{version}"
