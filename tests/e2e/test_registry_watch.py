@@ -63,7 +63,8 @@ def test_a_forged_promotion_turns_the_watch_red_and_restore_mode_moves_nothing(s
     admin.wait_for_dag(WATCH)
     run_id = admin.trigger(WATCH, {"model_name": name})
     assert admin.wait_for_run(WATCH, run_id, timeout=180) == "failed"
-    assert f"(promote v{v3}): its MAC does not match" in admin.task_log(WATCH, run_id, "reconcile_registry")
+    log = admin.task_log(WATCH, run_id, "reconcile_registry")
+    assert "REGISTRY DRIFT" in log and f"(promote v{v3}): its MAC does not match" in log  # alerted
     assert champion(name) == v2 and verify_invariant(name) == v2
     assert {mv.version: dict(mv.tags) for mv in client.search_model_versions(f"name = '{name}'")} == before
     rows, verdict = audit.verified(name, client)

@@ -18,7 +18,7 @@ import pytest
 from include.promotion import settings
 from include.promotion.audit import anchor, schema
 from include.promotion.audit.chain import CHAINED_V2, chain_hash
-from include.promotion.audit.queries import Integrity, audited_champions, integrity
+from include.promotion.audit.queries import Integrity, audited_champions, integrity, open_drift
 from include.promotion.audit.schema import AUDIT_TABLE, verify_chain
 from include.promotion.errors import AuditLogError, RollbackTargetInvalid
 from include.promotion.registry import client as mlflow_client
@@ -74,13 +74,15 @@ def owner(services) -> Iterator[Any]:
     conn.close()
 
 
-def page_reading(name: str) -> tuple[Integrity, dict[str, str]]:
-    """What the Model promotion page reads, as the api-server reads it: the reader role and the anchor tag."""
+def page_reading(name: str) -> tuple[Integrity, dict[str, str], list[str]]:
+    """What the Model promotion page reads, as the api-server reads it (the reader role, the anchor tag): what the
+    anchor says, the audited champion, the open drift."""
     conn = schema.connect(report.READER_CONN_ID)
     try:
         anchored = report.anchor_of(mlflow_client.client().get_registered_model(name))
         checked = integrity(conn, {name: anchored})[name]
-        return checked, audited_champions(conn, [name], {name: checked.trusted_upto})
+        upto = {name: checked.trusted_upto}
+        return checked, audited_champions(conn, [name], upto), open_drift(conn, [name], upto).get(name, [])
     finally:
         conn.close()
 
@@ -103,8 +105,9 @@ def test_a_forged_promotion_appended_by_the_application_role_moves_nothing(rejec
     with pytest.raises(RollbackTargetInvalid, match=f"the audit log of '{name}' does not verify"):
         rollback.plan_rollback(name, None)
     # the page (the api-server: the reader role, no key) counts the forged row unverified and reads no champion from it
-    seen, champions = page_reading(name)
+    seen, champions, drift = page_reading(name)
     assert seen.problem is None and seen.unverified >= 1 and champions == {name: v2}
+    assert any("its MAC does not match" in reason for reason in drift)  # the watch's finding is on the page
 
 
 def test_a_forged_approval_under_the_runs_own_key_is_refused_before_anything_moves() -> None:
@@ -189,6 +192,6 @@ def test_a_tail_deleted_by_the_schema_owner_fails_against_the_anchor(owner) -> N
     report = watch_run(name)
     assert report.restored == [] and report.failed
     assert registry(name) == before and champion(name) == v2  # not "restored" to v1 from the truncated history
-    seen, _ = page_reading(name)
+    seen, _, _ = page_reading(name)
     assert seen.problem is not None and "is gone" in seen.problem
     assert verify_cli(name) == 1

@@ -176,13 +176,15 @@ def audited_champions(conn: Any, models: Sequence[str], upto: Mapping[str, int |
 def open_drift(conn: Any, models: Sequence[str], upto: Mapping[str, int | None] | None = None) -> dict[str, list[str]]:
     """{model: reasons of its ``drift_detected`` rows that no later ``drift_restore`` row names}.
 
-    No reason and an empty one are the same reason, as in ``replay``. ``upto`` as in ``audited_champions``.
+    No reason and an empty one are the same reason, as in ``replay``. ``upto`` bounds the rows that *close* a
+    finding, as in ``audited_champions``; findings are read past it: the watch records a broken chain after the
+    break, where the anchor no longer moves, and a forged finding can only raise an alarm, never silence one.
     """
     models = list(models)
     rows = fetch(
         conn,
         f"SELECT DISTINCT d.model_name, coalesce(d.reason, '') AS reason FROM {AUDIT_TABLE} d "
-        f"WHERE d.model_name = ANY(%(models)s) AND d.action = %(detected)s AND {_upto('d.')} "
+        "WHERE d.model_name = ANY(%(models)s) AND d.action = %(detected)s "
         f"AND NOT EXISTS (SELECT 1 FROM {AUDIT_TABLE} r WHERE r.model_name = d.model_name AND r.action = %(restored)s "
         f"AND coalesce(r.reason, '') = coalesce(d.reason, '') AND r.id > d.id AND {_upto('r.')})",
         {
