@@ -143,6 +143,46 @@ def state(name: str) -> dict[str, Any]:
     return {"versions": out, "aliases": aliases, "audit": rows}
 
 
+def forge_row(name: str, version: str, action: str, **fields: Any) -> dict[str, Any]:
+    """What the application role's password (every worker holds it) lets anyone do: append a row correctly chained
+    to the model's last, e.g. "promote" a version reviewers rejected. Without the workers' audit key it can carry no
+    valid MAC. Returns the row."""
+    from datetime import UTC, datetime
+
+    from include.promotion.audit.chain import CHAINED_V2, chain_hash
+    from include.promotion.audit.schema import AUDIT_TABLE, connect
+
+    app = connect()  # the application role
+    try:
+        with app.cursor() as cur:
+            cur.execute(f"SELECT * FROM {AUDIT_TABLE} WHERE model_name = %s ORDER BY id DESC LIMIT 1", (name,))
+            names = [d[0] for d in cur.description]
+            head = dict(zip(names, cur.fetchone(), strict=True))
+            forged = {
+                **{c: head[c] for c in CHAINED_V2},
+                "version": version,
+                "action": action,
+                "from_stage": "Staging",
+                "to_stage": "Production",
+                "actor": "bob",
+                "reason": "approved",
+                "created_at": datetime.now(UTC),
+                "idempotency_key": f"forged-{uuid.uuid4().hex}",
+                "prev_hash": head["row_hash"],
+                **fields,
+            }
+            forged["row_hash"] = chain_hash(forged["prev_hash"], forged, CHAINED_V2)  # a correct link
+            forged["mac"] = "0" * 64
+            columns = list(forged)
+            cur.execute(
+                f"INSERT INTO {AUDIT_TABLE} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})",
+                [forged[c] for c in columns],
+            )
+            return forged
+    finally:
+        app.close()
+
+
 def champion(name: str) -> str | None:
     mv = mlflow_client.get_alias(mlflow_client.client(), name, CHAMPION_ALIAS)
     return str(mv.version) if mv else None

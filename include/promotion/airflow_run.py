@@ -17,14 +17,19 @@ class RunRef:
     # when the run was created (Airflow's run_after; kept when the run is cleared): older audit rows under the same
     # run id belong to an earlier run that reused it
     run_after: datetime | None = None
+    # the Airflow DAG version the task runs (Airflow 3's DAG versioning: its task instance's ``dag_version_id``, set
+    # by the scheduler, not by the user): recorded in every audit row the task writes
+    dag_version: str | None = None
 
     @classmethod
     def from_context(cls, context: Any) -> RunRef:
         ti = context["ti"]
         dag_run = context.get("dag_run")
+        version = getattr(ti, "dag_version_id", None)
         return cls(
             ti.dag_id,
             ti.run_id,
             getattr(dag_run, "triggering_user_name", None) or None,
             getattr(dag_run, "run_after", None),
+            str(version) if version else None,
         )

@@ -1,8 +1,9 @@
 """Deployment settings, read from the environment in one place.
 
-Two secrets are read here, from the environment of the processes that need them and never from a file in the
-repository: ``PROMOTION_SIGNING_KEY`` (workers only: signs the values tasks hand each other) and
-``PROMOTION_WEBHOOK_SECRET`` (the api-server: MLflow's webhook deliveries). The audit database is an Airflow
+Three secrets are read here, from the environment of the processes that need them and never from a file in the
+repository: ``PROMOTION_SIGNING_KEY`` (workers only: signs the values tasks hand each other),
+``PROMOTION_AUDIT_KEY`` (workers only: MACs every audit row) and ``PROMOTION_WEBHOOK_SECRET`` (the api-server:
+MLflow's webhook deliveries). The audit database is an Airflow
 connection (``AIRFLOW_CONN_PROMOTION_DB`` or any secrets backend); the MLflow server is ``MLFLOW_TRACKING_URI``.
 """
 
@@ -120,6 +121,15 @@ def _secret(name: str, holders: str) -> str:
 def signing_key() -> bytes:
     """The workers' key for values handed between tasks (``PROMOTION_SIGNING_KEY``; see ``signing``)."""
     return _secret("PROMOTION_SIGNING_KEY", "every Airflow worker, and nowhere else").encode()
+
+
+def audit_key() -> bytes:
+    """The workers' key for the audit log's MACs (``PROMOTION_AUDIT_KEY``; see ``audit.chain``).
+
+    A key of its own, not the signing key: XCom signatures live for one run and their key may be rotated at any
+    time, while an audit row must verify for as long as the log is kept.
+    """
+    return _secret("PROMOTION_AUDIT_KEY", "every process that runs tasks (Airflow workers), and nowhere else").encode()
 
 
 def webhook_secret() -> str:

@@ -52,6 +52,7 @@ WORKER_SECRETS = (
     "MLFLOW_TRACKING_PASSWORD",
     "AIRFLOW_CONN_PROMOTION_DB",
     "AIRFLOW_CONN_PROMOTION_AIRFLOW_API",
+    "PROMOTION_AUDIT_KEY",
 )
 # What only the api-server may hold: it verifies MLflow's webhook deliveries, and reads the audit log for the Model
 # promotion page (the others get them blank).

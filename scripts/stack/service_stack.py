@@ -136,6 +136,7 @@ class ServiceStack:
             "PROMOTION_SIGNING_KEY": self.state.secrets["signing_key"],
             # the pipeline's read-only Airflow account (the approval gate reads Airflow's event log with it)
             "AIRFLOW_CONN_PROMOTION_AIRFLOW_API": self.pipeline_airflow_api_uri(),
+            "PROMOTION_AUDIT_KEY": self.state.secrets["audit_key"],
             # MLflow signs its webhook deliveries with it; among Airflow's processes only the api-server gets it
             "PROMOTION_WEBHOOK_SECRET": self.state.secrets["webhook_secret"],
             "PYTHONPATH": os.pathsep.join(pythonpath),

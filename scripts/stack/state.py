@@ -25,6 +25,7 @@ _SECRETS = {
     "promotion_owner_password": lambda: secrets.token_urlsafe(24),  # audit schema owner (migrations)
     "promotion_app_password": lambda: secrets.token_urlsafe(24),  # what the workers connect as
     "signing_key": lambda: secrets.token_urlsafe(48),  # PROMOTION_SIGNING_KEY: workers only
+    "audit_key": lambda: secrets.token_urlsafe(48),  # PROMOTION_AUDIT_KEY: workers only (audit rows' MACs)
     "mlflow_pipeline_password": lambda: secrets.token_urlsafe(24),  # the MLflow service account
     "mlflow_flask_secret": lambda: secrets.token_urlsafe(32),  # MLflow's basic-auth session signing
     "webhook_secret": lambda: secrets.token_urlsafe(48),  # PROMOTION_WEBHOOK_SECRET: MLflow signs, api-server checks

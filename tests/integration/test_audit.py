@@ -1,4 +1,4 @@
-"""The audit log's schema migrations, hash chain and roles, on a real PostgreSQL server.
+"""The audit log's schema migrations, keyed chain and roles, on a real PostgreSQL server.
 
 Each test gets a database of its own on the session's server, so it can start from any schema.
 """
@@ -13,7 +13,9 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
+from include.promotion import settings
 from include.promotion.audit import schema as audit_schema
+from include.promotion.audit.chain import CHAINED, chain_hash
 from include.promotion.audit.log import AuditEntry, AuditLog, ensure_schema
 from include.promotion.audit.schema import AUDIT_TABLE, CURRENT_VERSION, applied_version, upgrade, verify_chain
 from include.promotion.errors import AuditLogError
@@ -96,7 +98,7 @@ def test_a_database_with_the_oldest_schema_is_upgraded_twice_without_losing_a_ro
     assert upgrade(owner) == []  # twice: nothing left to do
     assert applied_version(owner) == CURRENT_VERSION
     assert table_rows(owner) == before
-    assert verify_chain(owner) == []  # the old rows were chained in place
+    assert verify_chain(owner, settings.audit_key()) == []  # the old rows were chained in place
     with pytest.raises(psycopg2.Error, match="append-only"), owner.cursor() as cur:
         cur.execute(f"TRUNCATE {AUDIT_TABLE}")  # the step the oldest schema lacked
     with pytest.raises(psycopg2.Error, match="action_check"), owner.cursor() as cur:
@@ -104,8 +106,8 @@ def test_a_database_with_the_oldest_schema_is_upgraded_twice_without_losing_a_ro
             f"INSERT INTO {AUDIT_TABLE} (model_name, version, action, actor, idempotency_key, prev_hash, row_hash) "
             "VALUES ('m', '1', 'delete_everything', 'x', 'k9', 'p', 'h')"
         )
-    write(owner, "m", "archive")
-    assert verify_chain(owner) == [] and len(table_rows(owner)) == len(before) + 1
+    write(owner, "m", "archive")  # a keyed row after the legacy ones
+    assert verify_chain(owner, settings.audit_key()) == [] and len(table_rows(owner)) == len(before) + 1
 
 
 @pytest.mark.parametrize("tamper", ["update", "delete"])
@@ -124,8 +126,43 @@ def test_a_privileged_edit_breaks_the_chain_at_the_row_it_touched(owner, tamper:
             cur.execute(f"DELETE FROM {AUDIT_TABLE} WHERE id = %s", (ids[1],))
             expected = f"m: audit chain broken at row {ids[2]} (approve v1): a row before it was deleted or changed"
         cur.execute(f"ALTER TABLE {AUDIT_TABLE} ENABLE TRIGGER USER")
-    assert verify_chain(owner) == [expected]
-    assert verify_chain(owner, ["other"]) == []
+    assert verify_chain(owner, settings.audit_key()) == [expected]
+    assert verify_chain(owner, settings.audit_key(), ["other"]) == []
+
+
+def test_migration_8_freezes_the_legacy_chain_and_keys_every_later_row(services, database: str, owner) -> None:
+    """Rows from before migration 8 keep their SHA-256 chain; after it, a correctly chained row without the
+    workers' key (what the application role could write) fails verification, a worker's row passes."""
+    with owner.cursor() as cur:
+        cur.execute(OLDEST_SCHEMA)
+        for i, action in enumerate(("register", "stage")):
+            cur.execute(
+                f"INSERT INTO {AUDIT_TABLE} (model_name, version, action, actor, idempotency_key) "
+                "VALUES ('m', '1', %s, 'dag', %s)",
+                (action, f"k{i}"),
+            )
+    upgrade(owner)
+    with owner.cursor() as cur:
+        cur.execute(f"SELECT model_name, last_id FROM {audit_schema.BOUNDARY_TABLE}")
+        assert cur.fetchall() == [("m", max(r[0] for r in table_rows(owner)))]
+    key = settings.audit_key()
+    write(owner, "m", "approve")
+    assert verify_chain(owner, key) == []
+    with owner.cursor() as cur:  # a forged row in the legacy format, correctly chained to the head
+        cur.execute(f"SELECT * FROM {AUDIT_TABLE} WHERE model_name = 'm' ORDER BY id DESC LIMIT 1")
+        names = [d[0] for d in cur.description]
+        head = dict(zip(names, cur.fetchone(), strict=True))
+        forged = {**head, "action": "promote", "idempotency_key": "forged", "prev_hash": head["row_hash"]}
+        forged["row_hash"] = chain_hash(forged["prev_hash"], forged, CHAINED)
+        cur.execute(
+            f"INSERT INTO {AUDIT_TABLE} (model_name, version, action, actor, created_at, idempotency_key, prev_hash, "
+            "row_hash) VALUES (%(model_name)s, %(version)s, %(action)s, %(actor)s, %(created_at)s, "
+            "%(idempotency_key)s, %(prev_hash)s, %(row_hash)s)",
+            forged,
+        )
+    (problem,) = verify_chain(owner, key)
+    assert "(promote v1): it carries no MAC" in problem
+    assert verify_chain(owner, b"another key of 32 characters, or more") != []  # MACs are checked with the key
 
 
 def test_a_dropped_log_is_not_silently_recreated(owner) -> None:
@@ -169,7 +206,7 @@ def test_the_application_role_may_only_insert_and_select(services, database: str
                 cur.execute(f"DELETE FROM {audit_schema.VERSION_TABLE} WHERE version = %s", (CURRENT_VERSION,))
             with pytest.raises(AuditLogError, match=r"Run `python -m include\.promotion\.audit\.schema upgrade"):
                 ensure_schema(app)  # reported to the app role, never "fixed" by it
-            assert verify_chain(app) == []
+            assert verify_chain(app, settings.audit_key()) == []
         finally:
             app.close()
     finally:

@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 
 from benchmarks.registry_workload import DATA_VERSION, fill, proxied_client
+from include.promotion.audit.chain import ANCHOR_TAG
 from include.promotion.audit.log import AuditEntry, model_lock
 from include.promotion.audit.schema import AUDIT_TABLE, connect
 from include.promotion.config import ModelConfig, parse_model_config
@@ -178,6 +179,8 @@ def test_the_readers_can_read_and_change_nothing(services) -> None:
         assert str(client.get_registered_model(cfg.name).aliases["champion"]) == version
         with pytest.raises(MlflowException, match=r"PERMISSION_DENIED|403"):
             client.set_registered_model_alias(cfg.name, "champion", "1")
+        with pytest.raises(MlflowException, match=r"PERMISSION_DENIED|403"):  # nor move the audit chain's anchor
+            client.set_registered_model_tag(cfg.name, ANCHOR_TAG, "{}")
 
 
 def test_the_rollback_form_says_what_a_rollback_restores_read_as_the_pages_reader(services) -> None:

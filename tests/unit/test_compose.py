@@ -49,6 +49,7 @@ HOLDERS = {
     "MLFLOW_AUTH_ADMIN_PASSWORD": {"mlflow", "airflow-init"},
     "MLFLOW_PIPELINE_PASSWORD": {"airflow-init", "airflow-worker"},
     "PROMOTION_SIGNING_KEY": {"airflow-worker"},
+    "PROMOTION_AUDIT_KEY": {"airflow-worker"},
     "PROMOTION_WEBHOOK_SECRET": {"airflow-apiserver", "airflow-init"},
     "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": {"mlflow"},
 }
@@ -209,6 +210,7 @@ def test_preflight_checks_every_secret_before_anything_starts(compose, services)
         ({"REDIS_PASSWORD": ""}, {"REDIS_PASSWORD"}),
         ({"MLFLOW_AUTH_ADMIN_PASSWORD": "short"}, {"MLFLOW_AUTH_ADMIN_PASSWORD"}),
         ({"PROMOTION_SIGNING_KEY": "0123456789abcdef0123456789"}, {"PROMOTION_SIGNING_KEY"}),  # 26 < 32
+        ({"PROMOTION_AUDIT_KEY": "change-me"}, {"PROMOTION_AUDIT_KEY"}),
         ("unedited .env.example", "every secret"),
     ],
 )
@@ -234,7 +236,12 @@ def test_credentials_reach_only_the_services_that_need_them(services):
     for secret, holders in HOLDERS.items():
         seen = {name for name, service in services.items() if secret in variables(service)} - {"preflight"}
         assert seen == holders, f"{secret} reaches {sorted(seen)}"
-    worker_only = {"AIRFLOW_CONN_PROMOTION_DB", "MLFLOW_TRACKING_PASSWORD", "PROMOTION_SIGNING_KEY"}
+    worker_only = {
+        "AIRFLOW_CONN_PROMOTION_DB",
+        "MLFLOW_TRACKING_PASSWORD",
+        "PROMOTION_SIGNING_KEY",
+        "PROMOTION_AUDIT_KEY",
+    }
     # the api-server reads for the Model promotion page: its MLflow login is the read-only account's
     reader = {"MLFLOW_TRACKING_PASSWORD", "AIRFLOW_CONN_PROMOTION_DB_READER"}
     for name in set(AIRFLOW_RUNTIME) - {"airflow-worker"}:

@@ -374,3 +374,17 @@ def test_a_history_row_that_stays_in_its_stage_shows_the_stage_once() -> None:
     row = {**report().history.rows[0], "action": "approve", "from_stage": "Staging", "to_stage": "Staging"}
     page = pages.model_page(replace(report(), history=AuditPage((row,), 1, 50, 1)), LINKS, "carol", METRICS)
     assert "<td>Staging</td>" in page and "Staging &rarr; Staging" not in page
+
+
+def test_history_shows_which_code_acted_and_marks_rows_after_the_anchor_unverified() -> None:
+    base = report()
+    (row,) = base.history.rows
+    written = {**row, "id": 2, "dag_version": "0190c0de-1111-7000-8000-000000000001", "package_version": HOSTILE}
+    forged = {**row, "id": 3, "action": "promote"}
+    history = replace(base.history, rows=(forged, written, row))
+    html = pages.model_page(replace(base, history=history, trusted_upto=2), LINKS, "carol", METRICS)
+    assert html.count('data-unverified="true"') == 1  # row 3 only: written after the anchored head (row 2)
+    assert 'data-action="promote" data-unverified="true"' in html
+    assert "DAG version <code>0190c0de</code>" in html and HOSTILE not in html.split('id="history"')[1]  # escaped
+    unbounded = pages.model_page(replace(base, history=history), LINKS, "carol", METRICS)
+    assert "data-unverified" not in unbounded  # no anchor to bound by: nothing marked

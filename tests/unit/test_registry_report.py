@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 
-from include.promotion.audit.queries import latest_events
+from include.promotion.audit.queries import Integrity, latest_events
 from include.promotion.errors import InputRejected
 from include.promotion.web.limits import clean_data_version, clean_page
 from include.promotion.web.runs import run_outcome
@@ -140,6 +140,19 @@ def test_an_open_health_finding_is_an_alert_only_while_its_version_serves() -> N
         "production health: the champion v5 is degraded (drift: PSI 0.9)",
     )
     assert alerts_for("m", "6", "6", [], None, None, findings) == ()  # rolled back or replaced: history, no alert
+
+
+def test_a_history_that_does_not_match_its_anchor_is_the_first_alert_and_says_no_champion() -> None:
+    gone = Integrity("the audit log's anchored chain head (row 9) is gone: rows were deleted from the log")
+    alerts = alerts_for("m", "5", "4", [], None, None, (), gone)
+    assert len(alerts) == 1 and alerts[0].startswith("the audit history does not verify: the audit log's anchored")
+    assert "schema verify --model m" in alerts[0]  # where to look; the champion comparison is left out
+    unverified = alerts_for("m", "5", "5", [], None, None, (), Integrity(None, 9, 2))
+    assert unverified == (
+        "2 audit row(s) after the chain head anchored in the registry: not verified here (a change in progress, or "
+        "rows not written by the pipeline); the registry watch checks their MACs",
+    )
+    assert alerts_for("m", "5", "5", [], None, None, (), Integrity(None, 9, 0)) == ()
 
 
 def test_json_times_are_iso_utc() -> None:

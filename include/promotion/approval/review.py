@@ -193,7 +193,7 @@ def record_answer(
     that audit row); a Reject, a timeout or a refused answer as a rejection (``challenger`` removed). Who restarted
     the run, if anyone did, is part of the recorded reason."""
     actor = reviewer or run.dag_id
-    change = lifecycle.Change(actor=actor, dag_id=run.dag_id, run_id=run.run_id)
+    change = lifecycle.Change.by(run, actor)
     if restarts:
         reason = f"{reason} [run restarted by {'; '.join(r.describe() for r in restarts)}]"
     if approved and reviewer is not None:

@@ -1,1 +1,2 @@
-"""The audit log: its versioned schema (``schema``), the hash-chained writer (``log``), its reading (``replay``)."""
+"""The audit log: its versioned schema (``schema``), the keyed chain (``chain``) and its anchor in the registry
+(``anchor``), the writer (``log``), which code wrote a row (``provenance``), its reading (``replay``, ``queries``)."""

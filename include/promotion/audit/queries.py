@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from include.promotion.audit.log import COLUMNS
+from include.promotion.audit.chain import CHAINED_V2, Anchor, chain_hash
+from include.promotion.audit.log import COLUMNS, PROVENANCE
 from include.promotion.audit.replay import STATUS_AFTER
 from include.promotion.audit.schema import AUDIT_TABLE
 from include.promotion.states import AuditAction, Stage, Status
@@ -36,7 +37,8 @@ SERVES_AFTER = (*ENTERS_PRODUCTION, AuditAction.POST_CHECK_ROLLBACK)
 # SQL that picks each version's latest row of each action, so the latest of one direction never hides the other).
 CHECK_DEMOTED = f"{AuditAction.POST_CHECK_ROLLBACK} (demoted)"
 IN_SERVICE, ENDED = "in service", "ended"  # a version's standing on the page (``standing``)
-AUDIT_COLUMNS = ("id", *(c for c in COLUMNS if c != "model_name"), "created_at")
+AUDIT_COLUMNS = ("id", *(c for c in COLUMNS if c != "model_name"), *PROVENANCE, "created_at")
+_NO_BOUND = 2**63 - 1  # bigint's maximum: every row
 
 
 @dataclass(frozen=True)
@@ -139,19 +141,35 @@ def pair_events(conn: Any, pairs: Sequence[tuple[str, str]]) -> dict[str, dict[t
     return {model: latest_events(model_rows) for model, model_rows in by_model.items()}
 
 
-def audited_champions(conn: Any, models: Sequence[str]) -> dict[str, str]:
+def _upto(table: str) -> str:
+    """SQL: the row of ``table`` (an alias and its dot: a bare column would name the bound's own) is one the reader
+    trusts, at or before its model's bound in ``%(bounds)s`` (if any)."""
+    return (
+        f"{table}id <= coalesce((SELECT b.upto FROM unnest(%(models)s::text[], %(bounds)s::bigint[]) AS "
+        f"b(model_name, upto) WHERE b.model_name = {table}model_name), {_NO_BOUND})"
+    )
+
+
+def _bounds(models: Sequence[str], upto: Mapping[str, int | None] | None) -> list[int]:
+    return [(upto or {}).get(m) or _NO_BOUND for m in models]
+
+
+def audited_champions(conn: Any, models: Sequence[str], upto: Mapping[str, int | None] | None = None) -> dict[str, str]:
     """{model: the version the audit log says serves}: the latest version put in production and not taken out
-    since by a row of its own (one query for all models; the same reading as ``replay.audited_state``)."""
+    since by a row of its own (one query for all models; the same reading as ``replay.audited_state``). ``upto``:
+    per model, the last row id to read (the rows that verify, ``integrity``); rows after it are not trusted."""
+    models = list(models)
     rows = fetch(
         conn,
         f"SELECT c.model_name, c.version FROM (SELECT DISTINCT ON (model_name) id, model_name, version "
-        f"FROM {AUDIT_TABLE} WHERE model_name = ANY(%(models)s) AND (action = ANY(%(serves)s) "
+        f"FROM {AUDIT_TABLE} a WHERE model_name = ANY(%(models)s) AND {_upto('a.')} AND (action = ANY(%(serves)s) "
         "OR (action = %(check)s AND to_stage = %(production)s)) ORDER BY model_name, id DESC) c "
-        f"WHERE NOT EXISTS (SELECT 1 FROM {AUDIT_TABLE} d WHERE d.model_name = c.model_name "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {AUDIT_TABLE} d WHERE d.model_name = c.model_name AND {_upto('d.')} "
         "AND d.version = c.version AND d.id > c.id AND (d.action = ANY(%(ends)s) "
         "OR (d.action = %(check)s AND d.to_stage IS DISTINCT FROM %(production)s)))",
         {
-            "models": list(models),
+            "models": models,
+            "bounds": _bounds(models, upto),
             "serves": [str(a) for a in ENTERS_PRODUCTION],
             "ends": [str(a) for a in LEAVES_PRODUCTION],
             **_CHECK,
@@ -160,18 +178,26 @@ def audited_champions(conn: Any, models: Sequence[str]) -> dict[str, str]:
     return {row["model_name"]: str(row["version"]) for row in rows}
 
 
-def open_drift(conn: Any, models: Sequence[str]) -> dict[str, list[str]]:
+def open_drift(conn: Any, models: Sequence[str], upto: Mapping[str, int | None] | None = None) -> dict[str, list[str]]:
     """{model: reasons of its ``drift_detected`` rows that no later ``drift_restore`` row names}.
 
-    No reason and an empty one are the same reason, as in ``replay``.
+    No reason and an empty one are the same reason, as in ``replay``. ``upto`` bounds the rows that *close* a
+    finding, as in ``audited_champions``; findings are read past it: the watch records a broken chain after the
+    break, where the anchor no longer moves, and a forged finding can only raise an alarm, never silence one.
     """
+    models = list(models)
     rows = fetch(
         conn,
         f"SELECT DISTINCT d.model_name, coalesce(d.reason, '') AS reason FROM {AUDIT_TABLE} d "
-        "WHERE d.model_name = ANY(%s) AND d.action = %s "
-        f"AND NOT EXISTS (SELECT 1 FROM {AUDIT_TABLE} r WHERE r.model_name = d.model_name AND r.action = %s "
-        "AND coalesce(r.reason, '') = coalesce(d.reason, '') AND r.id > d.id)",
-        (list(models), str(AuditAction.DRIFT_DETECTED), str(AuditAction.DRIFT_RESTORE)),
+        "WHERE d.model_name = ANY(%(models)s) AND d.action = %(detected)s "
+        f"AND NOT EXISTS (SELECT 1 FROM {AUDIT_TABLE} r WHERE r.model_name = d.model_name AND r.action = %(restored)s "
+        f"AND coalesce(r.reason, '') = coalesce(d.reason, '') AND r.id > d.id AND {_upto('r.')})",
+        {
+            "models": models,
+            "bounds": _bounds(models, upto),
+            "detected": str(AuditAction.DRIFT_DETECTED),
+            "restored": str(AuditAction.DRIFT_RESTORE),
+        },
     )
     found: dict[str, list[str]] = {}
     for row in rows:
@@ -212,3 +238,61 @@ def history_page(conn: Any, model: str, page: int, per_page: int) -> AuditPage:
         (model, per_page, (page - 1) * per_page),
     )
     return AuditPage(tuple(rows), page, per_page, total)
+
+
+@dataclass(frozen=True)
+class Integrity:
+    """What a reader without the workers' key can tell of one model's audit log: the anchored head checked against
+    the registry's anchor, and how many rows came after it (their MACs only the workers can check)."""
+
+    problem: str | None = None  # the log does not match its anchor: rows deleted or rewritten
+    trusted_upto: int | None = None  # the anchored row: rows after it are unverified (None: no anchor to bound by)
+    unverified: int = 0
+
+
+def integrity(conn: Any, anchors: Mapping[str, Anchor | None]) -> dict[str, Integrity]:
+    """{model: its Integrity} for the given models and their anchors (``chain.ANCHOR_TAG``): two queries for all.
+
+    The full check (every link and MAC) needs the workers' key: ``python -m include.promotion.audit.schema verify``,
+    and the registry watch runs it on every model each time; it records what it finds as drift, which the page shows.
+    """
+    models = list(anchors)
+    if not models:
+        return {}
+    ids = [a.row_id if a is not None else -1 for a in anchors.values()]
+    pairs = {"models": models, "ids": ids}
+    heads = fetch(
+        conn,
+        f"SELECT a.* FROM {AUDIT_TABLE} a JOIN unnest(%(models)s::text[], %(ids)s::bigint[]) AS w(model_name, id) "
+        "ON a.model_name = w.model_name AND a.id = w.id",
+        pairs,
+    )
+    after = fetch(
+        conn,
+        "SELECT w.model_name, count(a.id) AS n FROM unnest(%(models)s::text[], %(ids)s::bigint[]) AS w(model_name, id) "
+        f"LEFT JOIN {AUDIT_TABLE} a ON a.model_name = w.model_name AND a.id > w.id AND a.mac IS NOT NULL "
+        "GROUP BY w.model_name",
+        pairs,
+    )
+    by_model = {row["model_name"]: row for row in heads}
+    counts = {row["model_name"]: int(row["n"]) for row in after}
+    found = {}
+    for model, anchor in anchors.items():
+        unverified = counts.get(model, 0)
+        if anchor is None:  # never anchored: keyed rows (if any) are unverified, nothing to bound by
+            found[model] = Integrity(None, None, unverified)
+            continue
+        head = by_model.get(model)
+        if head is None:
+            problem = (
+                f"the audit log's anchored chain head (row {anchor.row_id}) is gone: rows were deleted from the log"
+            )
+        elif head["row_hash"] != chain_hash(head["prev_hash"], head, CHAINED_V2) or (
+            head["row_hash"],
+            head["mac"],
+        ) != (anchor.row_hash, anchor.mac):
+            problem = f"the audit log's row {anchor.row_id} differs from the chain head anchored in the registry"
+        else:
+            problem = None
+        found[model] = Integrity(problem, anchor.row_id if problem is None else None, unverified)
+    return found

@@ -13,14 +13,13 @@ row. Steps run as the schema's owner, never as the application role that writes 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from include.promotion.audit.chain import Anchor, Boundary, Verdict, chain_hash, verify
 from include.promotion.errors import AuditLogError
 from include.promotion.health import history as health_history
 from include.promotion.shadow import prediction_log
@@ -31,20 +30,7 @@ VERSION_TABLE = "audit_schema_version"
 DEFAULT_CONN_ID = "promotion_db"  # the application role: INSERT and SELECT on the audit table
 OWNER_CONN_ID = "promotion_db_owner"  # the schema owner: migrations only
 _SCHEMA_LOCK = 0x70726F6D  # any fixed key: serializes concurrent upgrades
-# What a row's hash covers, in this order (the id is not: it is the database's, not the change's).
-CHAINED = (
-    "model_name",
-    "version",
-    "action",
-    "from_stage",
-    "to_stage",
-    "actor",
-    "reason",
-    "dag_id",
-    "run_id",
-    "created_at",
-    "idempotency_key",
-)
+BOUNDARY_TABLE = "audit_chain_boundary"  # each model's last legacy row when the keyed format began (migration 8)
 
 
 def connect(conn_id: str = DEFAULT_CONN_ID) -> Any:
@@ -56,48 +42,58 @@ def connect(conn_id: str = DEFAULT_CONN_ID) -> Any:
     return conn
 
 
-def chain_hash(prev_hash: str, row: dict[str, Any]) -> str:
-    """SHA-256 over the previous row's hash and this row's content: editing any row breaks every later link."""
-    values = []
-    for column in CHAINED:
-        value = row[column]
-        if isinstance(value, datetime):
-            value = value.astimezone(UTC).isoformat(timespec="microseconds")
-        values.append(value)
-    payload = json.dumps([prev_hash, *values], ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def verify_chain(conn: Any, models: Iterable[str] | None = None) -> list[str]:
-    """One message per model whose chain is broken, naming the first row where it breaks (empty: intact)."""
-    query = f"SELECT * FROM {AUDIT_TABLE}"
-    params: tuple[Any, ...] = ()
-    if models:
-        query += " WHERE model_name = ANY(%s)"
-        params = (list(models),)
+def _fetch(conn: Any, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
     with conn.cursor() as cur:
-        cur.execute(query + " ORDER BY model_name, id", params)
+        cur.execute(query, params)
         names = [d[0] for d in cur.description]
-        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def boundaries(conn: Any, models: Iterable[str] | None = None) -> dict[str, Boundary]:
+    """{model: its last legacy row} as migration 8 recorded them (empty before migration 8)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s)", (BOUNDARY_TABLE,))
+        if cur.fetchone()[0] is None:
+            return {}
+    query, params = f"SELECT model_name, last_id, last_hash FROM {BOUNDARY_TABLE}", ()
+    if models is not None:
+        query, params = query + " WHERE model_name = ANY(%s)", (list(models),)
+    return {r["model_name"]: Boundary(int(r["last_id"]), r["last_hash"]) for r in _fetch(conn, query, params)}
+
+
+def verify_model(
+    conn: Any, model: str, rows: Sequence[Mapping[str, Any]], key: bytes | None, anchor: Anchor | None
+) -> Verdict:
+    """``chain.verify`` of one model's rows (oldest first, every column) against its boundary and anchor."""
+    return verify(model, rows, boundaries(conn, [model]).get(model), anchor, key)
+
+
+def verify_chain(
+    conn: Any,
+    key: bytes | None,
+    models: Iterable[str] | None = None,
+    anchors: Callable[[str], Anchor | None] | None = None,
+) -> list[str]:
+    """One message per model whose chain is broken, naming the first row where it breaks (empty: intact).
+
+    ``key``: the workers' audit key (MACs checked), or None (links and anchors only). ``anchors``: each model's
+    anchored chain head (``audit.anchor.read``); None skips that check (a database without a registry: tests of
+    the schema alone).
+    """
+    query, params = f"SELECT * FROM {AUDIT_TABLE}", ()
+    if models:
+        query, params = query + " WHERE model_name = ANY(%s)", (list(models),)
     by_model: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
+    for row in _fetch(conn, query + " ORDER BY model_name, id", params):
         by_model.setdefault(row["model_name"], []).append(row)
-    return [broken[1] for model_rows in by_model.values() if (broken := chain_break(model_rows))]
-
-
-def chain_break(rows: Iterable[dict[str, Any]]) -> tuple[dict[str, Any], str] | None:
-    """The row where one model's chain (its rows, oldest first) breaks and what is wrong; None if intact."""
-    head = None
-    for row in rows:
-        expected_prev = head if head is not None else ""
-        where = f"{row['model_name']}: audit chain broken at row {row['id']} ({row['action']} v{row['version']})"
-        if row["prev_hash"] != expected_prev:
-            what = "a row before it was deleted or changed" if head is not None else "the model's first rows are gone"
-            return row, f"{where}: {what}"
-        if row["row_hash"] != chain_hash(expected_prev, row):
-            return row, f"{where}: the row was altered after it was written"
-        head = row["row_hash"]
-    return None
+    limits = boundaries(conn, by_model)
+    found = []
+    for model, model_rows in by_model.items():
+        anchor = anchors(model) if anchors is not None else None
+        verdict = verify(model, model_rows, limits.get(model), anchor, key)
+        if not verdict.intact:
+            found.append(verdict.problem or "")
+    return found
 
 
 @dataclass(frozen=True)
@@ -190,6 +186,23 @@ def _health(cur: Any) -> None:
     _action_check(cur)
 
 
+def _keyed_chain(cur: Any) -> None:
+    """The format boundary: rows from now on carry a MAC and say which code acted; each model's last legacy row
+    is recorded, so no legacy-format row can be appended after it (``chain.verify``)."""
+    for column in ("mac", "dag_version", "package_version"):
+        cur.execute(f"ALTER TABLE {AUDIT_TABLE} ADD COLUMN IF NOT EXISTS {column} TEXT")
+    cur.execute(
+        f"CREATE TABLE IF NOT EXISTS {BOUNDARY_TABLE} (model_name TEXT PRIMARY KEY, last_id BIGINT NOT NULL, "
+        "last_hash TEXT NOT NULL, recorded_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    )
+    cur.execute(
+        f"INSERT INTO {BOUNDARY_TABLE} (model_name, last_id, last_hash) SELECT DISTINCT ON (model_name) model_name, "
+        f"id, row_hash FROM {AUDIT_TABLE} WHERE mac IS NULL ORDER BY model_name, id DESC "
+        "ON CONFLICT (model_name) DO NOTHING"
+    )
+
+
+# 7 is reserved (the registry retention's migration, built alongside): ``upgrade`` applies every missing number
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "audit table, append-only trigger on UPDATE and DELETE", _sql(_INITIAL)),
     Migration(2, "TRUNCATE refused", _sql(_NO_TRUNCATE)),
@@ -198,6 +211,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "prediction_log: the serving side's predictions (shadow evaluation)", _sql(prediction_log.DDL)),
     Migration(6, "production health: model_health_checks; actions health_degraded, health_recovered", _health),
     Migration(7, "registry retention: actions retention_delete, retention_archive", _action_check),
+    Migration(8, "rows keyed (HMAC-SHA256) and provenance (dag_version, package_version); legacy heads", _keyed_chain),
     Migration(9, "post-promotion check outcomes: actions post_check_passed, post_check_failed", _action_check),
 )
 # Promotions recorded after this migration have a check outcome row (``post_promotion.outcome.unchecked_promotion``).
@@ -260,9 +274,12 @@ def upgrade(
                 cur.execute("SELECT to_regclass(%s)", (AUDIT_TABLE,))
                 if cur.fetchone()[0] is None:
                     cur.execute(f"DELETE FROM {VERSION_TABLE}")
-            current = applied_version(conn)
+                    cur.execute(f"DROP TABLE IF EXISTS {BOUNDARY_TABLE}")  # the old log's legacy heads
+            applied_version(conn)  # refuses to start over a dropped log
+            cur.execute(f"SELECT version FROM {VERSION_TABLE}")
+            done = {int(row[0]) for row in cur.fetchall()}
             for migration in MIGRATIONS:
-                if migration.version <= current:
+                if migration.version in done:  # by number, not by maximum: a step numbered lower lands later
                     continue
                 migration.apply(cur)
                 cur.execute(
@@ -270,13 +287,14 @@ def upgrade(
                     (migration.version, migration.description),
                 )
                 applied.append(migration.version)
-            cur.execute(f"REVOKE ALL ON {AUDIT_TABLE}, {VERSION_TABLE} FROM PUBLIC")
+            cur.execute(f"REVOKE ALL ON {AUDIT_TABLE}, {VERSION_TABLE}, {BOUNDARY_TABLE} FROM PUBLIC")
             if app_role:
                 from psycopg2 import sql
 
                 role = sql.Identifier(app_role)
                 cur.execute(sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(sql.Identifier(AUDIT_TABLE), role))
-                cur.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(VERSION_TABLE), role))
+                for table in (VERSION_TABLE, BOUNDARY_TABLE):
+                    cur.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(table), role))
                 cur.execute(
                     sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sql.Identifier(f"{AUDIT_TABLE}_id_seq"), role)
                 )
@@ -284,7 +302,7 @@ def upgrade(
                 from psycopg2 import sql
 
                 reader = sql.Identifier(reader_role)
-                for table in (AUDIT_TABLE, VERSION_TABLE):
+                for table in (AUDIT_TABLE, VERSION_TABLE, BOUNDARY_TABLE):
                     cur.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(table), reader))
             prediction_log.grant(cur, app_role, reader_role, serving_role)
             health_history.grant(cur, app_role, reader_role)
@@ -310,7 +328,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--start-new-log", action="store_true", help="accept starting over after the table was dropped")
     status = sub.add_parser("status", help="print the schema version")
     status.add_argument("--conn", default=DEFAULT_CONN_ID)
-    check = sub.add_parser("verify", help="check the hash chain; exit 1 at the first broken link")
+    check = sub.add_parser(
+        "verify",
+        help="check each model's chain (links, MACs with PROMOTION_AUDIT_KEY, the head anchored in MLflow); exit 1 "
+        "at the first broken link. Run it where the workers run: it needs their key and MLflow account.",
+    )
     check.add_argument("--conn", default=DEFAULT_CONN_ID)
     check.add_argument("--model", action="append", help="only this model (repeatable); default: every model")
     args = parser.parse_args(argv)
@@ -329,13 +351,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             version = applied_version(conn)
             print(f"audit schema v{version}; this package expects v{CURRENT_VERSION}")
             return 0 if version == CURRENT_VERSION else 1
-        broken = verify_chain(conn, args.model)
+        from include.promotion import settings
+        from include.promotion.audit import anchor
+        from include.promotion.registry import client as mlflow_client
+
+        registry = mlflow_client.client()
+        broken = verify_chain(conn, settings.audit_key(), args.model, lambda model: anchor.read(registry, model))
     finally:
         conn.close()
     for problem in broken:
         print(problem)
     if not broken:
-        print("audit hash chain intact")
+        print("audit chain intact: every link and MAC verifies, every anchored head is in place")
     return 1 if broken else 0
 
 

@@ -149,7 +149,7 @@ def check_model(cfg: ModelConfig, run: RunRef, now: datetime | None = None) -> d
     served_since = champion_since(cfg.name, version, rows)
     figures = gather(cfg, version, champion.run_id, now or datetime.now(UTC), client, served_since)
     verdict: judging.Verdict = figures["verdict"]
-    change = Change(actor=HEALTH_ACTOR, dag_id=run.dag_id, run_id=run.run_id)
+    change = Change.by(run, HEALTH_ACTOR)
     conn = connect()
     try:
         history.record(

@@ -277,7 +277,7 @@ def notify_deployers(model_name: str, run: RunRef) -> dict[str, Any]:
     cfg = get_model_config(model_name)
     unchecked = None
     try:  # first: a promotion this run made that its check never judged is a failed check (and maybe a rollback)
-        check.check_outcome_recorded(cfg, Change(actor=check.CHECK_ACTOR, dag_id=run.dag_id, run_id=run.run_id), run)
+        check.check_outcome_recorded(cfg, Change.by(run, check.CHECK_ACTOR), run)
     except PostPromotionCheckFailed as exc:
         unchecked = exc
     try:

@@ -243,7 +243,7 @@ def verify_in_production(cfg: ModelConfig, run: RunRef) -> dict[str, Any]:
         log.info("%s: the post-promotion check is off (post_promotion.check: false); nothing checked", name)
         return {"model_name": name, "checked": False}
     promotion, already = promotion_of(name, run)
-    change = Change(actor=CHECK_ACTOR, dag_id=run.dag_id, run_id=run.run_id)
+    change = Change.by(run, CHECK_ACTOR)
     if already:  # a retry after this check rolled back: never a second rollback
         restored = next((str(r["version"]) for r in already if r["to_stage"] == Stage.PRODUCTION), "?")
         raise PostPromotionCheckFailed(

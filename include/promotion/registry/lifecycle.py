@@ -42,11 +42,12 @@ class Change:
     actor: str
     dag_id: str
     run_id: str
+    dag_version: str | None = None  # the Airflow DAG version that acts (None outside a DAG run: CLI, webhooks)
 
     @classmethod
     def by(cls, run: RunRef, actor: str | None = None) -> Change:
         """A change made from ``run``, by ``actor`` (default: the DAG itself, for automatic steps)."""
-        return cls(actor=actor or run.dag_id, dag_id=run.dag_id, run_id=run.run_id)
+        return cls(actor=actor or run.dag_id, dag_id=run.dag_id, run_id=run.run_id, dag_version=run.dag_version)
 
     @property
     def change_id(self) -> str:
@@ -73,6 +74,7 @@ class Change:
             reason=reason,
             dag_id=self.dag_id,
             run_id=self.run_id,
+            dag_version=self.dag_version,
         )
 
 

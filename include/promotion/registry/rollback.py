@@ -51,8 +51,9 @@ def plan_rollback(
     client = client or mlflow_client.client()
     requested = clean_version(target_version)
     champion = get_alias(client, name, CHAMPION_ALIAS)
-    # what only workers wrote: the last word on what served
-    state = audited_state(name, audit.rows(name) if audit_rows is None else audit_rows)
+    # what only workers wrote, and verifies: the last word on what served (``audit_rows``: the page's preview, read
+    # up to the registry's anchor by the page)
+    state = audited_state(name, _verified_rows(name, client) if audit_rows is None else audit_rows)
     current_deleted = False
     if champion is not None:
         current = str(champion.version)
@@ -99,6 +100,19 @@ def plan_rollback(
         )
     _check_target_against_audit(name, target, state, allow_rolled_back)
     return RollbackPlan(name, current, target, state.statuses.get(target) == Status.ROLLED_BACK, current_deleted)
+
+
+def _verified_rows(name: str, client: MlflowClient) -> list[dict[str, Any]]:
+    """The model's audit rows, if every one verifies (MACs, anchored head); a rollback decided on a forged or
+    rewritten history is refused."""
+    rows, verdict = audit.verified(name, client)
+    if not verdict.intact:
+        raise RollbackTargetInvalid(
+            f"the audit log of '{name}' does not verify ({verdict.problem}); a rollback is checked against it, so "
+            "nothing was changed. Investigate the audit log (`python -m include.promotion.audit.schema verify "
+            f"--model {name}`); the registry watch has reported it too."
+        )
+    return rows
 
 
 def _check_champion_against_audit(name: str, current: str, state: AuditedState) -> None:

@@ -23,8 +23,8 @@ def watch_registry(model_name: str | None, run: RunRef) -> dict[str, Any]:
     configs = load_model_configs().models
     name = (model_name or "").strip()
     models = [get_model_config(name).name] if name else sorted(configs)
-    change = lifecycle.Change(actor=watch.WATCH_ACTOR, dag_id=run.dag_id, run_id=run.run_id)
-    checker = lifecycle.Change(actor=CHECK_ACTOR, dag_id=run.dag_id, run_id=run.run_id)
+    change = lifecycle.Change.by(run, watch.WATCH_ACTOR)
+    checker = lifecycle.Change.by(run, CHECK_ACTOR)
     client = mlflow_client.client()
     reports, errors = [], []
     for model in models:

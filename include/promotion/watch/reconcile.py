@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 from include.promotion import settings
 from include.promotion.audit import log as audit
 from include.promotion.audit.replay import STAGE_OF, AuditedState, audited_state, version_order
-from include.promotion.audit.schema import chain_break
 from include.promotion.registry import client as mlflow_client
 from include.promotion.registry.client import set_stage, set_tags
 from include.promotion.registry.lifecycle import Change
@@ -255,28 +254,34 @@ def watch_model(name: str, change: Change, restore: bool, client: MlflowClient |
     report = WatchReport(name)
     with audit.model_lock(name, change.change_id) as log_:
         rows = log_.rows()
-        expected = audited_state(name, rows)
+        verdict = log_.verdict(rows, client)
+        # only rows that verify say what the registry should hold: a forged row must not become the expected state
+        upto = verdict.trusted_upto
+        trusted = rows if verdict.intact else [r for r in rows if upto is not None and r["id"] <= upto]
+        expected = audited_state(name, trusted)
+        # what the watch itself has on record (recorded once, closed once): every row, its own after a break included
+        on_record = expected.open_drift if verdict.intact else audited_state(name, rows).open_drift
         found = read_registry(client, name)
         if not rows and not found.exists:
             report.skipped = "never registered"
             return report
         drifts = differences(expected, found, mirror)
-        broken = chain_break(rows)
-        if broken is not None:
-            row, message = broken
+        if not verdict.intact:
+            row = verdict.row or (rows[-1] if rows else {"version": "0"})
             drifts.insert(
                 0,
                 Drift(
                     str(row["version"]),
-                    message,
-                    advice="the audit log was edited through a privileged database role: investigate; the watch "
-                    "restores nothing from an edited log (`python -m include.promotion.audit.schema verify`).",
+                    verdict.problem or "",
+                    advice="the audit log was forged or edited through a database role: investigate; the watch "
+                    "restores nothing from a log that does not verify (`python -m include.promotion.audit.schema "
+                    "verify`).",
                     blocks_repair=True,
                 ),
             )
         fixable = restore and found.exists and bool(drifts) and not any(d.blocks_repair for d in drifts)
         for drift in drifts:
-            if drift.reason not in expected.open_drift:
+            if drift.reason not in on_record:
                 entry = change.entry(name, drift.version, AuditAction.DRIFT_DETECTED, None, None, drift.reason)
                 log_.record(entry, detail=drift.reason)
                 report.recorded.append(drift)
@@ -291,7 +296,8 @@ def watch_model(name: str, change: Change, restore: bool, client: MlflowClient |
                 log_.record(entry, detail=drift.reason)
             drifts = remaining
         now = {d.reason for d in drifts}
-        gone = sorted(expected.open_drift - now - {d.reason for d in report.restored})
+        # a log that does not verify closes nothing: a rewritten history must not read as a resolved one
+        gone = sorted(on_record - now - {d.reason for d in report.restored}) if verdict.intact else []
         for reason in gone:
             version = next((str(r["version"]) for r in reversed(rows) if r["reason"] == reason), "0")
             entry = change.entry(name, version, AuditAction.DRIFT_RESTORE, None, None, reason, actor=NO_LONGER_FOUND)

@@ -21,11 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+from include.promotion.audit.chain import ANCHOR_TAG, Anchor
 from include.promotion.audit.queries import (
     AuditPage,
     Event,
+    Integrity,
     audited_champions,
     history_page,
+    integrity,
     open_drift,
     open_health_findings,
     pair_events,
@@ -68,16 +71,27 @@ def _reader(conn_id: str) -> Any:
     return connect(conn_id)
 
 
-def _model_audit(conn_id: str, model: str, page: int, per_page: int) -> tuple[AuditPage, str | None, list[str]]:
-    """(one history page, the audited champion, open drift) of one model."""
+def anchor_of(registered: Any | None) -> Anchor | None:
+    """The audit chain head anchored on the registered model (written by the pipeline's service account only)."""
+    return Anchor.from_tag(tags_of(registered).get(ANCHOR_TAG))
+
+
+def _model_audit(
+    conn_id: str, model: str, page: int, per_page: int, anchor: Anchor | None
+) -> tuple[AuditPage, str | None, list[str], Integrity]:
+    """(one history page, the audited champion, open drift, what the anchor says of the log) of one model. The
+    champion and the drift are read from the rows the anchor vouches for only."""
     conn = _reader(conn_id)
     try:
         if not table_exists(conn):
-            return AuditPage((), page, per_page, 0), None, []
+            return AuditPage((), page, per_page, 0), None, [], Integrity()
+        checked = integrity(conn, {model: anchor})[model]
+        upto = {model: checked.trusted_upto}
         return (
             history_page(conn, model, page, per_page),
-            audited_champions(conn, [model]).get(model),
-            open_drift(conn, [model]).get(model, []),
+            audited_champions(conn, [model], upto).get(model),
+            open_drift(conn, [model], upto).get(model, []),
+            checked,
         )
     finally:
         conn.close()
@@ -111,13 +125,13 @@ def model_report(
     """
     now = datetime.now(UTC)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        registered_read = pool.submit(registered_model, mlflow_client.client(), cfg.name)
         versions_read = pool.submit(version_page, mlflow_client.client(), cfg.name, before)
-        audit_read = pool.submit(_model_audit, conn_id, cfg.name, page, per_page)
         health_read = pool.submit(production_health.read, conn_id, cfg.name, now) if cfg.health is not None else None
+        registered = registered_model(mlflow_client.client(), cfg.name)  # its anchor bounds what the log is trusted for
+        audit_read = pool.submit(_model_audit, conn_id, cfg.name, page, per_page, anchor_of(registered))
         versions, older = versions_read.result()
         events = _version_audit(conn_id, cfg.name, [str(mv.version) for mv in versions])
-        registered, (history, audited, drift) = registered_read.result(), audit_read.result()
+        history, audited, drift, checked = audit_read.result()
         checks, findings = health_read.result() if health_read is not None else ([], [])
     aliases = aliases_of(registered)
     rows = [version_row(mv, aliases, events) for mv in versions]
@@ -149,7 +163,9 @@ def model_report(
             tags_of(registered).get(CLAIM_REFUSED_TAG),
             findings,
             failed_rollback,
+            checked,
         ),
+        trusted_upto=checked.trusted_upto,
         health=production_health.shape(cfg, champion, offline, checks, findings, now),
         last_run=last_run,
     )
@@ -186,10 +202,12 @@ def overview(
     conn = _reader(conn_id)
     try:
         if table_exists(conn):
-            events, audited, drift = pair_events(conn, pairs), audited_champions(conn, names), open_drift(conn, names)
-            findings = open_health_findings(conn, names)
+            checked = integrity(conn, {n: anchor_of(found[n][0]) for n in names})
+            upto = {n: c.trusted_upto for n, c in checked.items()}
+            events, audited = pair_events(conn, pairs), audited_champions(conn, names, upto)
+            drift, findings = open_drift(conn, names, upto), open_health_findings(conn, names)
         else:
-            events, audited, drift, findings = {}, {}, {}, {}
+            events, audited, drift, findings, checked = {}, {}, {}, {}, {}
     finally:
         conn.close()
     lines = []
@@ -213,6 +231,7 @@ def overview(
                     tags_of(registered).get(CLAIM_REFUSED_TAG),
                     findings.get(cfg.name, []),
                     failed_rollbacks.get(cfg.name),
+                    checked.get(cfg.name),
                 ),
                 reviewers=tuple(cfg.approval.reviewers),
             )

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from include.promotion.audit.queries import CHECK_DEMOTED, ENDED_BY, SERVES_AFTER, Event
+from include.promotion.audit.queries import CHECK_DEMOTED, ENDED_BY, SERVES_AFTER, Event, Integrity
 from include.promotion.config import METRICS
 from include.promotion.shadow.evidence import page_line
 from include.promotion.states import METRIC_TAG_PREFIX, AuditAction, Status, Tag
@@ -108,15 +108,28 @@ def alerts_for(
     claim_refused: str | None,
     health_findings: Iterable[Mapping[str, Any]] = (),
     failed_rollback: FailedRollback | None = None,
+    checked: Integrity | None = None,
 ) -> tuple[str, ...]:
     """What someone responsible for the model should look at now."""
-    alerts = [f"registry drift on record: {reason}" for reason in sorted(open_drift)]
+    broken = checked is not None and checked.problem
+    alerts = []
+    if broken:
+        alerts.append(
+            f"the audit history does not verify: {checked.problem}. What it says is not trusted; on a worker run "
+            f"`python -m include.promotion.audit.schema verify --model {model}`"
+        )
+    alerts += [f"registry drift on record: {reason}" for reason in sorted(open_drift)]
+    if checked is not None and checked.unverified:
+        alerts.append(
+            f"{checked.unverified} audit row(s) after the chain head anchored in the registry: not verified here "
+            "(a change in progress, or rows not written by the pipeline); the registry watch checks their MACs"
+        )
     alerts += [
         f"production health: the champion v{f['version']} is degraded ({f['reason']})"
         for f in health_findings
         if str(f["version"]) == registry_champion
     ]
-    if registry_champion != audited_champion:
+    if registry_champion != audited_champion and not broken:  # a log that does not verify says no champion
         alerts.append(
             f"the registry's champion is {_v(registry_champion)} but the audit log's is {_v(audited_champion)}: "
             "see the model_registry_watch DAG"

@@ -175,6 +175,8 @@ class ModelReport:
     alerts: tuple[str, ...]
     health: ProductionHealth | None = None
     last_run: LastRun | None = None
+    # the last history row the registry's anchor vouches for: later rows are marked unverified (None: no bound)
+    trusted_upto: int | None = None
 
 
 @dataclass(frozen=True)
