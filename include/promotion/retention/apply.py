@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from include.promotion import settings
 from include.promotion.audit import log as audit
-from include.promotion.audit.schema import chain_break
 from include.promotion.config_sections import Retention
 from include.promotion.errors import AuditLogError
 from include.promotion.registry import client as mlflow_client
@@ -113,9 +112,9 @@ def apply_retention(
     while True:
         with audit.model_lock(name, change.change_id) as log_:
             rows = log_.rows()
-            if (broken := chain_break(rows)) is not None:
+            if (verdict := log_.verdict(rows, client)).problem is not None:  # links, MACs and the anchored head
                 raise AuditLogError(
-                    f"{broken[1]}. The retention policy deletes nothing while the audit log of '{name}' does not "
+                    f"{verdict.problem}. The retention policy deletes nothing while the audit log of '{name}' does not "
                     "verify: investigate (`python -m include.promotion.audit.schema verify --model "
                     f"{name}`) and restore the log from a backup; nothing was changed."
                 )
