@@ -144,15 +144,15 @@ def test_an_open_health_finding_is_an_alert_only_while_its_version_serves() -> N
 
 def test_a_history_that_does_not_match_its_anchor_is_the_first_alert_and_says_no_champion() -> None:
     gone = Integrity("the audit log's anchored chain head (row 9) is gone: rows were deleted from the log")
-    alerts = alerts_for("m", "5", "4", [], None, None, (), gone)
+    alerts = alerts_for("m", "5", "4", [], None, None, (), checked=gone)
     assert len(alerts) == 1 and alerts[0].startswith("the audit history does not verify: the audit log's anchored")
     assert "schema verify --model m" in alerts[0]  # where to look; the champion comparison is left out
-    unverified = alerts_for("m", "5", "5", [], None, None, (), Integrity(None, 9, 2))
+    unverified = alerts_for("m", "5", "5", [], None, None, (), checked=Integrity(None, 9, 2))
     assert unverified == (
         "2 audit row(s) after the chain head anchored in the registry: not verified here (a change in progress, or "
         "rows not written by the pipeline); the registry watch checks their MACs",
     )
-    assert alerts_for("m", "5", "5", [], None, None, (), Integrity(None, 9, 0)) == ()
+    assert alerts_for("m", "5", "5", [], None, None, (), checked=Integrity(None, 9, 0)) == ()
 
 
 def test_json_times_are_iso_utc() -> None:
