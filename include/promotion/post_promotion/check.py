@@ -355,7 +355,7 @@ def _fail(cfg: ModelConfig, promotion: Promotion, failed: list[str], change: Cha
     """
     from include.promotion.errors import PostPromotionCheckFailed, PromotionError
     from include.promotion.notify import alerts as notifiers
-    from include.promotion.post_promotion import outcome
+    from include.promotion.post_promotion.outcome import record_outcome
     from include.promotion.registry import rollback
 
     name, version = cfg.name, promotion.version
@@ -383,7 +383,7 @@ def _fail(cfg: ModelConfig, promotion: Promotion, failed: list[str], change: Cha
     message = f"{name} v{version} failed its post-promotion check: {what.rstrip('.')}. {outcome}."
     notifiers.alert_post_promotion(cfg, [message])
     if not outcome.startswith("rolled back"):  # a rollback's own post_check_rollback rows are the outcome otherwise
-        outcome.record_outcome(promotion, change, AuditAction.POST_CHECK_FAILED, message)
+        record_outcome(promotion, change, AuditAction.POST_CHECK_FAILED, message)
     raise PostPromotionCheckFailed(message)
 
 
