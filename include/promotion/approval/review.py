@@ -154,8 +154,12 @@ def evidence_markdown(
             *shadow_evidence.markdown(shadow),
             "",
             f"- data version: `{trained['data_version']}`{sizes}",
-            f"- MLflow run: [{trained['run_id']}]({run_link}) "
-            "(comparison table, ROC and PR curves under *Artifacts → evaluation*)",
+            f"- MLflow run: [{trained['run_id']}]({run_link}) (the comparison table and the curves under *Artifacts → "
+            "evaluation*)",
+            "",
+            f"![ROC curve of v{version} and the champion]({model_page}/versions/{version}/roc_curve.png) "
+            f"![precision-recall curve of v{version} and the champion]({model_page}/versions/{version}/pr_curve.png)",
+            "",
             f"- model version: [{cfg.name} v{version}]({mlflow_client.version_url(cfg.name, version)}); "
             f"every version and the history: [Model promotion page]({model_page})",
             "",
