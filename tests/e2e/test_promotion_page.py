@@ -70,6 +70,13 @@ def gate(models_dir: Path, as_user: Callable) -> Gate:
     return Gate(cfg["name"], dag_id, run_id, seeded, candidate)
 
 
+# Both evaluation curves of a version are on the page and loaded (a broken image has no natural width).
+CURVES_LOADED = """() => {
+    const curves = [...document.querySelectorAll('img[src$="_curve.png"]')];
+    return curves.length === 2 && curves.every(i => i.complete && i.naturalWidth > 0);
+}"""
+
+
 # -- the browser ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
@@ -221,6 +228,8 @@ def test_the_triggerer_and_a_non_reviewer_see_the_request_but_cannot_answer(gate
         assert told[user] in promotion_frame(page).locator(f'tr[data-model="{gate.name}"] .may-not').inner_text()
         page.goto(airflow.airflow_url + task)
         page.get_by_text(f"Promote {gate.name} v{gate.candidate} to production?").first.wait_for()
+        # the evidence's ROC and PR curves load inline, from this app, with the viewer's Airflow login
+        page.wait_for_function(CURVES_LOADED, timeout=30_000)
         # Airflow 3.3 shows the form to every viewer and refuses an answer from anyone not assigned
         page.locator("#element_reason").fill(f"{user} approves")
         page.get_by_test_id("hitl-option-Approve").click()
@@ -424,6 +433,13 @@ def test_the_pages_follow_airflows_theme_pass_axe_and_stay_readable_at_800_px(ga
     paths += (
         f"/promotion/lineage?data_version={quote(snapshot(name)['versions'][gate.champion]['tags']['data_version'])}",
     )
+    curve = f"{base}/promotion/models/{name}/versions/{gate.candidate}/roc_curve.png"
+    assert requests.get(curve, timeout=30).status_code == 401  # behind the same login as the pages
+    carol = {"_token": airflow.api_token("carol")}
+    served = requests.get(curve, cookies=carol, timeout=60)
+    assert served.status_code == 200 and served.headers["content-type"] == "image/png"
+    assert served.content.startswith(b"\x89PNG")
+    assert requests.get(curve.replace("roc_curve", "secrets"), cookies=carol, timeout=30).status_code == 404
     for scheme in ("light", "dark"):
         context = browser.new_context(viewport={"width": 800, "height": 800}, color_scheme=scheme, bypass_csp=True)
         context.add_cookies([{"name": "_token", "value": airflow.api_token("carol"), "url": base}])
@@ -431,6 +447,8 @@ def test_the_pages_follow_airflows_theme_pass_axe_and_stay_readable_at_800_px(ga
         for path in paths:
             page.goto(base + path)
             page.locator("h1").wait_for()
+            if path == f"/promotion/models/{name}":  # the challenger's curves, on its model's page
+                page.wait_for_function(CURVES_LOADED, timeout=30_000)
             assert serious_violations(page) == [], (scheme, path)
             for box in page.locator(".box:has(table)").all():
                 assert box.evaluate("b => getComputedStyle(b).overflowX") == "auto"

@@ -170,7 +170,11 @@ def test_a_reviewer_who_cleared_the_run_cannot_approve_what_it_retrained(as_user
     gate = run_to_gate("clearer", approval={"reviewers": ["alice", "bob", "carol"], "timeout_hours": 1})
     name, dag_id, run_id = gate.name, gate.dag_id, gate.run_id
     bob = as_user("bob")
-    assert "not alice triggered the run" in bob.hitl_detail(dag_id, run_id)["body"]  # said before anyone clicks
+    body = bob.hitl_detail(dag_id, run_id)["body"]
+    assert "not alice triggered the run" in body  # said before anyone clicks
+    # what changed from the champion (seeded from an earlier snapshot of the data), from both MLflow runs
+    assert f"**What changed from v{gate.champion}**" in body and "(was `sha256:" in body, body
+    assert "training rows" in body and f"[Model promotion page](/promotion/models/{name})" in body
 
     clear(bob, dag_id, run_id)  # every task, as the UI's "Clear run" does: it retrains
     assert bob.wait_for_run(dag_id, run_id, timeout=240) == "failed"

@@ -7,7 +7,13 @@ import pytest
 
 from include.promotion.airflow_run import RunRef
 from include.promotion.approval.restarts import Restart, restarts_in
-from include.promotion.approval.review import check_responder, eligible_reviewers, evidence_markdown, who_may_answer
+from include.promotion.approval.review import (
+    Changes,
+    check_responder,
+    eligible_reviewers,
+    evidence_markdown,
+    who_may_answer,
+)
 from include.promotion.config import parse_model_config
 from include.promotion.errors import ApprovalRefused
 from tests.support import DEMO
@@ -123,3 +129,36 @@ def test_the_evidence_shows_candidate_and_champion_side_by_side(monkeypatch: pyt
     assert "http://mlflow.example:5000/#/experiments/7/runs/abc123" in body
     assert "http://mlflow.example:5000/#/models/fraud-detector/versions/4" in body
     assert "**v3**" in body
+    assert "[Model promotion page](/promotion/models/fraud-detector)" in body
+    assert "Both were scored on the same holdout" in body and "archives v3" in body
+
+
+def test_the_evidence_marks_regressions_says_what_changed_and_words_a_first_champion(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PROMOTION_MLFLOW_UI_URL", "http://mlflow.example:5000")
+    metrics = {"roc_auc": 0.91, "f1": 0.5, "average_precision": 0.6, "precision": 0.55, "recall": 0.384}
+    evaluation = {
+        "passed": True,
+        "metrics": metrics,
+        "champion_metrics": {**metrics, "recall": 0.45, "f1": 0.498},
+        "champion_version": "3",
+        "gate_results": [],
+    }
+    trained = {"run_id": "abc123", "experiment_id": "7", "data_version": "sha256:new"}
+    changes = Changes((("model__n_estimators", "300", "100"),), ("sha256:new", "sha256:old"), "1600", "400", "400")
+    body = evidence_markdown(CFG, {"version": "4"}, evaluation, trained, changes=changes)
+    assert "| recall | 0.3840 | 0.4500 | **-0.0660 ▼ worse** |" in body
+    assert "| f1 | 0.5000 | 0.4980 | +0.0020 |" in body  # better: not marked
+    assert "**What changed from v3**" in body
+    assert "- model\\_\\_n\\_estimators: **300** (was 100)" in body
+    assert "- data version: `sha256:new` (was `sha256:old`)" in body
+    assert "`sha256:new` (1600 training rows, 400 holdout rows)" in body
+    same = evidence_markdown(CFG, {"version": "4"}, evaluation, trained, changes=Changes((), None, "1600", "400"))
+    assert "the same estimator and parameters; the same data version" in same
+
+    first = evidence_markdown(
+        CFG, {"version": "1"}, {**evaluation, "champion_version": None, "champion_metrics": None}, trained
+    )
+    assert "no champion yet" in first and "makes it the first champion" in first
+    assert "same holdout" not in first and "archives" not in first and "What changed" not in first

@@ -388,3 +388,11 @@ def test_history_shows_which_code_acted_and_marks_rows_after_the_anchor_unverifi
     assert "DAG version <code>0190c0de</code>" in html and HOSTILE not in html.split('id="history"')[1]  # escaped
     unbounded = pages.model_page(replace(base, history=history), LINKS, "carol", METRICS)
     assert "data-unverified" not in unbounded  # no anchor to bound by: nothing marked
+
+
+def test_the_model_page_shows_the_challengers_curves_served_by_this_app() -> None:
+    waiting = replace(report(), challenger="8")
+    page = pages.model_page(waiting, LINKS, "carol", METRICS)
+    assert '<img src="/promotion/models/fraud-detector/versions/8/roc_curve.png" alt="ROC curve of v8' in page
+    assert '<img src="/promotion/models/fraud-detector/versions/8/pr_curve.png"' in page
+    assert "_curve.png" not in pages.model_page(replace(report(), challenger=None), LINKS, "carol", METRICS)

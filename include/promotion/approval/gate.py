@@ -74,14 +74,16 @@ class GovernedApprovalOperator(ApprovalOperator):
         self.assigned_users = [HITLUser(id=r, name=r) for r in eligible]
         self.subject = f"Promote {cfg.name} v{staged['version']} to production?"
         evaluation = signing.verify(Kind.EVALUATION, run, self.evaluation)
+        trained = signing.verify(Kind.TRAINING, run, self.trained)
         self.body = approval.evidence_markdown(
             cfg,
             staged,
             evaluation,
-            signing.verify(Kind.TRAINING, run, self.trained),
+            trained,
             approval.champion_note(approval.champion_tags(cfg.name, evaluation.get("champion_version"))),
             signing.verify(Kind.SHADOW, run, self.shadow) if self.shadow is not None else None,
             approval.who_may_answer(eligible, run.triggered_by, restarts),
+            approval.changes_from_champion(trained, evaluation.get("champion_version"), cfg.name),
         )
         if stale := self._question_kept_from_an_earlier_attempt(context):
             why = (

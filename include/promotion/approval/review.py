@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote as urlquote
 
 from include.promotion.airflow_run import RunRef
 from include.promotion.approval.restarts import Restart
@@ -107,10 +109,12 @@ def evidence_markdown(
     champion_approval: str | None = None,
     shadow: dict[str, Any] | None = None,
     who_may_answer: str | None = None,
+    changes: Changes | None = None,
 ) -> str:
-    """What a reviewer needs to decide, in Markdown: metrics side by side, gates, the shadow evaluation on live
-    traffic (``shadow.evidence``), data, links, and who approved the current champion and why (``champion_note``,
-    already escaped)."""
+    """What a reviewer needs to decide, in Markdown: metrics side by side with regressions marked, gates, what
+    changed from the champion (``changes_from_champion``), the shadow evaluation on live traffic
+    (``shadow.evidence``), data, links, and who approved the current champion and why (``champion_note``, already
+    escaped)."""
     version = staged["version"]
     champion_version = evaluation.get("champion_version")
     table = comparison_markdown(Evaluation(**evaluation)).splitlines()
@@ -118,38 +122,110 @@ def evidence_markdown(
         f"- {'PASS' if g['passed'] else 'FAIL'} `{g['gate']}` (value {g['value']:.4f})"
         for g in evaluation["gate_results"]
     ]
-    champion_line = (
-        f"the current champion is **v{champion_version}** "
-        f"([open]({mlflow_client.version_url(cfg.name, champion_version)}))"
-        + (f", {champion_approval}" if champion_approval else "")
-        if champion_version
-        else "there is **no champion yet**: this would be the first production version"
-    )
+    model_page = f"{MODEL_PAGE_ROOT}/{urlquote(cfg.name, safe='')}"
+    if champion_version:
+        champion_line = (
+            f"the current champion is **v{champion_version}** "
+            f"([open]({mlflow_client.version_url(cfg.name, champion_version)}))"
+            + (f", {champion_approval}" if champion_approval else "")
+            + ". Both were scored on the same holdout"
+        )
+        outcome = "**Approve** makes it the champion and archives v" + str(champion_version) + "."
+    else:
+        champion_line = "there is **no champion yet**: this would be the first production version"
+        outcome = "**Approve** makes it the first champion."
     run_link = mlflow_client.run_url(trained["run_id"], trained["experiment_id"])
+    changes = changes or Changes()
+    sizes = (
+        f" ({changes.train_rows} training rows, {changes.holdout_rows} holdout rows)" if changes.holdout_rows else ""
+    )
     return "\n".join(
         [
             f"### {cfg.name} v{version}: promote to production?",
             "",
-            f"Candidate **v{version}** passed its automatic gates; {champion_line}. Both were scored on the "
-            "same holdout.",
+            f"Candidate **v{version}** passed its automatic gates; {champion_line}.",
             "",
             *table,
             "",
             "**Gates**",
             *gates,
             "",
+            *changes.markdown(champion_version),
             *shadow_evidence.markdown(shadow),
             "",
-            f"- data version: `{trained['data_version']}`",
-            f"- MLflow run: [{trained['run_id']}]({run_link}) "
-            "(comparison table, ROC and PR curves under *Artifacts → evaluation*)",
-            f"- model version: [{cfg.name} v{version}]({mlflow_client.version_url(cfg.name, version)})",
+            f"- data version: `{trained['data_version']}`{sizes}",
+            f"- MLflow run: [{trained['run_id']}]({run_link}) (the comparison table and the curves under *Artifacts → "
+            "evaluation*)",
             "",
-            "**Approve** makes it the champion and archives the current one. **Reject** keeps the current "
-            "champion serving. Either way, write your reason: it goes into the audit log.",
+            f"![ROC curve of v{version} and the champion]({model_page}/versions/{version}/roc_curve.png) "
+            f"![precision-recall curve of v{version} and the champion]({model_page}/versions/{version}/pr_curve.png)",
+            "",
+            f"- model version: [{cfg.name} v{version}]({mlflow_client.version_url(cfg.name, version)}); "
+            f"every version and the history: [Model promotion page]({model_page})",
+            "",
+            f"{outcome} **Reject** keeps "
+            + ("the current champion serving." if champion_version else "production empty.")
+            + " Either way, write your reason: it goes into the audit log.",
             *(["", who_may_answer] if who_may_answer else []),
         ]
     )
+
+
+MODEL_PAGE_ROOT = "/promotion/models"  # the plugin's pages, on Airflow's own origin (web.routes)
+# The run params that say how a candidate was made (training.train_and_log logs them), compared with the champion's.
+_COMPARED_PARAMS = ("estimator", "scale", "test_size")
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What differs between the candidate's MLflow run and the champion's: params and data (display only)."""
+
+    params: tuple[tuple[str, str, str], ...] = ()  # (name, candidate, champion) for each param that differs
+    data: tuple[str, str] | None = None  # (candidate, champion) data versions, when they differ
+    train_rows: str | None = None
+    holdout_rows: str | None = None
+    champion_holdout_rows: str | None = None
+
+    def markdown(self, champion_version: str | None) -> list[str]:
+        if not champion_version:
+            return []
+        lines = [f"**What changed from v{champion_version}**"]
+        if not self.params and self.data is None:
+            return [*lines, "- the same estimator and parameters; the same data version", ""]
+        lines += [
+            f"- {markdown_text(name)}: **{markdown_text(new)}** (was {markdown_text(old)})"
+            for name, new, old in self.params
+        ]
+        if self.data is not None:
+            lines.append(f"- data version: `{self.data[0]}` (was `{self.data[1]}`)")
+        return [*lines, ""]
+
+
+def changes_from_champion(trained: dict[str, Any], champion_version: str | None, model_name: str) -> Changes:
+    """The params and data of the candidate's run against the champion's (display only: a failure to read them
+    leaves the section out, and the log says why)."""
+    try:
+        client = mlflow_client.client()
+        mine = retry_transient(client.get_run, trained["run_id"]).data.params
+        sizes = {"train_rows": mine.get("train_rows"), "holdout_rows": mine.get("holdout_rows")}
+        if not champion_version:
+            return Changes(**sizes)
+        champion = retry_transient(mlflow_client.get_version, client, model_name, champion_version)
+        if champion is None or not champion.run_id:
+            return Changes(**sizes)
+        theirs = retry_transient(client.get_run, champion.run_id).data.params
+    except Exception:  # display only
+        log.warning("could not read what changed from the champion for the evidence", exc_info=True)
+        return Changes()
+    names = sorted({*_COMPARED_PARAMS, *(k for k in {*mine, *theirs} if k.startswith("model__"))})
+    differ = tuple(
+        (name, mine.get(name, "(default)"), theirs.get(name, "(default)"))
+        for name in names
+        if mine.get(name) != theirs.get(name)
+    )
+    data_now, data_then = trained.get("data_version"), (champion.tags or {}).get(Tag.DATA_VERSION)
+    data = (data_now, data_then) if data_then and data_now != data_then else None
+    return Changes(differ, data, **sizes, champion_holdout_rows=theirs.get("holdout_rows"))
 
 
 def champion_tags(model_name: str, version: str | None) -> dict[str, str] | None:
@@ -205,9 +281,11 @@ def record_answer(
 
 
 __all__ = [
+    "Changes",
     "answer_of",
     "champion_note",
     "champion_tags",
+    "changes_from_champion",
     "check_responder",
     "eligible_reviewers",
     "evidence_markdown",

@@ -101,8 +101,12 @@ def gate_lines(evaluation: Evaluation) -> list[str]:
     return [f"  {'PASS' if g['passed'] else 'FAIL'}  {g['gate']}: {g['value']:.4f}" for g in evaluation.gate_results]
 
 
+REGRESSION = 0.005  # a drop in a metric larger than this is marked for the reviewer (it decides nothing)
+
+
 def comparison_markdown(evaluation: Evaluation) -> str:
-    """Candidate vs champion, metric by metric with deltas, as a Markdown table."""
+    """Candidate vs champion, metric by metric with deltas, as a Markdown table; a metric worse than the champion's
+    by more than ``REGRESSION`` is marked."""
     champion = evaluation.champion_metrics
     head = (
         f"| metric | candidate | champion (v{evaluation.champion_version}) | delta |"
@@ -113,7 +117,9 @@ def comparison_markdown(evaluation: Evaluation) -> str:
     for metric in METRICS:
         cand = evaluation.metrics[metric]
         if champion:
-            lines.append(f"| {metric} | {cand:.4f} | {champion[metric]:.4f} | {cand - champion[metric]:+.4f} |")
+            delta = cand - champion[metric]
+            shown = f"**{delta:+.4f} ▼ worse**" if delta < -REGRESSION else f"{delta:+.4f}"
+            lines.append(f"| {metric} | {cand:.4f} | {champion[metric]:.4f} | {shown} |")
         else:
             lines.append(f"| {metric} | {cand:.4f} | none yet | n/a |")
     return "\n".join(lines)

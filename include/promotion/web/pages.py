@@ -24,7 +24,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from include.promotion.inputs import MAX_REASON_CHARS, MAX_VERSION
 from include.promotion.web import production_health
 from include.promotion.web.rollback_form import RollbackPreview
-from include.promotion.web.views import Answerers, Lineage, ModelOverview, ModelReport, iso_utc
+from include.promotion.web.views import CURVES, Answerers, Lineage, ModelOverview, ModelReport, iso_utc
 
 TEMPLATES = Path(__file__).with_name("templates")
 STATIC = Path(__file__).with_name("static")
@@ -93,6 +93,10 @@ class Links:
         """A model's page: ``page`` of its history, its versions numbered below ``before``."""
         query = {k: v for k, v in (("page", page), ("before", before)) if v}
         return f"{self.app_root}/models/{url(model)}" + (f"?{urlencode(query)}" if query else "")
+
+    def curve(self, model: str, version: str, curve: str) -> str:
+        """One of a version's evaluation plots (``views.CURVES``), served by this app from its MLflow run."""
+        return f"{self.app_root}/models/{url(model)}/versions/{url(version)}/{curve}.png"
 
     def lineage(self, data_version: str) -> str:
         return f"{self.app_root}/lineage?{urlencode({'data_version': data_version})}"
@@ -163,7 +167,7 @@ def model_page(report: ModelReport, links: Links, user: str, metrics: Sequence[s
     charts = []
     if health is not None and health.enabled and health.checks:
         charts = [production_health.chart(health, metric) for metric in health.charted]
-    return render("model.html", links, user, report=report, metrics=metrics, charts=charts)
+    return render("model.html", links, user, report=report, metrics=metrics, charts=charts, curves=CURVES)
 
 
 def lineage_page(found: Lineage, links: Links, user: str) -> str:

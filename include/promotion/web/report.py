@@ -52,6 +52,7 @@ from include.promotion.web.registry_reads import (
 )
 from include.promotion.web.shaping import alerts_for, challenger_of, champion_of, metrics_of, millis, version_row
 from include.promotion.web.views import (
+    CURVES,
     FailedRollback,
     LastRun,
     Lineage,
@@ -259,3 +260,30 @@ def lineage(data_version: str, readable: Callable[[str], bool], limit: int = LIN
     ]
     hits.sort(key=lambda h: (h.model, -int(h.version)))
     return Lineage(data_version, tuple(hits), truncated=len(found) > limit)
+
+
+MAX_CURVE_BYTES = 2 * 1024 * 1024
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def curve_png(model: str, version: str, curve: str) -> bytes | None:
+    """The PNG ``evaluate`` logged for ``curve`` in the version's MLflow run, read with the api-server's read-only
+    MLflow account (the viewer needs no second login); None: no such version, run or plot."""
+    import tempfile
+    from pathlib import Path
+
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow_client.client()
+    mv = mlflow_client.get_version(client, model, version)
+    if mv is None or not mv.run_id or curve not in CURVES:
+        return None
+    with tempfile.TemporaryDirectory(prefix="promotion-curve-") as tmp:
+        try:
+            path = Path(client.download_artifacts(mv.run_id, f"evaluation/{curve}.png", tmp))
+        except (MlflowException, OSError):
+            return None
+        if not path.is_file() or path.stat().st_size > MAX_CURVE_BYTES:
+            return None
+        body = path.read_bytes()
+    return body if body.startswith(_PNG) else None  # only a PNG is served as one

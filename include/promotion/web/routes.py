@@ -13,6 +13,7 @@ answers 401 and a page redirects to Airflow's login page. Signed in without read
     GET /promotion/models/{model}/rollback   the rollback form (HTML; it triggers model_rollback through Airflow's
                                              REST API as the viewer: this app has no route that writes)
     GET /promotion/lineage?data_version=D    lineage (HTML)      GET /promotion/api/lineage?data_version=D
+    GET /promotion/models/{model}/versions/{v}/{roc_curve|pr_curve}.png   the version's curves (evaluate's plots)
     GET /promotion/static/{name}             the pages' stylesheet and scripts (``pages.ASSETS``; signed in)
 
 Which tasks of a promotion run tell its outcome (``runs.RunTasks``) is the app's ``state.run_tasks``, set by
@@ -31,6 +32,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 
 from include.promotion.config import METRICS, ModelConfig, load_model_configs
 from include.promotion.errors import InputRejected
+from include.promotion.inputs import clean_version
 from include.promotion.registry import client as mlflow_client
 from include.promotion.watch.mlflow_webhook import URL_PREFIX  # where the plugin mounts the package's app
 from include.promotion.web import limits, pages, report, rollback_form
@@ -254,6 +256,21 @@ def model_json(
 @router.get("/api/lineage", include_in_schema=False)
 def lineage_json(user: ApiUser, data_version: Text = None) -> Response:
     return _json(_lineage(user, data_version))
+
+
+@router.get("/models/{model_name}/versions/{version}/{curve}.png", include_in_schema=False)
+def curve_image(user: ApiUser, model_name: str, version: str, curve: str) -> Response:
+    """A version's ROC or precision-recall curve (``report.curve_png``) for the evidence and the model page."""
+    cfg = readable_model(user, model_name)
+    if curve not in report.CURVES:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no such curve: {', '.join(report.CURVES)}")
+    checked = _read("the version", clean_version, version, "version")
+    body = _read("the registry", report.curve_png, cfg.name, checked, curve)
+    if body is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{cfg.name} v{checked} has no {report.CURVES[curve]}")
+    return Response(
+        body, media_type="image/png", headers={**SECURITY_HEADERS, "Cache-Control": "private, max-age=3600"}
+    )
 
 
 @router.get("/static/{name}", include_in_schema=False)

@@ -239,3 +239,7 @@ __all__ = [
     "as_json",
     "iso_utc",
 ]
+
+
+# The plots ``evaluate`` logs under ``evaluation/`` in each version's MLflow run, by file name; the page shows them.
+CURVES = {"roc_curve": "ROC curve", "pr_curve": "precision-recall curve"}
