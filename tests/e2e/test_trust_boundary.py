@@ -88,8 +88,9 @@ def test_a_forged_evaluation_xcom_registers_nothing(as_user, add_model) -> None:
 
 
 # -- b. forged approval ------------------------------------------------------------------------------------
-def test_marking_approve_as_success_promotes_nothing(as_user, run_to_gate, services) -> None:
-    """A non-reviewer skips the question: ``approve`` set to success through the REST API, nobody answered."""
+def test_marking_approve_as_success_promotes_nothing_nor_does_clearing_the_run(as_user, run_to_gate, services) -> None:
+    """A non-reviewer skips the question: ``approve`` set to success through the REST API, nobody answered. Then a
+    reviewer restarts the run (clears it), which makes its candidate theirs: not approvable by them either."""
     gate = run_to_gate("forgeapprove")
     name, dag_id, run_id, champion, candidate = gate.name, gate.dag_id, gate.run_id, gate.champion, gate.candidate
     mallory = as_user("mallory")
@@ -115,6 +116,20 @@ def test_marking_approve_as_success_promotes_nothing(as_user, run_to_gate, servi
     assert verify_invariant(name) == champion
     assert "promote" not in {action for version, action, _ in audit_actions(name) if version == candidate}
     assert "approved_by" not in mlflow_client.client().get_model_version(name, candidate).tags
+
+    # four eyes by who made the candidate: bob, the only other reviewer, clears every task of alice's run, so it
+    # retrains and the candidate is his too. Nobody may answer now: the gate says why and withdraws the candidate.
+    bob = as_user("bob")
+    clear(bob, dag_id, run_id)  # every task, as the UI's "Clear run" does
+    assert bob.wait_for_run(dag_id, run_id, timeout=240) == "failed"
+    assert bob.task_states(dag_id, run_id)["train"] == "success"
+    log = latest_log(bob, dag_id, run_id, "approve")
+    assert "no reviewer can approve this run" in log and "bob restarted it: bob (cleared tasks at" in log, log[-2000:]
+    rejection = audit.rows(name)[-1]
+    assert (rejection["version"], rejection["action"], rejection["actor"]) == (candidate, "reject", dag_id)
+    assert "[run restarted by " in rejection["reason"] and "bob (cleared tasks at" in rejection["reason"]
+    assert "challenger" not in mlflow_client.client().get_registered_model(name).aliases
+    assert verify_invariant(name) == champion
 
 
 # -- c. reasons outside the limits, from a real reviewer ---------------------------------------------------
@@ -160,31 +175,6 @@ def test_answers_outside_the_limits_are_refused_and_an_oversize_one_is_recorded_
     log = latest_log(bob, dag_id, run_id, "approve")
     assert "Airflow keeps a cleared gate's first question" in log and "already answered (reject by" in log, log[-2000:]
     assert snapshot(name) == before
-
-
-# -- c2. four eyes by who made the candidate: the run's clearer ------------------------------------------------
-def test_a_reviewer_who_cleared_the_run_cannot_approve_what_it_retrained(as_user, run_to_gate) -> None:
-    """bob (a reviewer) clears every task of alice's run, so it retrains and the candidate is his too. Airflow keeps
-    a cleared gate's first question, with bob still assigned (apache/airflow#73235), so the gate does not reopen: it
-    fails naming him, and the candidate is withdrawn on record."""
-    gate = run_to_gate("clearer", approval={"reviewers": ["alice", "bob", "carol"], "timeout_hours": 1})
-    name, dag_id, run_id = gate.name, gate.dag_id, gate.run_id
-    bob = as_user("bob")
-    body = bob.hitl_detail(dag_id, run_id)["body"]
-    assert "not alice triggered the run" in body  # said before anyone clicks
-    # what changed from the champion (seeded from an earlier snapshot of the data), from both MLflow runs
-    assert f"**What changed from v{gate.champion}**" in body and "(was `sha256:" in body, body
-    assert "training rows" in body and f"[Model promotion page](/promotion/models/{name})" in body
-
-    clear(bob, dag_id, run_id)  # every task, as the UI's "Clear run" does: it retrains
-    assert bob.wait_for_run(dag_id, run_id, timeout=240) == "failed"
-    assert bob.task_states(dag_id, run_id)["train"] == "success"
-    assert "Airflow keeps a cleared gate's first question" in latest_log(bob, dag_id, run_id, "approve")
-    rejection = audit.rows(name)[-1]
-    assert (rejection["version"], rejection["action"], rejection["actor"]) == (gate.candidate, "reject", dag_id)
-    assert "run restarted by bob (cleared tasks at" in rejection["reason"], rejection["reason"]
-    assert "challenger" not in mlflow_client.client().get_registered_model(name).aliases
-    assert verify_invariant(name) == gate.champion
 
 
 # -- d. rollbacks by the wrong person, or outside the limits -----------------------------------------------

@@ -66,9 +66,18 @@ class GovernedApprovalOperator(ApprovalOperator):
         staged = signing.verify(Kind.STAGING, run, self.staged)
         try:
             restarts = restarts_of(run)
-            eligible = approval.eligible_reviewers(cfg.approval.reviewers, run.triggered_by, restarts)
-        except ApprovalRefused as exc:
+        except ApprovalRefused as exc:  # four eyes cannot be checked now: nothing is decided, the run fails
             raise AirflowFailException(str(exc)) from None
+        try:
+            eligible = approval.eligible_reviewers(cfg.approval.reviewers, run.triggered_by, restarts)
+        except ApprovalRefused as exc:  # nobody may ever answer: never leave a challenger nobody can approve
+            why = f"{exc} The candidate is withdrawn."
+            try:
+                approval.record_answer(cfg.name, staged["version"], run, None, False, why[:1500], restarts)
+            except RegistryStateError as answered:  # answered already: that answer stands
+                why = f"{why} {answered}"
+            leave(f"Not promoted: {why}")
+            raise AirflowFailException(why) from None
         if restarts:
             self.log.warning("This run was restarted by %s", "; ".join(r.describe() for r in restarts))
         self.assigned_users = [HITLUser(id=r, name=r) for r in eligible]
