@@ -100,3 +100,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     if report.when == "call" and report.failed and stack is not None and "services" in item.fixturenames:
         report.sections.append(("services: warnings and errors", stack.problems_digest(item.stash[STARTED])))
     return report
+
+
+# -- where the suite's time goes: per file, setup + call + teardown (the budget is 15 minutes on 2 cores) ----------
+_FILE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Sum each test file's time (with xdist: in the controller, from every worker's reports)."""
+    path = report.nodeid.split("::", 1)[0]
+    _FILE_SECONDS[path] = _FILE_SECONDS.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FILE_SECONDS:
+        terminalreporter.section("seconds per test file (the 15 slowest)")
+        for path, seconds in sorted(_FILE_SECONDS.items(), key=lambda item: -item[1])[:15]:
+            terminalreporter.write_line(f"{seconds:8.1f} s  {path}")
