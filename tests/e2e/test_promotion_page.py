@@ -447,7 +447,7 @@ def test_the_pages_follow_airflows_theme_pass_axe_and_stay_readable_at_800_px(ga
         for path in paths:
             page.goto(base + path)
             page.locator("h1").wait_for()
-            if path == f"/promotion/models/{name}":  # the challenger's curves, on its model's page
+            if page.locator(".curves").count():  # a challenger's curves (approved by an earlier test: none)
                 page.wait_for_function(CURVES_LOADED, timeout=30_000)
             assert serious_violations(page) == [], (scheme, path)
             for box in page.locator(".box:has(table)").all():
