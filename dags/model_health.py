@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import AssetAlias, Param, dag, get_current_context, task
+from airflow.sdk import AssetAlias, dag, get_current_context, task
 
 from include.promotion.airflow_run import RunRef
 from include.promotion.assets import RETRAIN_ALIAS
+from include.promotion.inputs import optional_model_param
 from include.promotion.settings import health_schedule
 from include.promotion.tasks.boundary import fails_fast
 
@@ -45,13 +46,7 @@ task, so one model's failure never stops the others'.
     tags=["model-promotion", "production-health", "on-call"],
     default_args={"owner": "on-call", "retries": 1, "retry_delay": timedelta(seconds=30)},
     params={
-        "model_name": Param(
-            "",
-            type="string",
-            maxLength=100,
-            title="Model (optional)",
-            description="Check only this governed model; empty: every model with a health section.",
-        ),
+        "model_name": optional_model_param("Check only this governed model; empty: every model with a health section."),
     },
 )
 def model_health() -> None:

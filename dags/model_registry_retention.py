@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import dag, get_current_context, task
 
 from include.promotion.airflow_run import RunRef
+from include.promotion.inputs import optional_model_param
 from include.promotion.settings import retention_schedule
 from include.promotion.tasks.boundary import fails_fast
 
@@ -35,12 +36,8 @@ while the model's audit chain does not verify. See docs/retention.md.
     tags=["model-promotion", "registry-retention"],
     default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(seconds=30)},
     params={
-        "model_name": Param(
-            "",
-            type="string",
-            maxLength=100,
-            title="Model (optional)",
-            description="Apply only this governed model's policy; empty: every model with a retention section.",
+        "model_name": optional_model_param(
+            "Apply only this governed model's policy; empty: every model with a retention section."
         ),
     },
 )

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import dag, get_current_context, task
 
 from include.promotion.airflow_run import RunRef
+from include.promotion.inputs import optional_model_param
 from include.promotion.settings import watch_schedule
 from include.promotion.tasks.boundary import fails_fast
 
@@ -43,13 +44,7 @@ A deleted champion version cannot be restored: the log names the `model_rollback
     tags=["model-promotion", "registry-watch"],
     default_args={"owner": "ml-platform", "retries": 1},
     params={
-        "model_name": Param(
-            "",
-            type="string",
-            maxLength=100,
-            title="Model (optional)",
-            description="Check only this governed model; empty: every governed model.",
-        ),
+        "model_name": optional_model_param("Check only this governed model; empty: every governed model."),
     },
 )
 def model_registry_watch() -> None:

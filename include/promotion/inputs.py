@@ -12,6 +12,17 @@ from include.promotion.errors import InputRejected
 
 MAX_REASON_CHARS = 2000
 MAX_VERSION = 2**31 - 1  # MLflow stores version numbers as 32-bit integers
+MAX_MODEL_NAME_PARAM_CHARS = 100
+
+
+def optional_model_param(description: str) -> Any:
+    """The trigger form's optional ``model_name`` of the DAGs that sweep every governed model (watch, health,
+    retention): empty means every model; ``description`` says what the DAG does with one."""
+    from airflow.sdk import Param
+
+    return Param(
+        "", type="string", maxLength=MAX_MODEL_NAME_PARAM_CHARS, title="Model (optional)", description=description
+    )
 
 
 def clean_reason(value: Any, what: str = "reason", required: bool = True) -> str | None:
