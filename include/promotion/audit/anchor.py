@@ -21,11 +21,14 @@ log = logging.getLogger(__name__)
 
 def read(client: MlflowClient, model: str) -> Anchor | None:
     """The model's anchored chain head; None when the model has no anchor yet (or is not registered)."""
-    from include.promotion.registry.client import find_registered_model
+    from mlflow.exceptions import MlflowException
 
-    registered = find_registered_model(client, model)
-    if registered is None:
-        return None
+    try:
+        registered = client.get_registered_model(model)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
     return Anchor.from_tag((registered.tags or {}).get(ANCHOR_TAG))
 
 

@@ -7,7 +7,6 @@ the credentials are the serving client's (``promotion_client.registry``): one de
 
 from __future__ import annotations
 
-import functools
 import warnings
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote as urlquote
@@ -31,40 +30,7 @@ def client() -> MlflowClient:
     uri = settings.tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return _client_class()(tracking_uri=uri, registry_uri=uri)
-
-
-# Registered models this process has seen without MLflow's prompt tag (see ``_client_class``).
-_NOT_PROMPTS: set[tuple[str, str]] = set()
-
-
-@functools.cache
-def _client_class() -> type[MlflowClient]:
-    """``MlflowClient`` whose check "is this registered model a prompt?" costs one search per model and process.
-
-    MLflow 3.17's client makes that check before every tag, alias and stage write of a model, with
-    ``get_registered_model``: a third of the registry calls of a promotion, and the call whose cost grows with the
-    model's number of versions (``find_registered_model``). A name, once seen as a model without the prompt tag, stays
-    one: only the pipeline's service account and the MLflow admin may tag or delete a governed model
-    (``registry.accounts``).
-    """
-    from mlflow import MlflowClient
-    from mlflow.prompt.registry_utils import has_prompt_tag
-
-    class GovernedClient(MlflowClient):
-        def _raise_if_prompt(self, name: str) -> None:
-            key = (self._registry_uri, name)
-            if key in _NOT_PROMPTS:
-                return
-            registered = find_registered_model(self, name)
-            if registered is None:
-                super()._raise_if_prompt(name)  # MLflow's own "not found" for a name it does not know
-                return
-            if has_prompt_tag(registered._tags):
-                super()._raise_if_prompt(name)  # MLflow's own refusal
-            _NOT_PROMPTS.add(key)
-
-    return GovernedClient
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def host_creds(uri: str | None = None) -> Any:
