@@ -13,6 +13,8 @@ import requests
 
 TERMINAL_RUN_STATES = {"success", "failed"}
 GATE_SETTLE_SECONDS = 3.0
+# How often a wait asks again: a poll is two cheap GETs, and a wait ends on average half a poll after the event.
+POLL_SECONDS = 0.3
 
 # The promotion DAG's approval task (a contract named in docs/architecture.md "Contracts"; dags/model_promotion.py).
 APPROVE_TASK_ID = "approve"
@@ -88,7 +90,7 @@ class AirflowAPI:
             except AirflowAPIError as exc:
                 if exc.status_code != 404 or time.monotonic() > deadline:
                     raise
-            time.sleep(1)
+            time.sleep(POLL_SECONDS)
 
     def reparse(self, dag_id: str) -> None:
         """Ask the dag-processor to parse ``dag_id``'s file now, not at its next interval (e.g. after a model
@@ -99,6 +101,22 @@ class AirflowAPI:
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
         run = self.request("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
         return run["dag_run_id"]
+
+    def trigger_once_listed(
+        self, dag_id: str, conf: dict[str, Any], param: str = "model_name", timeout: float = 120
+    ) -> str:
+        """Trigger ``dag_id`` once its form lists ``conf[param]``: a form whose choices are the models (the
+        rollback's ``model_name``) knows a new model only after its file was re-parsed, and refuses it with a 400
+        naming ``param`` until then. Any other refusal is raised at once."""
+        self.wait_for_dag(dag_id)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.trigger(dag_id, conf)
+            except AirflowAPIError as exc:
+                if exc.status_code != 400 or param not in exc.body or time.monotonic() > deadline:
+                    raise
+            time.sleep(POLL_SECONDS)
 
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
@@ -118,7 +136,7 @@ class AirflowAPI:
                 raise TimeoutError(
                     f"{dag_id}/{run_id} still {state} after {timeout}s: {self.task_states(dag_id, run_id)}"
                 )
-            time.sleep(1)
+            time.sleep(POLL_SECONDS)
         return state
 
     def wait_for_gate(
@@ -157,7 +175,7 @@ class AirflowAPI:
                 raise TimeoutError(
                     f"{dag_id}/{run_id}: {task_id} never reached {states} (run {run_state}): {task_states}"
                 )
-            time.sleep(1)
+            time.sleep(POLL_SECONDS)
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1) -> str:
         """The task's log as text (the API serves structured events; their messages, one per line); ``map_index``

@@ -104,16 +104,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 # -- where the suite's time goes: per file, setup + call + teardown (the budget is 15 minutes on 2 cores) ----------
 _FILE_SECONDS: dict[str, float] = {}
+_WORKER_SECONDS: dict[str, float] = {}
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Sum each test file's time (with xdist: in the controller, from every worker's reports)."""
+    """Sum each test file's time, and each xdist worker's (in the controller, from every worker's reports)."""
     path = report.nodeid.split("::", 1)[0]
     _FILE_SECONDS[path] = _FILE_SECONDS.get(path, 0.0) + report.duration
+    node = getattr(report, "node", None)  # xdist's controller: the worker that ran the test
+    worker = getattr(getattr(node, "gateway", None), "id", "this process")
+    _WORKER_SECONDS[worker] = _WORKER_SECONDS.get(worker, 0.0) + report.duration
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _FILE_SECONDS:
-        terminalreporter.section("seconds per test file (the 15 slowest)")
-        for path, seconds in sorted(_FILE_SECONDS.items(), key=lambda item: -item[1])[:15]:
+        terminalreporter.section("seconds per test file (the 25 slowest)")
+        for path, seconds in sorted(_FILE_SECONDS.items(), key=lambda item: -item[1])[:25]:
             terminalreporter.write_line(f"{seconds:8.1f} s  {path}")
+        busy = ", ".join(f"{worker} {seconds:.0f} s" for worker, seconds in sorted(_WORKER_SECONDS.items()))
+        terminalreporter.write_line(f"{sum(_FILE_SECONDS.values()):8.1f} s  all {len(_FILE_SECONDS)} files ({busy})")

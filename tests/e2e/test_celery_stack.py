@@ -30,7 +30,6 @@ from scripts.stack.config import CELERY
 from tests.conftest import MANUAL_RUNS_ONLY, REVIEWERS, STACK
 from tests.deploy_receiver import DeployReceiver
 from tests.e2e.conftest import model_adder, users_of
-from tests.e2e.test_rollback_dag import trigger_rollback
 from tests.support import Gate, promote, seed_champion
 
 pytestmark = pytest.mark.e2e
@@ -138,7 +137,9 @@ def runs(request, celery_stack, as_user, models_dir) -> Runs:
     champion = seed_champion(rejected)
     restored, bad = promote(rolled), promote(rolled)
     story_run, rejected_run = alice.trigger(dag_id_for(story)), alice.trigger(dag_id_for(rejected))
-    rollback_run = trigger_rollback(carol, {"model_name": rolled, "reason": f"v{bad} flags every card"})
+    rollback_run = carol.trigger_once_listed(
+        "model_rollback", {"model_name": rolled, "reason": f"v{bad} flags every card"}
+    )
     return Runs(
         Gate(story, dag_id_for(story), story_run, "", ""),
         receiver,

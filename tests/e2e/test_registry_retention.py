@@ -9,7 +9,6 @@ DAG runs are what is tested. ``keep_days: 0`` makes every version old enough, so
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from include.promotion.registry.lifecycle import Change
 from include.promotion.retention.apply import RETENTION_ACTOR
 from include.promotion.watch.reconcile import WATCH_ACTOR, watch_model
 from scripts.airflow_api import AirflowAPIError
-from tests.e2e.test_rollback_dag import trigger_rollback
 from tests.support import champion, fast_model, promote, register, snapshot
 
 pytestmark = pytest.mark.e2e
@@ -35,18 +33,6 @@ POLICY = {"mode": "dry_run", "keep_last": 1, "keep_days": 0, "keep_served_days":
 def versions_of(name: str) -> list[str]:
     found = mlflow_client.client().search_model_versions(f"name = {mlflow_client.quote(name)}")
     return sorted((str(mv.version) for mv in found), key=int)
-
-
-def trigger_listed(api, conf: dict) -> str:
-    """Trigger ``model_rollback`` once its form lists the model (its file was re-parsed); leaves the DAG paused."""
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            return api.trigger("model_rollback", conf)
-        except AirflowAPIError as exc:
-            if exc.status_code != 400 or time.monotonic() > deadline:
-                raise
-            time.sleep(2)
 
 
 def retention_run(api, name: str) -> tuple[str, str]:
@@ -78,7 +64,9 @@ def test_a_dry_run_then_an_enforcing_run_then_a_rollback_to_a_protected_old_vers
     admin.request("PATCH", "/dags/model_rollback", json={"is_paused": True})
     queued = None
     try:
-        queued = trigger_listed(carol, {"model_name": name, "target_version": int(v2), "reason": "maybe v2"})
+        queued = carol.trigger_once_listed(
+            "model_rollback", {"model_name": name, "target_version": int(v2), "reason": "maybe v2"}
+        )
         path = models_dir / f"{name}.yaml"
         cfg = yaml.safe_load(path.read_text())
         cfg["retention"]["mode"] = "enforce"
@@ -101,6 +89,8 @@ def test_a_dry_run_then_an_enforcing_run_then_a_rollback_to_a_protected_old_vers
     watch = watch_model(name, Change(WATCH_ACTOR, "model_registry_watch", uuid.uuid4().hex), restore=False)
     assert watch.drifts == [] and not watch.failed  # a deletion on record is not drift
 
-    run_id = trigger_rollback(carol, {"model_name": name, "target_version": int(v1), "reason": "v4 misbehaves"})
+    run_id = carol.trigger_once_listed(
+        "model_rollback", {"model_name": name, "target_version": int(v1), "reason": "v4 misbehaves"}
+    )
     assert carol.wait_for_run("model_rollback", run_id, timeout=120) == "success"
     assert verify_invariant(name) == v1 == champion(name)

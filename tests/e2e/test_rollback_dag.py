@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from include.promotion.audit import log as audit
 from include.promotion.registry import client as mlflow_client
 from include.promotion.registry.invariants import verify_invariant
-from scripts.airflow_api import AirflowAPIError
 from tests.deploy_receiver import DeployReceiver
 from tests.support import promote, snapshot
 
 pytestmark = pytest.mark.e2e
-
-
-def trigger_rollback(api, conf: dict) -> str:
-    """Trigger ``model_rollback``; wait for the form's model list to include a newly added model."""
-    api.wait_for_dag("model_rollback")
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            return api.trigger("model_rollback", conf)
-        except AirflowAPIError as exc:
-            if exc.status_code != 400 or time.monotonic() > deadline:
-                raise
-            time.sleep(2)
 
 
 def test_on_call_rolls_back_step_by_step_and_to_a_named_version(as_user, add_model) -> None:
@@ -37,7 +21,7 @@ def test_on_call_rolls_back_step_by_step_and_to_a_named_version(as_user, add_mod
     v1, v2, v3 = promote(name), promote(name), promote(name)
     carol = as_user("carol")
 
-    run_id = trigger_rollback(carol, {"model_name": name, "reason": "v3 flags every card"})
+    run_id = carol.trigger_once_listed("model_rollback", {"model_name": name, "reason": "v3 flags every card"})
     assert carol.wait_for_run("model_rollback", run_id, timeout=120) == "success"
     assert verify_invariant(name) == v2
     assert (
@@ -57,13 +41,13 @@ def test_on_call_rolls_back_step_by_step_and_to_a_named_version(as_user, add_mod
         (v3, "rollback_demote", "carol", "v3 flags every card"),
     ]
 
-    run_id = trigger_rollback(carol, {"model_name": name, "reason": "v2 too"})
+    run_id = carol.trigger_once_listed("model_rollback", {"model_name": name, "reason": "v2 too"})
     assert carol.wait_for_run("model_rollback", run_id, timeout=120) == "success"
     assert verify_invariant(name) == v1
 
     # a refusal fails at validate and changes nothing (restoring the rolled-back v2 needs the form's flag)
     before = snapshot(name)
-    run_id = trigger_rollback(carol, {"model_name": name, "target_version": 99, "reason": "try"})
+    run_id = carol.trigger_once_listed("model_rollback", {"model_name": name, "target_version": 99, "reason": "try"})
     assert carol.wait_for_run("model_rollback", run_id, timeout=120) == "failed"
     states = carol.task_states("model_rollback", run_id)
     assert states["validate"] == "failed" and states["restore_previous_champion"] == "upstream_failed"
@@ -72,7 +56,7 @@ def test_on_call_rolls_back_step_by_step_and_to_a_named_version(as_user, add_mod
     assert note.startswith("validate failed: ") and "has no version 99" in note, note
     assert snapshot(name) == before
     conf = {"model_name": name, "target_version": int(v2), "reason": "back to v2", "restore_rolled_back": True}
-    run_id = trigger_rollback(carol, conf)
+    run_id = carol.trigger_once_listed("model_rollback", conf)
     assert carol.wait_for_run("model_rollback", run_id, timeout=120) == "success"
     assert verify_invariant(name) == v2
     assert mlflow_client.client().get_model_version_by_alias(name, "champion").version == v2

@@ -8,7 +8,6 @@ the registry and the audit log are as they were.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -39,19 +38,6 @@ def clear(api: AirflowAPI, dag_id: str, run_id: str, task_ids: list[str] | None 
     if task_ids is not None:
         body["task_ids"] = task_ids
     api.request("POST", f"/dags/{dag_id}/clearTaskInstances", json=body)
-
-
-def trigger_rollback(api: AirflowAPI, conf: dict[str, Any]) -> str:
-    """Trigger ``model_rollback``; wait for the form's model list to include a newly added model."""
-    api.wait_for_dag(ROLLBACK)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            return api.trigger(ROLLBACK, conf)
-        except AirflowAPIError as exc:
-            if exc.status_code != 400 or "model_name" not in exc.body or time.monotonic() > deadline:
-                raise
-            time.sleep(2)
 
 
 def audit_actions(name: str) -> list[tuple[str, str, str]]:
@@ -185,7 +171,7 @@ def test_a_rollback_by_someone_not_on_call_is_refused(as_user, add_model) -> Non
     mallory, carol = as_user("mallory"), as_user("carol")
     before = snapshot(name)
 
-    run_id = trigger_rollback(mallory, {"model_name": name, "reason": "I think v1 was better"})
+    run_id = mallory.trigger_once_listed(ROLLBACK, {"model_name": name, "reason": "I think v1 was better"})
     assert mallory.wait_for_run(ROLLBACK, run_id, timeout=120) == "failed"
     states = mallory.task_states(ROLLBACK, run_id)
     assert (states["validate"], states["restore_previous_champion"]) == ("failed", "upstream_failed")
@@ -200,7 +186,7 @@ def test_a_rollback_by_someone_not_on_call_is_refused(as_user, add_model) -> Non
         ({"reason": "bad\x00model"}, "NUL character"),
     ):
         try:
-            refused = trigger_rollback(carol, {"model_name": name, "reason": "limits", **conf})
+            refused = carol.trigger_once_listed(ROLLBACK, {"model_name": name, "reason": "limits", **conf})
         except AirflowAPIError as exc:
             # refused before any run exists: 400 by the DAG's Param schema, 422 by PostgreSQL (NUL in JSONB)
             assert exc.status_code in (400, 422), exc
@@ -216,7 +202,7 @@ def test_replaying_an_old_rollback_run_by_clearing_it_is_refused(as_user, add_mo
     v1 = promote(name)
     v2 = promote(name)
     carol, mallory = as_user("carol"), as_user("mallory")
-    old = trigger_rollback(carol, {"model_name": name, "reason": "v2 flags every card"})
+    old = carol.trigger_once_listed(ROLLBACK, {"model_name": name, "reason": "v2 flags every card"})
     assert carol.wait_for_run(ROLLBACK, old, timeout=120) == "success"
     assert verify_invariant(name) == v1
     v3 = promote(name)  # fixed and approved later: v3 serves, replacing v1

@@ -24,7 +24,9 @@ FIND_SPECS = "import importlib.util as u; print(u.find_spec('airflow'), u.find_s
 
 
 def pip_install(python: Path) -> list[str]:
-    return [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    # --no-compile: pip would byte-compile every file of scipy, scikit-learn, pandas and mlflow (most of the install's
+    # time); Python compiles the few modules the client's tests import when they are first imported
+    return [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile"]
 
 
 def pinned_pytest() -> str:

@@ -250,12 +250,19 @@ def _promote_two(name: str) -> tuple[str, str]:
     return v1, v2
 
 
-@pytest.mark.parametrize("fail_at", range(1, 10))
-def test_a_promotion_retried_after_a_crash_ends_like_a_clean_one(fail_at: int) -> None:
-    clean, crashed = unique("clean"), unique("crash")
-    for name in (clean, crashed):
-        _promote_two(name)
+@pytest.fixture(scope="module")
+def clean_promotion() -> dict:
+    """What a promotion over a champion leaves without a crash (``state``), the reference of the crash cases."""
+    clean = unique("clean")
+    _promote_two(clean)
     approve_and_promote(clean, "2")
+    return state(clean)
+
+
+@pytest.mark.parametrize("fail_at", range(1, 10))
+def test_a_promotion_retried_after_a_crash_ends_like_a_clean_one(clean_promotion: dict, fail_at: int) -> None:
+    crashed = unique("crash")
+    _promote_two(crashed)
 
     attempt = change("bob")
     lifecycle.record_approval(crashed, "2", "bob", "ok", attempt)
@@ -268,7 +275,7 @@ def test_a_promotion_retried_after_a_crash_ends_like_a_clean_one(fail_at: int) -
     lifecycle.promote_to_production(crashed, "2", attempt)  # the task's retry: same change id
 
     assert crashed_midway or fail_at > 8
-    assert state(crashed) == state(clean)
+    assert state(crashed) == clean_promotion
     assert verify_invariant(crashed) == "2"
 
 
@@ -401,11 +408,18 @@ def test_the_workers_role_cannot_update_delete_or_truncate_the_audit_log() -> No
     assert len(audit.rows(name)) == 1
 
 
-@pytest.mark.parametrize("target", ["two", "0", "-1", str(2**31), str(10**30), 2**63, "1\x00"])
-def test_a_target_version_outside_its_limits_is_refused_before_any_call(target) -> None:
+@pytest.fixture(scope="module")
+def two_champions() -> str:
+    """A model whose v2 replaced v1 in production: what the refused rollbacks below must leave as it is."""
     name = unique("limits")
     promote(name)
     promote(name)
+    return name
+
+
+@pytest.mark.parametrize("target", ["two", "0", "-1", str(2**31), str(10**30), 2**63, "1\x00"])
+def test_a_target_version_outside_its_limits_is_refused_before_any_call(two_champions: str, target) -> None:
+    name = two_champions
     before = snapshot(name)
     with pytest.raises(InputRejected, match="must be a version number between 1 and 2147483647"):
         rollback.plan_rollback(name, target)
