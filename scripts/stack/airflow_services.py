@@ -22,7 +22,7 @@ from pathlib import Path
 import requests
 
 from scripts.stack.celery_workers import CeleryWorkers
-from scripts.stack.config import LOCAL, LOOPBACK, REPO_ROOT, StackConfig, StackError
+from scripts.stack.config import FAB, LOCAL, LOOPBACK, REPO_ROOT, StackConfig, StackError
 from scripts.stack.postgres import Postgres
 from scripts.stack.processes import Port, Supervisor
 from scripts.stack.state import StateDir, tail
@@ -137,6 +137,10 @@ class AirflowServices:
                 "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.state.logs_dir / "airflow"),
             }
         )
+        if cfg.auth_manager == FAB:
+            from include.promotion.access import FAB_AUTH_MANAGER
+
+            env["AIRFLOW__CORE__AUTH_MANAGER"] = FAB_AUTH_MANAGER
         env.update(cfg.extra_env)
         return env
 
@@ -178,6 +182,38 @@ class AirflowServices:
         marker.write_text(_airflow_version() + "\n")
         self.timings["db migrate"] = time.monotonic() - t0
         log.info("Airflow metadata DB migrated (%.1fs)", self.timings["db migrate"])
+
+    def sync_fab_accounts(self) -> dict:
+        """FAB auth manager only: the users (their passwords from the state folder), ``MEMBER_ROLE``, one role per
+        governed model and the on-call role, with the memberships the models' configs give
+        (``include/promotion/fab_accounts.py``). Again after adding a model: its DAG needs its role to exist."""
+        import json
+
+        if self.config.auth_manager != FAB:
+            return {}
+        t0 = time.monotonic()
+        passwords = {**self.state.passwords(), **{u: self.state.service_password(u) for u in self.config.service_users}}
+        roles = {**self.config.users, **self.config.service_users}
+        request = {"users": {name: {"role": roles[name], "password": passwords[name]} for name in roles}}
+        log_path = self.state.log("fab-accounts")
+        result = subprocess.run(
+            [sys.executable, "-m", "include.promotion.fab_accounts"],
+            input=json.dumps(request).encode(),
+            capture_output=True,
+            env={**os.environ, **self.env()},
+            cwd=self.config.repo_root,
+            timeout=300,
+            check=False,
+        )
+        log_path.write_bytes(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise StackError(f"creating the FAB users and roles failed; log {log_path}:\n{tail(log_path)}")
+        self.timings["fab accounts"] = time.monotonic() - t0
+        log.info("FAB users and roles in place (%.1fs)", self.timings["fab accounts"])
+        from include.promotion.fab_accounts import RESULT_PREFIX
+
+        lines = [line for line in result.stdout.decode().splitlines() if line.startswith(RESULT_PREFIX)]
+        return json.loads(lines[-1].removeprefix(RESULT_PREFIX))
 
     # -- components ------------------------------------------------------------------------------------
     def health(self) -> dict:

@@ -173,6 +173,11 @@ class ServiceStack:
 
     def migrate_airflow_db(self) -> None:
         self.airflow.migrate_db()
+        self.airflow.sync_fab_accounts()  # FAB auth manager only: its users and per-model roles
+
+    def sync_fab_accounts(self) -> dict:
+        """FAB auth manager only: create the roles of models added since the start, and their memberships."""
+        return self.airflow.sync_fab_accounts()
 
     def start_redis(self) -> None:
         if self.redis is not None:
