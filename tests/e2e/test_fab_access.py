@@ -22,7 +22,7 @@ import pytest
 import requests
 import yaml
 
-from include.promotion.access import ON_CALL_ROLE, model_role
+from include.promotion.access import MEMBER_ROLE, ON_CALL_ROLE, model_role
 from include.promotion.config import dag_id_for
 from scripts.airflow_api import AirflowAPI, AirflowAPIError
 from scripts.stack import ServiceStack, StackConfig
@@ -170,12 +170,21 @@ def page_status(stack: ServiceStack, user: str, path: str) -> int:
 
 
 def test_the_stack_made_one_role_per_model_with_its_team(fab_stack, fab_models) -> None:
-    done = fab_stack.sync_fab_accounts()  # again: the same outcome (it runs at every start)
+    """Read back through FAB's own API: dave is in A's role only, on-call is carol and erin, mallory in no team."""
     a, b = fab_models[1].a, fab_models[1].b
-    assert {model_role(a), model_role(b), ON_CALL_ROLE} <= set(done["roles"])
-    assert model_role(a) in done["users"]["dave"] and model_role(b) not in done["users"]["dave"]
-    assert ON_CALL_ROLE in done["users"]["carol"] and ON_CALL_ROLE not in done["users"]["alice"]
-    assert not any(r.startswith("model:") or r == ON_CALL_ROLE for r in done["users"]["mallory"])
+    admin = {"Authorization": f"Bearer {fab_stack.api_token('admin')}"}
+
+    def roles(user: str) -> set[str]:
+        response = requests.get(f"{fab_stack.airflow_url}/auth/fab/v1/users/{user}", headers=admin, timeout=30)
+        assert response.status_code == 200, response.text[:300]
+        return {role["name"] for role in response.json()["roles"]}
+
+    assert roles("dave") == {MEMBER_ROLE, model_role(a)}
+    assert roles("carol") == {MEMBER_ROLE, model_role(a), ON_CALL_ROLE}
+    assert roles("bob") == {MEMBER_ROLE, model_role(a), model_role(b)}
+    assert roles("erin") == {MEMBER_ROLE, model_role(b), ON_CALL_ROLE}
+    assert roles("mallory") == {MEMBER_ROLE}
+    assert roles("admin") == {"Admin"}
 
 
 @pytest.mark.parametrize("role", ROLES, ids=[r.user for r in ROLES])
