@@ -6,6 +6,9 @@ State lives in ``.state/`` and survives restarts; Ctrl-C stops everything.
 
 ``--celery`` (``make run-distributed``): the same on CeleryExecutor, with Redis and two Celery workers that share
 nothing on disk, and MLflow on PostgreSQL, as docker-compose.yaml runs it; state in ``.state-distributed/``.
+
+``--fab`` (``make run RUN_ARGS=--fab``): the FAB auth manager, each model's DAG and page for its team only
+(docs/security.md); state in ``.state-fab/`` (``.state-distributed-fab/`` with ``--celery``).
 """
 
 from __future__ import annotations
