@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import PokeReturnValue, dag, get_current_context, get_parsing_context, task
 
 from include.promotion import settings
+from include.promotion.access import promotion_access_control
 from include.promotion.airflow_run import RunRef
 from include.promotion.approval.gate import build_approval_task
 from include.promotion.config import ModelConfig, load_model_configs
@@ -106,6 +107,8 @@ def build_promotion_dag(cfg: ModelConfig) -> None:
         ),
         tags=["model-promotion", model, *cfg.tags],
         default_args={"owner": cfg.owner, "retries": 2, "retry_delay": timedelta(seconds=10)},
+        # under the FAB auth manager only the model's team (its FAB role) sees and runs it; the simple one ignores it
+        access_control=promotion_access_control(cfg),
     )
     def promotion() -> None:
         @task

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
+from include.promotion.access import rollback_access_control
 from include.promotion.airflow_run import RunRef
 from include.promotion.config import load_model_configs
 from include.promotion.inputs import MAX_REASON_CHARS, MAX_VERSION
@@ -50,6 +51,8 @@ Triggering again rolls back one more step.
 """,
     tags=["model-promotion", "rollback", "on-call"],
     default_args={"owner": "on-call", "retries": 1},
+    # under the FAB auth manager: everyone on call for some model; validate checks on-call for the model named
+    access_control=rollback_access_control(),
     params={
         "model_name": Param(
             MODELS[0] if MODELS else "",

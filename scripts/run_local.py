@@ -6,6 +6,9 @@ State lives in ``.state/`` and survives restarts; Ctrl-C stops everything.
 
 ``--celery`` (``make run-distributed``): the same on CeleryExecutor, with Redis and two Celery workers that share
 nothing on disk, and MLflow on PostgreSQL, as docker-compose.yaml runs it; state in ``.state-distributed/``.
+
+``--fab`` (``make run RUN_ARGS=--fab``): the FAB auth manager, each model's DAG and page for its team only
+(docs/security.md); state in ``.state-fab/`` (``.state-distributed-fab/`` with ``--celery``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from include.promotion.config import dag_id_for
 from include.promotion.pipeline import demo_data
 from scripts.airflow_api import AirflowAPI
 from scripts.stack import ServiceStack, main
-from scripts.stack.config import LABELER
+from scripts.stack.config import FAB, LABELER
 
 DEMO_MODEL = "fraud-detector"
 FIRST_RUN_WAIT = 20.0
@@ -146,6 +149,8 @@ def prepare_demo(stack: ServiceStack, serving: argparse.Namespace) -> None:
     else:
         print(f"Triggered the first retraining run of {DEMO_MODEL}: {admin.trigger(dag_id)}")
     again = "make run-distributed" if stack.config.distributed else "make run"
+    if stack.config.auth_manager == FAB:
+        again += " RUN_ARGS=--fab"
     if serving.no_serving:
         scoring = "  (no scoring service: started with --no-serving)"
     else:

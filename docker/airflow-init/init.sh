@@ -44,6 +44,14 @@ path.write_text(json.dumps(current))
 PYTHON
 python -c 'from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager as M; M().init()'
 
+# Under the FAB auth manager (docker-compose.fab.yaml): the same users with the same passwords as FAB users, the
+# base roles, one role per governed model with its team as members, and the on-call role (docs/security.md).
+# Idempotent; a model added later needs its role: `docker compose run --rm airflow-init` again.
+if [[ "${AIRFLOW__CORE__AUTH_MANAGER:-}" == *FabAuthManager ]]; then
+    echo "airflow-init: FAB users and per-model roles"
+    python -m include.promotion.fab_accounts --simple-auth-manager-users
+fi
+
 # Signed in as the MLflow admin: the pipeline's service account (the only account that writes governed
 # models), a read account for each Airflow user with their Airflow password, and the api-server's `promotion-reader`.
 echo "airflow-init: MLflow accounts"

@@ -40,6 +40,7 @@ from include.promotion.config_sections import (
     Schedule,
     Shadow,
     _Strict,
+    _user_names,
     duration_seconds,
     schedule_value,
 )
@@ -74,6 +75,11 @@ class ModelConfig(_Strict):
     name: str
     description: str = ""
     owner: str = "ml-platform"
+    team: list[str] = Field(
+        default_factory=list,
+        description="Airflow user names who may see and run this model's DAG (with the reviewers, on-call and "
+        "owner); enforced by the FAB auth manager through access_control (include/promotion/access.py).",
+    )
     schedule: Schedule = Field(
         default_factory=lambda: Schedule(cron="@weekly"),
         description="A cron or preset, null (manual runs only), or {cron, assets}: also run on each event of these "
@@ -123,6 +129,11 @@ class ModelConfig(_Strict):
             raise ValueError("use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit")
         return name
 
+    @field_validator("team")
+    @classmethod
+    def _team_names(cls, team: list[str]) -> list[str]:
+        return _user_names(team)
+
     @field_validator("gates")
     @classmethod
     def _gate_range(cls, gates: dict[str, float]) -> dict[str, float]:
@@ -152,6 +163,11 @@ class ModelConfig(_Strict):
     def rollback_on_call(self) -> list[str]:
         """Who may roll this model back: ``rollback.on_call``, else the reviewers."""
         return list(self.rollback.on_call or self.approval.reviewers)
+
+    @property
+    def team_members(self) -> list[str]:
+        """Who may see and run this model's DAG: ``team``, the reviewers, on-call and the owner (sorted, distinct)."""
+        return sorted({*self.team, *self.approval.reviewers, *self.rollback_on_call, self.owner})
 
     @property
     def alert_emails(self) -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import requests
 
 from scripts.stack.celery_workers import CeleryWorkers
-from scripts.stack.config import LOCAL, LOOPBACK, REPO_ROOT, StackConfig, StackError
+from scripts.stack.config import FAB, LOCAL, LOOPBACK, REPO_ROOT, StackConfig, StackError
 from scripts.stack.postgres import Postgres
 from scripts.stack.processes import Port, Supervisor
 from scripts.stack.state import StateDir, tail
@@ -91,6 +91,8 @@ class AirflowServices:
     # the distributed mode: the Celery broker's URL, and the workers
     broker_url: Callable[[], str] | None = None
     workers: CeleryWorkers | None = None
+    _fab_sync: subprocess.Popen | None = None  # start_fab_sync's process, until wait_fab_sync
+    _fab_sync_started: float = 0.0
 
     @property
     def home(self) -> Path:
@@ -137,6 +139,10 @@ class AirflowServices:
                 "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.state.logs_dir / "airflow"),
             }
         )
+        if cfg.auth_manager == FAB:
+            from include.promotion.access import FAB_AUTH_MANAGER
+
+            env["AIRFLOW__CORE__AUTH_MANAGER"] = FAB_AUTH_MANAGER
         env.update(cfg.extra_env)
         return env
 
@@ -179,6 +185,62 @@ class AirflowServices:
         self.timings["db migrate"] = time.monotonic() - t0
         log.info("Airflow metadata DB migrated (%.1fs)", self.timings["db migrate"])
 
+    def start_fab_sync(self) -> None:
+        """FAB auth manager only: start creating the users (their passwords from the state folder), ``MEMBER_ROLE``,
+        one role per governed model and the on-call role, with the memberships the models' configs give
+        (``include/promotion/fab_accounts.py``), in the background: it imports Airflow and FAB's Flask app (tens of
+        seconds on a loaded machine), meanwhile the api-server starts. ``wait_fab_sync`` before the dag-processor:
+        a DAG whose role does not exist is an import error."""
+        import json
+
+        if self.config.auth_manager != FAB or self._fab_sync is not None:
+            return
+        passwords = {**self.state.passwords(), **{u: self.state.service_password(u) for u in self.config.service_users}}
+        roles = {**self.config.users, **self.config.service_users}
+        request = {"users": {name: {"role": roles[name], "password": passwords[name]} for name in roles}}
+        self._fab_sync_started = time.monotonic()
+        with self.state.log("fab-accounts").open("wb") as log_file:  # the child holds its own descriptor
+            self._fab_sync = subprocess.Popen(
+                [sys.executable, "-m", "include.promotion.fab_accounts"],
+                stdin=subprocess.PIPE,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env()},
+                cwd=self.config.repo_root,
+                start_new_session=True,
+            )
+        assert self._fab_sync.stdin is not None
+        self._fab_sync.stdin.write(json.dumps(request).encode())  # the passwords never on a command line
+        self._fab_sync.stdin.close()
+
+    def wait_fab_sync(self) -> dict:
+        """What ``start_fab_sync`` did (roles, each user's roles, team members without an account); {} without FAB."""
+        import json
+
+        from include.promotion.fab_accounts import RESULT_PREFIX
+
+        if self._fab_sync is None:
+            return {}
+        process, self._fab_sync = self._fab_sync, None
+        log_path = self.state.log("fab-accounts")
+        try:
+            returncode = process.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise StackError(f"creating the FAB users and roles took over 300 s; log {log_path}") from None
+        if returncode != 0:
+            raise StackError(f"creating the FAB users and roles failed; log {log_path}:\n{tail(log_path)}")
+        self.timings["fab accounts"] = time.monotonic() - self._fab_sync_started
+        log.info("FAB users and roles in place (%.1fs)", self.timings["fab accounts"])
+        # one line after a prefix: Airflow's own logging shares the script's stdout
+        lines = [line for line in log_path.read_text().splitlines() if line.startswith(RESULT_PREFIX)]
+        return json.loads(lines[-1].removeprefix(RESULT_PREFIX))
+
+    def sync_fab_accounts(self) -> dict:
+        """``start_fab_sync`` and ``wait_fab_sync``: again after adding a model (its DAG needs its role)."""
+        self.start_fab_sync()
+        return self.wait_fab_sync()
+
     # -- components ------------------------------------------------------------------------------------
     def health(self) -> dict:
         return requests.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
@@ -211,6 +273,8 @@ class AirflowServices:
         first = [c for c in components if c in ("api-server", "dag-processor")]
         later = [c for c in components if c not in first]
         for component in first:
+            if component == "dag-processor":
+                self.wait_fab_sync()  # it syncs each DAG's access_control: the roles must exist
             spawn(component)
         if self.workers is not None and "scheduler" in components:
             # they import the tasks' libraries meanwhile, and need the api-server only to run a task
@@ -266,6 +330,10 @@ class AirflowServices:
     def stop(self) -> None:
         """The api-server last: running tasks report their end through it. SIGTERM goes to whole groups (to
         the leader alone, the scheduler sometimes waits out the timeout for an idle worker)."""
+        if self._fab_sync is not None:  # a start that failed before waiting for it
+            self._fab_sync.kill()
+            self._fab_sync.wait()
+            self._fab_sync = None
         if self.workers is not None:
             self.workers.stop()
         others = [name for name in self.supervisor.procs if name in COMPONENTS and name != "api-server"]

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from scripts.stack.config import CELERY, LOCAL, REPO_ROOT, PortInUseError, StackConfig
+from scripts.stack.config import CELERY, FAB, LOCAL, REPO_ROOT, SIMPLE, PortInUseError, StackConfig
 from scripts.stack.service_stack import ServiceStack
 
 
@@ -29,13 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir",
         type=Path,
         default=None,
-        help="default: $STATE_DIR, else .state (.state-distributed with --celery: its MLflow stores in PostgreSQL)",
+        help="default: $STATE_DIR, else .state (.state-distributed with --celery: its MLflow stores in PostgreSQL; "
+        "-fab appended with --fab)",
     )
     run.add_argument(
         "--celery",
         action="store_true",
         help="the distributed mode: CeleryExecutor, a Redis broker, two Celery workers sharing nothing on disk, "
         "MLflow on PostgreSQL (what docker-compose.yaml runs, on one machine)",
+    )
+    run.add_argument(
+        "--fab",
+        action="store_true",
+        help="the FAB auth manager: each model's DAG, Required Actions and page only for its team "
+        "(roles from the model files; docs/security.md); default: the simple auth manager",
     )
     run.add_argument("--workers", type=int, default=2, help="Celery workers (with --celery)")
     run.add_argument("--redis-port", type=int, default=_port_arg("REDIS_PORT", 0))
@@ -49,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, after_start: Callable[[ServiceStack], None] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args = build_parser().parse_args(argv)
-    default_state = REPO_ROOT / (".state-distributed" if args.celery else ".state")
+    # a FAB stack keeps its own state: its metadata database holds FAB's users and roles
+    default_state = REPO_ROOT / ((".state-distributed" if args.celery else ".state") + ("-fab" if args.fab else ""))
     config = StackConfig(
         state_dir=args.state_dir or Path(os.environ.get("STATE_DIR") or default_state),
         airflow_port=args.airflow_port,
@@ -59,6 +67,7 @@ def main(argv: Sequence[str] | None = None, after_start: Callable[[ServiceStack]
         executor=CELERY if args.celery else LOCAL,
         celery_workers=args.workers,
         redis_port=args.redis_port,
+        auth_manager=FAB if args.fab else SIMPLE,
     )
 
     def on_sigterm(signum: int, frame: object) -> None:
@@ -82,7 +91,7 @@ def main(argv: Sequence[str] | None = None, after_start: Callable[[ServiceStack]
             f"Postgres 127.0.0.1:{stack.postgres_port} (credentials: {stack.state_dir / 'secrets.json'})\n"
             f"State    {stack.state_dir} (logs in {stack.logs_dir})\n"
             f"{stack.distributed_summary()}"
-            "Users (Airflow simple auth manager and MLflow):",
+            f"Users (Airflow {'FAB' if args.fab else 'simple'} auth manager, and MLflow):",
             flush=True,
         )
         for user, password in stack.passwords().items():

@@ -20,6 +20,10 @@ LOOPBACK = "127.0.0.1"
 # stack's shape: Redis, two Celery workers that share nothing on disk, MLflow on PostgreSQL).
 LOCAL, CELERY = "LocalExecutor", "CeleryExecutor"
 EXECUTORS = (LOCAL, CELERY)
+# The auth managers a stack runs Airflow with: the simple one (the quick start) or FAB's (per-model access from the
+# models' configs: include/promotion/access.py, include/promotion/fab_accounts.py).
+SIMPLE, FAB = "simple", "fab"
+AUTH_MANAGERS = (SIMPLE, FAB)
 
 
 class StackError(RuntimeError):
@@ -49,6 +53,7 @@ class StackConfig:
     preload: bool = True  # the task-forking processes import the tasks' heavy libraries once (include/preload)
     executor: str = LOCAL  # CELERY: Redis broker, `celery_workers` workers, MLflow on PostgreSQL
     celery_workers: int = 2
+    auth_manager: str = SIMPLE  # FAB: the FAB auth manager, its users and per-model roles created at start
     redis_port: int = 0
     airflow_database: str = "airflow"  # another name lets two stacks share one PostgreSQL server
     mlflow_database: str = "mlflow"  # MLflow's backend store, on PostgreSQL in CELERY mode (SQLite otherwise)
@@ -66,6 +71,8 @@ class StackConfig:
             raise ValueError(f"{sorted(both)}: an account is a person's (users) or a program's (service_users)")
         if self.executor not in EXECUTORS:
             raise ValueError(f"executor {self.executor!r}: use one of {EXECUTORS}")
+        if self.auth_manager not in AUTH_MANAGERS:
+            raise ValueError(f"auth_manager {self.auth_manager!r}: use one of {AUTH_MANAGERS}")
         if self.executor == CELERY and self.celery_workers < 1:
             raise ValueError(f"celery_workers={self.celery_workers}: a Celery stack needs at least one worker")
 

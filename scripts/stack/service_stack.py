@@ -173,6 +173,11 @@ class ServiceStack:
 
     def migrate_airflow_db(self) -> None:
         self.airflow.migrate_db()
+        self.airflow.start_fab_sync()  # FAB auth manager only: its users and per-model roles, while Airflow starts
+
+    def sync_fab_accounts(self) -> dict:
+        """FAB auth manager only: create the roles of models added since the start, and their memberships."""
+        return self.airflow.sync_fab_accounts()
 
     def start_redis(self) -> None:
         if self.redis is not None:
@@ -180,6 +185,7 @@ class ServiceStack:
 
     def start_airflow(self, components: Sequence[str] = COMPONENTS) -> None:
         self.airflow.start(components)
+        self.airflow.wait_fab_sync()  # when no dag-processor was among the components
         if "api-server" in components and self.config.mlflow_webhook and self.mlflow.running:
             self.register_webhook()
 

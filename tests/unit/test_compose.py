@@ -472,3 +472,18 @@ def test_the_harness_celery_mode_gives_credentials_as_compose_does(tmp_path):
     envs = [stack.workers.env(name, worker) for name in stack.workers.names]
     for key in ("HOME", "TMPDIR", "STACK_WORKER_HOSTNAME"):
         assert len({env[key] for env in envs}) == len(envs), key
+
+
+def test_the_fab_overlay_gives_every_airflow_service_the_packages_fab_auth_manager(services):
+    """docker-compose.fab.yaml switches every Airflow service (and only those) to the FAB auth manager the stacks run,
+    and airflow-init then creates the FAB users and per-model roles."""
+    from include.promotion.access import FAB_AUTH_MANAGER
+
+    overlay = yaml.safe_load((ROOT / "docker-compose.fab.yaml").read_text())["services"]
+    assert set(overlay) == set(AIRFLOW_SERVICES) and set(overlay) <= set(services)
+    for name, service in overlay.items():
+        assert set(service) == {"environment"}, name
+        assert env(service) == {"AIRFLOW__CORE__AUTH_MANAGER": FAB_AUTH_MANAGER}, name
+    init = (ROOT / "docker" / "airflow-init" / "init.sh").read_text()
+    assert "python -m include.promotion.fab_accounts --simple-auth-manager-users" in init
+    assert "FabAuthManager" in FAB_AUTH_MANAGER  # Airflow syncs access_control only for an auth manager so named

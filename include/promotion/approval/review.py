@@ -248,7 +248,9 @@ def answer_of(event: dict[str, Any], approve_option: str, timeout_hours: float) 
 
     Raises ``InputRejected`` for a reason outside its limits (the form enforces them; an API caller may not).
     """
-    responder = (event.get("responded_by_user") or {}).get("id") or None
+    # the user name (model configs name people by it): the id too under the simple auth manager, not under FAB's
+    responded = event.get("responded_by_user") or {}
+    responder = responded.get("name") or responded.get("id") or None
     if responder is None:
         return None, False, TIMEOUT_REASON.format(hours=timeout_hours)
     reason = clean_reason((event.get("params_input") or {}).get("reason"), "the reviewer's reason", required=False)
