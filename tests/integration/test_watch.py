@@ -162,6 +162,42 @@ def test_a_difference_put_back_by_hand_is_on_record_and_a_new_one_is_recorded_ag
     assert len(rows_of(name, "drift_detected")) == 2
 
 
+def test_a_move_made_again_right_after_the_watch_restored_the_last_one_is_a_new_incident(as_admin) -> None:
+    """Issue 23's lost wake-up: the champion moved out of band again between the watch's repair and its re-read.
+
+    The run found the move still there and left it "on record", so the run its webhook woke recorded no
+    ``drift_detected`` for the second move. The second move is made here inside the run, right before the re-read.
+    """
+    name = unique("again")
+    v1, v2 = promote(name), promote(name)
+    moved_again = "alias 'champion' points at v{v1}; the audit log records v{v2} as the production version"
+    moved_again = moved_again.format(v1=v1, v2=v2)
+    with as_admin():
+        mlflow_client.client().set_registered_model_alias(name, "champion", v1)
+    real_client = mlflow_client.client
+    restored: list[tuple] = []
+
+    def move_again_after_the_repair(method: str, args: tuple) -> None:
+        if method == "set_registered_model_alias":
+            restored.append(args)  # the repair puts the champion back ...
+        elif restored and len(restored) == 1 and method == "search_registered_models":
+            restored.append(("moved again",))  # ... and before the watch reads the registry again, it moves
+            with as_admin():
+                real_client().set_registered_model_alias(name, "champion", v1)
+
+    with proxied_client(move_again_after_the_repair, {"set_registered_model_alias", "search_registered_models"}):
+        report = watch_run(name, restore=True)
+    assert ("moved again",) in restored  # the move really came between the repair and the re-read
+    assert [d.reason for d in report.recorded] == [moved_again, moved_again] and report.failed
+    detected, restored_rows = rows_of(name, "drift_detected"), rows_of(name, "drift_restore")
+    assert [r["reason"] for r in detected] == [moved_again] * 2 and len(restored_rows) == 2
+    assert champion(name) == v2 and verify_invariant(name) == v2  # the second move is put back too
+    rows_before = len(audit.rows(name))
+    after = watch_run(name, restore=True)  # the run the second move's webhook wakes: nothing left, nothing twice
+    assert after.drifts == [] and after.recorded == [] and after.restored == []
+    assert len(audit.rows(name)) == rows_before
+
+
 def test_an_edited_audit_row_is_reported_and_nothing_is_restored_from_it(services, as_admin) -> None:
     name = unique("tamper")
     v1, v2 = promote(name), promote(name)

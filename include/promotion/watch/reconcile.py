@@ -286,15 +286,7 @@ def watch_model(name: str, change: Change, restore: bool, client: MlflowClient |
                 log_.record(entry, detail=drift.reason)
                 report.recorded.append(drift)
         if fixable:
-            repair(client, expected, found, mirror)
-            found = read_registry(client, name)
-            remaining = differences(expected, found, mirror)
-            kept = {d.reason for d in remaining}
-            report.restored = [d for d in drifts if d.reason not in kept]
-            for drift in report.restored:
-                entry = change.entry(name, drift.version, AuditAction.DRIFT_RESTORE, None, None, drift.reason)
-                log_.record(entry, detail=drift.reason)
-            drifts = remaining
+            drifts = _repair_and_record(client, expected, found, mirror, drifts, on_record, log_, change, report)
         now = {d.reason for d in drifts}
         # a log that does not verify closes nothing: a rewritten history must not read as a resolved one
         gone = sorted(on_record - now - {d.reason for d in report.restored}) if verdict.intact else []
@@ -305,6 +297,59 @@ def watch_model(name: str, change: Change, restore: bool, client: MlflowClient |
             report.resolved.append(Drift(version, reason))
         report.drifts = drifts
     return report
+
+
+def _repair_and_record(
+    client: MlflowClient,
+    expected: AuditedState,
+    found: RegistrySnapshot,
+    mirror: bool,
+    drifts: list[Drift],
+    on_record: set[str],
+    log_: audit.AuditLog,
+    change: Change,
+    report: WatchReport,
+) -> list[Drift]:
+    """Repair, read the registry again, and record what was restored; return the differences that remain.
+
+    A difference the repair wrote away can be back on the re-read because someone made it again in between (an
+    out-of-band move right after the watch restored the previous one: the benchmark's "lost wake-up", whose webhook
+    run then found that difference still on record and recorded no ``drift_detected``). One more repair tells the two
+    apart: what it puts right was made anew, a new incident (restored, detected again, restored again); what stays is
+    beyond the repair (a deleted version) and stays on record. Any other difference that appeared meanwhile is
+    recorded as detected; the run its webhook woke (or the next one) repairs it.
+    """
+    name = expected.model_name
+
+    def record(action: AuditAction, drift: Drift, again: bool = False) -> None:
+        # the same difference twice in one run: its second rows need keys of their own (a retry still writes none)
+        detail = f"{drift.reason} (made again)" if again else drift.reason
+        log_.record(change.entry(name, drift.version, action, None, None, drift.reason), detail=detail)
+
+    repaired = {d.reason for d in drifts}
+    repair(client, expected, found, mirror)
+    remaining = differences(expected, read_registry(client, name), mirror)
+    back = [d for d in remaining if d.reason in repaired]
+    if back:
+        repair(client, expected, read_registry(client, name), mirror)
+        remaining = differences(expected, read_registry(client, name), mirror)
+    kept = {d.reason for d in remaining}
+    again = {d.reason for d in back} - kept
+    for drift in drifts:
+        if drift.reason in kept:
+            continue
+        record(AuditAction.DRIFT_RESTORE, drift)
+        report.restored.append(drift)
+        if drift.reason in again:
+            record(AuditAction.DRIFT_DETECTED, drift, again=True)
+            record(AuditAction.DRIFT_RESTORE, drift, again=True)
+            report.recorded.append(drift)
+    known = on_record | repaired
+    for drift in remaining:
+        if drift.reason not in known:
+            record(AuditAction.DRIFT_DETECTED, drift)
+            report.recorded.append(drift)
+    return remaining
 
 
 def describe(report: WatchReport) -> list[str]:
