@@ -7,11 +7,13 @@ database role. The watch is called as its task calls it, once per Airflow run.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -19,15 +21,18 @@ import pytest
 from benchmarks.registry_workload import proxied_client
 from include.promotion.audit import log as audit
 from include.promotion.audit.schema import AUDIT_TABLE
-from include.promotion.errors import RollbackTargetInvalid
+from include.promotion.config import load_model_configs
+from include.promotion.errors import RegistryDrift, RollbackTargetInvalid, UnknownModel
 from include.promotion.registry import client as mlflow_client
 from include.promotion.registry import lifecycle, rollback
 from include.promotion.registry.accounts import acting_as
 from include.promotion.registry.invariants import verify_invariant
 from include.promotion.registry.lifecycle import Change
+from include.promotion.tasks.watch import CONFIG_MARKER, watch_registry
+from include.promotion.watch import coverage
 from include.promotion.watch.reconcile import NO_LONGER_FOUND, WATCH_ACTOR, WatchReport, watch_model
 from tests.integration.test_lifecycle import WRITES, crash_at
-from tests.support import champion, change, promote, register, snapshot, state, tiny_model_uri, unique
+from tests.support import champion, change, promote, register, run_ref, snapshot, state, tiny_model_uri, unique
 
 pytestmark = pytest.mark.usefixtures("services")
 
@@ -196,6 +201,35 @@ def test_a_move_made_again_right_after_the_watch_restored_the_last_one_is_a_new_
     after = watch_run(name, restore=True)  # the run the second move's webhook wakes: nothing left, nothing twice
     assert after.drifts == [] and after.recorded == [] and after.restored == []
     assert len(audit.rows(name)) == rows_before
+
+
+@pytest.mark.parametrize("config", ["broken", "missing"])
+def test_a_model_without_a_config_that_loads_is_still_watched_read_only(
+    config: str, as_admin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 23: a model whose file no longer loads, or that has audit rows but no file, was silently not watched.
+
+    It is checked read-only: ``on_drift: restore`` in a file that does not load is not obeyed. A broken file fails
+    the run; a missing one is alerted in the log (its drift fails the run as any model's does)."""
+    monkeypatch.setenv("PROMOTION_MODELS_DIR", str(tmp_path))  # this test's models folder
+    name = unique(config)
+    v1, v2 = promote(name), promote(name)
+    if config == "broken":  # asks for restore, but does not validate
+        (tmp_path / f"{name}.yaml").write_text(f"name: {name}\non_drift: restore\nno_such_key: 1\n")
+    with as_admin():
+        mlflow_client.client().set_registered_model_alias(name, "champion", v1)
+    moved = f"alias 'champion' points at v{v1}; the audit log records v{v2} as the production version"
+
+    assert coverage.unconfigured(load_model_configs())[name].kind == config  # in every full sweep, too
+    with caplog.at_level(logging.ERROR), pytest.raises(RegistryDrift) as failed:
+        watch_registry(name, run_ref(dag_id="model_registry_watch"))
+    assert f"the registry differs from the audit log for {name}" in str(failed.value)
+    assert (f"its config file {name}.yaml does not load" in str(failed.value)) == (config == "broken")
+    assert f"{CONFIG_MARKER} {name}: " in caplog.text and f"REGISTRY DRIFT {name}: {moved}" in caplog.text
+    assert [r["reason"] for r in rows_of(name, "drift_detected")] == [moved]
+    assert champion(name) == v1 and rows_of(name, "drift_restore") == []  # read-only: nothing put back
+    with pytest.raises(UnknownModel):  # a name nothing knows is still refused
+        watch_registry(unique("nothing"), run_ref(dag_id="model_registry_watch"))
 
 
 def test_an_edited_audit_row_is_reported_and_nothing_is_restored_from_it(services, as_admin) -> None:

@@ -296,3 +296,14 @@ def integrity(conn: Any, anchors: Mapping[str, Anchor | None]) -> dict[str, Inte
             problem = None
         found[model] = Integrity(problem, anchor.row_id if problem is None else None, unverified)
     return found
+
+
+def audited_models(conn: Any, only: str | None = None) -> list[str]:
+    """The models the audit log has rows for (``only``: that one, if it has any), by name."""
+    if not table_exists(conn):
+        return []
+    if only is not None:
+        rows = fetch(conn, f"SELECT model_name FROM {AUDIT_TABLE} WHERE model_name = %s LIMIT 1", (only,))
+    else:
+        rows = fetch(conn, f"SELECT DISTINCT model_name FROM {AUDIT_TABLE} ORDER BY model_name", ())
+    return [str(r["model_name"]) for r in rows]

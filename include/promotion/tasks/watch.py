@@ -13,39 +13,63 @@ from include.promotion.notify import alerts as notifiers
 from include.promotion.post_promotion.check import CHECK_ACTOR, check_outcome_recorded
 from include.promotion.registry import client as mlflow_client
 from include.promotion.registry import lifecycle
+from include.promotion.watch import coverage
 from include.promotion.watch import reconcile as watch
 
 log = logging.getLogger(__name__)
 
+CONFIG_MARKER = "MODEL CONFIG"  # what on-call greps for, beside REGISTRY DRIFT: a model watched without its config
+
 
 def watch_registry(model_name: str | None, run: RunRef) -> dict[str, Any]:
-    """Compare the registry with the audit log for one model (or all); record, alert, repair; fail on drift."""
-    configs = load_model_configs().models
+    """Compare the registry with the audit log for one model (or all); record, alert, repair; fail on drift.
+
+    Models without a config that loads (a broken file, audit rows but no file) are checked too, read-only
+    (``watch.coverage``).
+    """
+    loaded = load_model_configs()
+    configs = loaded.models
     name = (model_name or "").strip()
-    models = [get_model_config(name).name] if name else sorted(configs)
+    orphans = coverage.unconfigured(loaded, only=name or None)
+    if name and name not in configs and name not in orphans:
+        get_model_config(name)  # UnknownModel, naming the models there are
+    models = [name] if name else sorted({*configs, *orphans})
     change = lifecycle.Change.by(run, watch.WATCH_ACTOR)
     checker = lifecycle.Change.by(run, CHECK_ACTOR)
     client = mlflow_client.client()
     reports, errors = [], []
     for model in models:
+        cfg, orphan = configs.get(model), orphans.get(model)
         try:
-            report = watch.watch_model(model, change, configs[model].on_drift == "restore", client)
+            # never restore what no loaded config asks to restore
+            report = watch.watch_model(model, change, cfg is not None and cfg.on_drift == "restore", client)
         except Exception as exc:  # one unreadable model must not keep the others unchecked
             log.exception("registry watch: could not check %s", model)
             errors.append(f"{model}: {exc}")
             continue
         reports.append(report)
+        lines = watch.describe(report)
+        if cfg is None:  # watched without a config (``orphans``): read-only, alerted in this log
+            # (a broken file of a model never registered is skipped: model_config_errors shows it)
+            if orphan is not None and not report.skipped:
+                log.error("%s %s: %s", CONFIG_MARKER, model, orphan.problem)
+                for line in lines:
+                    log.error("REGISTRY DRIFT %s", line)
+                if orphan.fails_the_run:
+                    errors.append(f"{model}: {orphan.problem}")
+            continue
         try:  # the backstop for a promotion whose check never ran (its run's notify_deployers finds it first)
-            check_outcome_recorded(configs[model], checker, grace=settings.unchecked_promotion_minutes())
+            check_outcome_recorded(cfg, checker, grace=settings.unchecked_promotion_minutes())
         except PromotionError as exc:
             errors.append(f"{model}: {exc}")
-        lines = watch.describe(report)
         if report.recorded or report.restored:
-            notifiers.alert_drift(configs[model], lines)
+            notifiers.alert_drift(cfg, lines)
         else:
             for line in lines:
                 log.warning("%s", line)
     result = watch.summary(reports)
+    if orphans:
+        result["unconfigured"] = {model: orphan.kind for model, orphan in sorted(orphans.items())}
     if not name:  # a full sweep, every few minutes: also the prediction log's retention
         result["prediction_log_deleted"] = prune_prediction_log()
     log.info("registry watch: %s", result)
