@@ -28,6 +28,7 @@ from include.promotion.registry import lifecycle, rollback
 from include.promotion.registry.accounts import acting_as
 from include.promotion.registry.invariants import verify_invariant
 from include.promotion.registry.lifecycle import Change
+from include.promotion.states import AuditAction
 from include.promotion.tasks.watch import CONFIG_MARKER, watch_registry
 from include.promotion.watch import coverage
 from include.promotion.watch.reconcile import NO_LONGER_FOUND, WATCH_ACTOR, WatchReport, watch_model
@@ -350,6 +351,49 @@ def test_a_promotion_that_crashed_half_way_and_was_repaired_still_completes_on_r
 
     assert without_drift_rows(state(crashed)) == state(clean) and verify_invariant(crashed) == "2"
     assert watch_run(crashed).drifts == []
+
+
+def test_a_promotion_that_crashed_before_its_audit_row_is_in_progress_not_drift(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 23: every registry write of a promotion done, then the worker died before its ``promote`` row. The
+    ``intent`` row it wrote before its first write tells the watch that the registry shows a change under way: no
+    drift, nothing undone; the task's retry records the promotion once. An intent older than the grace is drift."""
+    name = unique("intent")
+    v1 = promote(name)
+    v2 = register(name)
+    lifecycle.promote_to_staging(name, v2, change())
+    attempt = change("bob")
+    lifecycle.record_approval(name, v2, "bob", "ok", attempt)
+    real_record = audit.AuditLog.record
+
+    def crash_before_the_promote_row(log_: audit.AuditLog, entry: audit.AuditEntry, detail: str = "") -> bool:
+        if entry.action == AuditAction.PROMOTE:
+            raise ConnectionError("injected crash between the registry writes and the audit row")
+        return real_record(log_, entry, detail)
+
+    with monkeypatch.context() as crashing:
+        crashing.setattr(audit.AuditLog, "record", crash_before_the_promote_row)
+        with pytest.raises(ConnectionError):
+            lifecycle.promote_to_production(name, v2, attempt)
+    assert champion(name) == v2 and [r["version"] for r in rows_of(name, "promote")] == [v1]  # registry ahead of log
+
+    during = watch_run(name, restore=True)
+    assert during.drifts == [] and during.recorded == [] and during.restored == [] and not during.failed
+    assert during.in_progress and during.in_progress[0].startswith(f"promote v{v2} over v{v1}")
+    assert rows_of(name, "drift_detected") == [] and champion(name) == v2  # nothing undone, nothing recorded
+
+    monkeypatch.setenv("PROMOTION_INTENT_GRACE_MINUTES", "0")  # a task that gave up: its intent is stale
+    stale = watch_run(name)
+    assert stale.recorded and stale.failed and stale.in_progress == []
+    monkeypatch.delenv("PROMOTION_INTENT_GRACE_MINUTES")
+
+    lifecycle.promote_to_production(name, v2, attempt)  # the task's retry completes it
+    assert [r["version"] for r in rows_of(name, "promote")] == [v1, v2]  # one completed row, not two
+    assert [r["version"] for r in rows_of(name, "intent")] == [v1, v2]
+    after = watch_run(name, restore=True)
+    assert after.drifts == [] and after.in_progress == [] and after.recorded == []
+    assert champion(name) == v2 and verify_invariant(name) == v2
 
 
 def test_a_registered_model_renamed_and_re_created_is_reported_and_never_restored_from(

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from include.promotion import settings
 from include.promotion.audit import log as audit
-from include.promotion.audit.replay import STAGE_OF, AuditedState, audited_state, version_order
+from include.promotion.audit.replay import STAGE_OF, AuditedState, audited_state, completed, version_order
 from include.promotion.registry import client as mlflow_client
 from include.promotion.registry.client import set_stage, set_tags
 from include.promotion.registry.lifecycle import Change
@@ -84,6 +84,8 @@ class WatchReport:
     restored: list[Drift] = field(default_factory=list)  # repaired by this run
     resolved: list[Drift] = field(default_factory=list)  # on record before, gone now without this run's repair
     skipped: str = ""  # why the model was not checked (e.g. never registered)
+    # changes announced (``intent``) and not yet recorded, that the registry already shows: their retry completes them
+    in_progress: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -266,6 +268,13 @@ def watch_model(name: str, change: Change, restore: bool, client: MlflowClient |
             report.skipped = "never registered"
             return report
         drifts = differences(expected, found, mirror)
+        if drifts and verdict.intact and (announced := _announced(name, trusted, expected)):
+            # the registry shows a change whose rows are not written yet (a crash between them, its retry to come)
+            intended, report.in_progress = announced
+            if not differences(intended, found, mirror):
+                drifts = []
+            else:
+                report.in_progress = []
         if not verdict.intact:
             row = verdict.row or (rows[-1] if rows else {"version": "0"})
             drifts.insert(
@@ -297,6 +306,18 @@ def watch_model(name: str, change: Change, restore: bool, client: MlflowClient |
             report.resolved.append(Drift(version, reason))
         report.drifts = drifts
     return report
+
+
+def _announced(name: str, rows: list[dict[str, Any]], expected: AuditedState) -> tuple[AuditedState, list[str]] | None:
+    """The state the model's pending intents announce (as if their changes had written their rows), and what they are;
+    None without a pending intent younger than ``PROMOTION_INTENT_GRACE_MINUTES`` (an older one is drift: its task
+    gave up)."""
+    since = datetime.now(UTC) - timedelta(minutes=settings.intent_grace_minutes())
+    fresh = [row for row in expected.pending if row.get("created_at") is None or row["created_at"] >= since]
+    if not fresh:
+        return None
+    intended = audited_state(name, [*rows, *(completed(row) for row in fresh)])
+    return intended, [f"{row['reason']} (run {row['run_id']}, announced {row['created_at']:%H:%M:%S})" for row in fresh]
 
 
 def _repair_and_record(
@@ -359,7 +380,8 @@ def describe(report: WatchReport) -> list[str]:
         advice = f" — {drift.advice}" if drift.advice else ""
         return f"{report.model_name}: {what}{drift.reason}{advice}"
 
-    lines = [line(d) for d in report.recorded]
+    lines = [f"{report.model_name}: in progress, its retry completes it: {what}" for what in report.in_progress]
+    lines += [line(d) for d in report.recorded]
     lines += [line(d, "repaired: ") for d in report.restored]
     lines += [line(d, "no longer found (put back by hand, or cleared by a later change): ") for d in report.resolved]
     lines += [line(d, "still differs (on record): ") for d in report.drifts if d.serving and d not in report.recorded]
