@@ -20,9 +20,17 @@ import pytest
 
 from benchmarks.registry_workload import proxied_client
 from include.promotion.audit import log as audit
-from include.promotion.audit.schema import AUDIT_TABLE
+from include.promotion.audit import queries
+from include.promotion.audit.schema import AUDIT_TABLE, connect
 from include.promotion.config import load_model_configs
-from include.promotion.errors import RegistryDrift, RollbackTargetInvalid, UnknownModel
+from include.promotion.errors import (
+    InputRejected,
+    NotAuthorized,
+    RegistryDrift,
+    RegistryStateError,
+    RollbackTargetInvalid,
+    UnknownModel,
+)
 from include.promotion.registry import client as mlflow_client
 from include.promotion.registry import lifecycle, rollback
 from include.promotion.registry.accounts import acting_as
@@ -33,7 +41,18 @@ from include.promotion.tasks.watch import CONFIG_MARKER, watch_registry
 from include.promotion.watch import coverage
 from include.promotion.watch.reconcile import NO_LONGER_FOUND, WATCH_ACTOR, WatchReport, watch_model
 from tests.integration.test_lifecycle import WRITES, crash_at
-from tests.support import champion, change, promote, register, run_ref, snapshot, state, tiny_model_uri, unique
+from tests.support import (
+    champion,
+    change,
+    fast_model,
+    promote,
+    register,
+    run_ref,
+    snapshot,
+    state,
+    tiny_model_uri,
+    unique,
+)
 
 pytestmark = pytest.mark.usefixtures("services")
 
@@ -431,6 +450,48 @@ def test_each_deleted_version_is_recorded_on_its_own(as_admin) -> None:
     second = watch_run(name)
     assert [d.reason for d in second.recorded] == [f"v{v3} was deleted from the registry"]
     assert f"target_version={v2}" in second.recorded[0].advice and second.failed
+
+
+def test_only_the_on_call_may_acknowledge_a_deleted_old_version_and_it_is_reported_no_more(
+    as_admin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 23: a version deleted out of band stayed "open drift" for good. Its on-call (``rollback.on_call``, from the
+    model's config, not whoever triggers) accepts the loss on record; anyone else is refused and nothing is written."""
+    monkeypatch.setenv("PROMOTION_MODELS_DIR", str(tmp_path))
+    name = fast_model(tmp_path, "ack", rollback={"on_call": ["carol"]})
+    v1, v2, _ = promote(name), promote(name), promote(name)
+    with as_admin():
+        mlflow_client.client().delete_model_version(name, v1)
+    deleted = f"v{v1} was deleted from the registry"
+    first = watch_run(name)
+    assert [d.reason for d in first.recorded] == [deleted] and "acknowledge_deleted_version" in first.recorded[0].advice
+
+    def acknowledge(user: str | None, version: str, why: str = "removed by the cleanup script, INC-42") -> dict:
+        run = run_ref(triggered_by=user, dag_id="model_registry_watch")
+        return watch_registry(name, run, acknowledge=version, acknowledge_reason=why)
+
+    before = snapshot(name)
+    for intruder in ("mallory", "alice", None):  # alice reviews this model but is not its on-call; None: scheduled
+        with pytest.raises(NotAuthorized, match="only its on-call \\(carol\\) may"):
+            acknowledge(intruder, v1)
+    with pytest.raises(RegistryStateError, match="still in the registry"):
+        acknowledge("carol", v2)
+    with pytest.raises(InputRejected):
+        acknowledge("carol", f"{v1} OR 1=1")
+    with pytest.raises(InputRejected):
+        acknowledge("carol", v1, why="  ")
+    assert snapshot(name) == before  # every refusal wrote nothing, in the registry or the audit log
+
+    assert acknowledge("carol", v1)["acknowledged"] == deleted
+    (row,) = rows_of(name, "drift_acknowledged")
+    assert (row["version"], row["actor"]) == (v1, "carol") and "INC-42" in row["reason"]
+    conn = connect()
+    try:
+        assert queries.open_drift(conn, [name]) == {}  # the page reads the same as the watch
+    finally:
+        conn.close()
+    after = watch_run(name)
+    assert after.drifts == [] and after.recorded == [] and after.resolved == [] and not after.failed
 
 
 def test_without_an_audited_champion_the_serving_version_is_never_taken_away() -> None:

@@ -41,6 +41,11 @@ STAGE_OF: dict[str, Stage] = {
 }
 
 
+def deleted_reason(version: str) -> str:
+    """The watch's finding for an audited version gone from the registry (the reason of its ``drift_detected`` row)."""
+    return f"v{version} was deleted from the registry"
+
+
 def status_after(row: Mapping[str, Any]) -> Status | None:
     """The status a row leaves its version in, or None for rows that change no state.
 
@@ -102,7 +107,9 @@ def audited_state(model_name: str, rows: Iterable[Mapping[str, Any]]) -> Audited
             continue
         if row["action"] == AuditAction.PROMOTE:
             intents.pop(change, None)  # the change recorded what it did: no longer pending
-        if row["action"] == AuditAction.RETENTION_DELETE:
+        if row["action"] == AuditAction.DRIFT_ACKNOWLEDGED:  # on-call accepted the version's deletion: history now
+            open_drift.discard(deleted_reason(version))
+        if row["action"] in (AuditAction.RETENTION_DELETE, AuditAction.DRIFT_ACKNOWLEDGED):
             deleted.add(version)
             statuses.pop(version, None)
             registered_at.pop(version, None)

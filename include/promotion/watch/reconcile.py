@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from include.promotion import settings
 from include.promotion.audit import log as audit
-from include.promotion.audit.replay import STAGE_OF, AuditedState, audited_state, completed, version_order
+from include.promotion.audit.replay import (
+    STAGE_OF,
+    AuditedState,
+    audited_state,
+    completed,
+    deleted_reason,
+    version_order,
+)
 from include.promotion.registry import client as mlflow_client
 from include.promotion.registry.client import set_stage, set_tags
 from include.promotion.registry.lifecycle import Change
@@ -157,7 +164,12 @@ def differences(expected: AuditedState, found: RegistrySnapshot, mirror_stages: 
                     + (f" and target_version={target}." if target else " and a target_version that served before.")
                 )
             serving = version in (champion, challenger)
-            drifts.append(Drift(version, f"v{version} was deleted from the registry", serving, advice))
+            if not serving:
+                advice = (
+                    f"its on-call may accept the loss: trigger model_registry_watch with model_name={name}, "
+                    f"acknowledge_deleted_version={version} and acknowledge_reason."
+                )
+            drifts.append(Drift(version, deleted_reason(version), serving, advice))
         elif version in expected.registered_at:
             registered = expected.registered_at[version]
             created = datetime.fromtimestamp(found.created_ms[version] / 1000, UTC)
@@ -371,6 +383,37 @@ def _repair_and_record(
             record(AuditAction.DRIFT_DETECTED, drift)
             report.recorded.append(drift)
     return remaining
+
+
+def acknowledge_deleted(name: str, version: str, why: str, change: Change, client: MlflowClient | None = None) -> str:
+    """Record that ``change.actor`` accepts the loss of ``version``, deleted from the registry out of band: an audit row
+    ``drift_acknowledged``; the watch then reports it no more. Refused (``RegistryStateError``, nothing written) for
+    a version the audit log does not record, one still in the registry, the champion or the candidate (a rollback or
+    a new candidate decides those), and under an audit log that does not verify. Returns the finding it closed."""
+    from include.promotion.errors import RegistryStateError
+
+    client = client or mlflow_client.client()
+    with audit.model_lock(name, change.change_id) as log_:
+        rows = log_.rows()
+        verdict = log_.verdict(rows, client)
+        if not verdict.intact:
+            raise RegistryStateError(f"the audit log of '{name}' does not verify ({verdict.problem}); nothing recorded")
+        expected = audited_state(name, rows)
+        found = read_registry(client, name)
+        if version not in expected.statuses:
+            raise RegistryStateError(
+                f"the audit log of '{name}' records no v{version} still expected in the registry; nothing recorded"
+            )
+        if version in found.statuses:
+            raise RegistryStateError(f"'{name}' v{version} is still in the registry: nothing to acknowledge")
+        if version in (expected.champion, expected.challenger):
+            raise RegistryStateError(
+                f"v{version} is the audited champion or candidate of '{name}': a deleted champion is replaced by "
+                "model_rollback, a candidate by a new retraining run, not acknowledged; nothing recorded"
+            )
+        reason = f"{deleted_reason(version)}: acknowledged ({why})"
+        log_.record(change.entry(name, version, AuditAction.DRIFT_ACKNOWLEDGED, None, None, reason))
+        return deleted_reason(version)
 
 
 def describe(report: WatchReport) -> list[str]:
