@@ -6,6 +6,7 @@ the registry calls per model for a model with 1 and with ``--versions`` versions
 Part 2 starts Airflow with the package's plugin and MLflow's webhook, moves a champion alias as the
 MLflow admin, and times until the watch has recorded the ``drift_detected`` row (median of ``--repeats``).
 Usage: ``.venv/bin/python -m benchmarks.watch [--models 200] [--versions 300] [--repeats 5]``
+(``--models 0 --repeats 50``: the detection loop alone, each move right after the watch restored the previous one).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from scripts.stack import ServiceStack
 
 DEMO = Path(__file__).resolve().parents[1] / "include" / "models" / "fraud-detector.yaml"
 # manual retraining runs only; the watch runs on its webhook (and by hand), not every 5 minutes
+DETECTION_TIMEOUT = 120.0  # seconds: a move not seen by then is a lost wake-up
+TARGET_SECONDS = 5.0  # issue 23: every move detected within 5 s
 QUIET = {"PROMOTION_SCHEDULE_OVERRIDE": "none", "PROMOTION_WATCH_SCHEDULE": "none"}
 
 
@@ -93,21 +96,31 @@ def time_detection(stack: ServiceStack, models: Path, repeats: int) -> None:
     def detected() -> int:
         return sum(1 for r in audit.rows(name) if r["action"] == "drift_detected")
 
-    results = []
-    for _ in range(repeats):
+    results, missed = [], 0
+    for i in range(repeats):
         before = detected()
         with acting_as("admin", stack.passwords()["admin"]):
             mlflow_client.client().set_registered_model_alias(name, "champion", v1)
         t0 = time.perf_counter()
-        while detected() == before:
-            if time.perf_counter() - t0 > 120:
-                raise TimeoutError("no drift_detected row within 120 s: is the MLflow webhook registered?")
+        while detected() == before and time.perf_counter() - t0 < DETECTION_TIMEOUT:
             time.sleep(0.1)
-        results.append(time.perf_counter() - t0)
+        if detected() == before:  # a lost wake-up: counted, not fatal, so the figures show how often
+            missed += 1
+            print(f"  move {i + 1}: NO drift_detected row within {DETECTION_TIMEOUT:.0f} s")
+        else:
+            results.append(time.perf_counter() - t0)
+            print(f"  move {i + 1}: alias moved -> drift_detected row: {results[-1]:.1f} s")
+        deadline = time.perf_counter() + DETECTION_TIMEOUT
         while str(mlflow_client.client().get_model_version_by_alias(name, "champion").version) != v2:
-            time.sleep(0.2)  # the watch puts it back (on_drift: restore)
-        print(f"  alias moved -> drift_detected row: {results[-1]:.1f} s")
-    print(f"median out-of-band alias move -> drift_detected row (webhook): {statistics.median(results):.1f} s")
+            if time.perf_counter() > deadline:
+                raise TimeoutError("the watch did not put the champion back: is on_drift: restore in effect?")
+            time.sleep(0.2)  # the watch puts it back (on_drift: restore); the next move comes right after
+    within = sum(1 for r in results if r <= TARGET_SECONDS)
+    shown = f"median {statistics.median(results):.1f} s, max {max(results):.1f} s" if results else "none detected"
+    print(
+        f"out-of-band alias move -> drift_detected row (webhook), {repeats} moves: {shown}; "
+        f"{within}/{repeats} within {TARGET_SECONDS:.0f} s; {missed} not detected within {DETECTION_TIMEOUT:.0f} s"
+    )
 
 
 def main() -> None:
@@ -117,7 +130,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     with benchmark_services(QUIET) as (stack, models):
-        watch_many(args.models, args.versions)
+        if args.models:  # --models 0: the detection loop alone
+            watch_many(args.models, args.versions)
         if args.repeats:
             time_detection(stack, models, args.repeats)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context, task
 
 from include.promotion.airflow_run import RunRef
 from include.promotion.inputs import optional_model_param
@@ -39,12 +39,23 @@ or rollback in flight is never mistaken for drift:
 Each difference is recorded once (audit row `drift_detected`, actor `registry-watch`) and alerted (task
 log; e-mail to `approval.notify_emails`), and the run **fails** while a difference touching production or
 the candidate lasts. Models with `on_drift: restore` get the audited state back (`drift_restore` rows).
-A deleted champion version cannot be restored: the log names the `model_rollback` to run.
+A deleted champion version cannot be restored: the log names the `model_rollback` to run. A deleted old
+version is recorded once; its on-call accepts the loss with `acknowledge_deleted_version` and
+`acknowledge_reason` (an audit row `drift_acknowledged`), and it is reported no more.
 """,
     tags=["model-promotion", "registry-watch"],
     default_args={"owner": "ml-platform", "retries": 1},
     params={
         "model_name": optional_model_param("Check only this governed model; empty: every governed model."),
+        # on-call only (the model's rollback.on_call): accept an old version deleted out of band, on record
+        "acknowledge_deleted_version": Param(
+            "",
+            type="string",
+            maxLength=10,
+            title="Acknowledge a deleted version (on-call)",
+            description="An old version of model_name deleted outside the pipeline: record that you accept its loss.",
+        ),
+        "acknowledge_reason": Param("", type="string", maxLength=2000, title="Why (with the acknowledgement)"),
     },
 )
 def model_registry_watch() -> None:
@@ -55,7 +66,13 @@ def model_registry_watch() -> None:
         from include.promotion.tasks import watch as tasks
 
         context = get_current_context()
-        return tasks.watch_registry(context["params"].get("model_name"), RunRef.from_context(context))
+        params = context["params"]
+        return tasks.watch_registry(
+            params.get("model_name"),
+            RunRef.from_context(context),
+            acknowledge=params.get("acknowledge_deleted_version"),
+            acknowledge_reason=params.get("acknowledge_reason"),
+        )
 
     reconcile_registry()
 

@@ -78,6 +78,14 @@ def unchecked_promotion_minutes() -> float:
     return float(os.environ.get("PROMOTION_UNCHECKED_PROMOTION_MINUTES") or 30)
 
 
+def intent_grace_minutes() -> float:
+    """How long the registry watch reads a promotion's pending ``intent`` row as "in progress"
+    (``PROMOTION_INTENT_GRACE_MINUTES``, default 30): a registry that shows the announced change is left for the task's
+    retry to complete (Airflow retries within minutes). Older, the change is drift like any other."""
+    value = (os.environ.get("PROMOTION_INTENT_GRACE_MINUTES") or "").strip()
+    return float(value) if value else 30.0
+
+
 def clock_skew_seconds() -> float:
     """How far apart the clocks of the workers and the MLflow server may be (``PROMOTION_CLOCK_SKEW_SECONDS``,
     default 60). The registry watch calls a version created later than that after the pipeline registered it a

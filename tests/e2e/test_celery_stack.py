@@ -36,8 +36,8 @@ pytestmark = pytest.mark.e2e
 
 # A worker that stops heartbeating fails its task after this long (shared setting: 60 s): the kill test waits less.
 HEARTBEAT_TIMEOUT = "20"
-# one row per registry change, then the post-promotion check's outcome
-CLEAN_RUN_ACTIONS = ["register", "stage", "approve", "promote", "post_check_passed"]
+# one row per registry change (a promotion announces its writes first: intent), then the post-check outcome
+CLEAN_RUN_ACTIONS = ["register", "stage", "approve", "intent", "promote", "post_check_passed"]
 
 
 @pytest.fixture(scope="module")

@@ -7,27 +7,52 @@ database role. The watch is called as its task calls it, once per Airflow run.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg2
 import pytest
 
 from benchmarks.registry_workload import proxied_client
 from include.promotion.audit import log as audit
-from include.promotion.audit.schema import AUDIT_TABLE
-from include.promotion.errors import RollbackTargetInvalid
+from include.promotion.audit import queries
+from include.promotion.audit.schema import AUDIT_TABLE, connect
+from include.promotion.config import load_model_configs
+from include.promotion.errors import (
+    InputRejected,
+    NotAuthorized,
+    RegistryDrift,
+    RegistryStateError,
+    RollbackTargetInvalid,
+    UnknownModel,
+)
 from include.promotion.registry import client as mlflow_client
 from include.promotion.registry import lifecycle, rollback
 from include.promotion.registry.accounts import acting_as
 from include.promotion.registry.invariants import verify_invariant
 from include.promotion.registry.lifecycle import Change
+from include.promotion.states import AuditAction
+from include.promotion.tasks.watch import CONFIG_MARKER, watch_registry
+from include.promotion.watch import coverage
 from include.promotion.watch.reconcile import NO_LONGER_FOUND, WATCH_ACTOR, WatchReport, watch_model
 from tests.integration.test_lifecycle import WRITES, crash_at
-from tests.support import champion, change, promote, register, snapshot, state, tiny_model_uri, unique
+from tests.support import (
+    champion,
+    change,
+    fast_model,
+    promote,
+    register,
+    run_ref,
+    snapshot,
+    state,
+    tiny_model_uri,
+    unique,
+)
 
 pytestmark = pytest.mark.usefixtures("services")
 
@@ -162,6 +187,71 @@ def test_a_difference_put_back_by_hand_is_on_record_and_a_new_one_is_recorded_ag
     assert len(rows_of(name, "drift_detected")) == 2
 
 
+def test_a_move_made_again_right_after_the_watch_restored_the_last_one_is_a_new_incident(as_admin) -> None:
+    """Issue 23's lost wake-up: the champion moved out of band again between the watch's repair and its re-read.
+
+    The run found the move still there and left it "on record", so the run its webhook woke recorded no
+    ``drift_detected`` for the second move. The second move is made here inside the run, right before the re-read.
+    """
+    name = unique("again")
+    v1, v2 = promote(name), promote(name)
+    moved_again = "alias 'champion' points at v{v1}; the audit log records v{v2} as the production version"
+    moved_again = moved_again.format(v1=v1, v2=v2)
+    with as_admin():
+        mlflow_client.client().set_registered_model_alias(name, "champion", v1)
+    real_client = mlflow_client.client
+    restored: list[tuple] = []
+
+    def move_again_after_the_repair(method: str, args: tuple) -> None:
+        if method == "set_registered_model_alias":
+            restored.append(args)  # the repair puts the champion back ...
+        elif restored and len(restored) == 1 and method == "search_registered_models":
+            restored.append(("moved again",))  # ... and before the watch reads the registry again, it moves
+            with as_admin():
+                real_client().set_registered_model_alias(name, "champion", v1)
+
+    with proxied_client(move_again_after_the_repair, {"set_registered_model_alias", "search_registered_models"}):
+        report = watch_run(name, restore=True)
+    assert ("moved again",) in restored  # the move really came between the repair and the re-read
+    assert [d.reason for d in report.recorded] == [moved_again, moved_again] and report.failed
+    detected, restored_rows = rows_of(name, "drift_detected"), rows_of(name, "drift_restore")
+    assert [r["reason"] for r in detected] == [moved_again] * 2 and len(restored_rows) == 2
+    assert champion(name) == v2 and verify_invariant(name) == v2  # the second move is put back too
+    rows_before = len(audit.rows(name))
+    after = watch_run(name, restore=True)  # the run the second move's webhook wakes: nothing left, nothing twice
+    assert after.drifts == [] and after.recorded == [] and after.restored == []
+    assert len(audit.rows(name)) == rows_before
+
+
+@pytest.mark.parametrize("config", ["broken", "missing"])
+def test_a_model_without_a_config_that_loads_is_still_watched_read_only(
+    config: str, as_admin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 23: a model whose file no longer loads, or that has audit rows but no file, was silently not watched.
+
+    It is checked read-only: ``on_drift: restore`` in a file that does not load is not obeyed. A broken file fails
+    the run; a missing one is alerted in the log (its drift fails the run as any model's does)."""
+    monkeypatch.setenv("PROMOTION_MODELS_DIR", str(tmp_path))  # this test's models folder
+    name = unique(config)
+    v1, v2 = promote(name), promote(name)
+    if config == "broken":  # asks for restore, but does not validate
+        (tmp_path / f"{name}.yaml").write_text(f"name: {name}\non_drift: restore\nno_such_key: 1\n")
+    with as_admin():
+        mlflow_client.client().set_registered_model_alias(name, "champion", v1)
+    moved = f"alias 'champion' points at v{v1}; the audit log records v{v2} as the production version"
+
+    assert coverage.unconfigured(load_model_configs())[name].kind == config  # in every full sweep, too
+    with caplog.at_level(logging.ERROR), pytest.raises(RegistryDrift) as failed:
+        watch_registry(name, run_ref(dag_id="model_registry_watch"))
+    assert f"the registry differs from the audit log for {name}" in str(failed.value)
+    assert (f"its config file {name}.yaml does not load" in str(failed.value)) == (config == "broken")
+    assert f"{CONFIG_MARKER} {name}: " in caplog.text and f"REGISTRY DRIFT {name}: {moved}" in caplog.text
+    assert [r["reason"] for r in rows_of(name, "drift_detected")] == [moved]
+    assert champion(name) == v1 and rows_of(name, "drift_restore") == []  # read-only: nothing put back
+    with pytest.raises(UnknownModel):  # a name nothing knows is still refused
+        watch_registry(unique("nothing"), run_ref(dag_id="model_registry_watch"))
+
+
 def test_an_edited_audit_row_is_reported_and_nothing_is_restored_from_it(services, as_admin) -> None:
     name = unique("tamper")
     v1, v2 = promote(name), promote(name)
@@ -282,6 +372,49 @@ def test_a_promotion_that_crashed_half_way_and_was_repaired_still_completes_on_r
     assert watch_run(crashed).drifts == []
 
 
+def test_a_promotion_that_crashed_before_its_audit_row_is_in_progress_not_drift(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 23: every registry write of a promotion done, then the worker died before its ``promote`` row. The
+    ``intent`` row it wrote before its first write tells the watch that the registry shows a change under way: no
+    drift, nothing undone; the task's retry records the promotion once. An intent older than the grace is drift."""
+    name = unique("intent")
+    v1 = promote(name)
+    v2 = register(name)
+    lifecycle.promote_to_staging(name, v2, change())
+    attempt = change("bob")
+    lifecycle.record_approval(name, v2, "bob", "ok", attempt)
+    real_record = audit.AuditLog.record
+
+    def crash_before_the_promote_row(log_: audit.AuditLog, entry: audit.AuditEntry, detail: str = "") -> bool:
+        if entry.action == AuditAction.PROMOTE:
+            raise ConnectionError("injected crash between the registry writes and the audit row")
+        return real_record(log_, entry, detail)
+
+    with monkeypatch.context() as crashing:
+        crashing.setattr(audit.AuditLog, "record", crash_before_the_promote_row)
+        with pytest.raises(ConnectionError):
+            lifecycle.promote_to_production(name, v2, attempt)
+    assert champion(name) == v2 and [r["version"] for r in rows_of(name, "promote")] == [v1]  # registry ahead of log
+
+    during = watch_run(name, restore=True)
+    assert during.drifts == [] and during.recorded == [] and during.restored == [] and not during.failed
+    assert during.in_progress and during.in_progress[0].startswith(f"promote v{v2} over v{v1}")
+    assert rows_of(name, "drift_detected") == [] and champion(name) == v2  # nothing undone, nothing recorded
+
+    monkeypatch.setenv("PROMOTION_INTENT_GRACE_MINUTES", "0")  # a task that gave up: its intent is stale
+    stale = watch_run(name)
+    assert stale.recorded and stale.failed and stale.in_progress == []
+    monkeypatch.delenv("PROMOTION_INTENT_GRACE_MINUTES")
+
+    lifecycle.promote_to_production(name, v2, attempt)  # the task's retry completes it
+    assert [r["version"] for r in rows_of(name, "promote")] == [v1, v2]  # one completed row, not two
+    assert [r["version"] for r in rows_of(name, "intent")] == [v1, v2]
+    after = watch_run(name, restore=True)
+    assert after.drifts == [] and after.in_progress == [] and after.recorded == []
+    assert champion(name) == v2 and verify_invariant(name) == v2
+
+
 def test_a_registered_model_renamed_and_re_created_is_reported_and_never_restored_from(
     as_admin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -317,6 +450,48 @@ def test_each_deleted_version_is_recorded_on_its_own(as_admin) -> None:
     second = watch_run(name)
     assert [d.reason for d in second.recorded] == [f"v{v3} was deleted from the registry"]
     assert f"target_version={v2}" in second.recorded[0].advice and second.failed
+
+
+def test_only_the_on_call_may_acknowledge_a_deleted_old_version_and_it_is_reported_no_more(
+    as_admin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 23: a version deleted out of band stayed "open drift" for good. Its on-call (``rollback.on_call``, from the
+    model's config, not whoever triggers) accepts the loss on record; anyone else is refused and nothing is written."""
+    monkeypatch.setenv("PROMOTION_MODELS_DIR", str(tmp_path))
+    name = fast_model(tmp_path, "ack", rollback={"on_call": ["carol"]})
+    v1, v2, _ = promote(name), promote(name), promote(name)
+    with as_admin():
+        mlflow_client.client().delete_model_version(name, v1)
+    deleted = f"v{v1} was deleted from the registry"
+    first = watch_run(name)
+    assert [d.reason for d in first.recorded] == [deleted] and "acknowledge_deleted_version" in first.recorded[0].advice
+
+    def acknowledge(user: str | None, version: str, why: str = "removed by the cleanup script, INC-42") -> dict:
+        run = run_ref(triggered_by=user, dag_id="model_registry_watch")
+        return watch_registry(name, run, acknowledge=version, acknowledge_reason=why)
+
+    before = snapshot(name)
+    for intruder in ("mallory", "alice", None):  # alice reviews this model but is not its on-call; None: scheduled
+        with pytest.raises(NotAuthorized, match="only its on-call \\(carol\\) may"):
+            acknowledge(intruder, v1)
+    with pytest.raises(RegistryStateError, match="still in the registry"):
+        acknowledge("carol", v2)
+    with pytest.raises(InputRejected):
+        acknowledge("carol", f"{v1} OR 1=1")
+    with pytest.raises(InputRejected):
+        acknowledge("carol", v1, why="  ")
+    assert snapshot(name) == before  # every refusal wrote nothing, in the registry or the audit log
+
+    assert acknowledge("carol", v1)["acknowledged"] == deleted
+    (row,) = rows_of(name, "drift_acknowledged")
+    assert (row["version"], row["actor"]) == (v1, "carol") and "INC-42" in row["reason"]
+    conn = connect()
+    try:
+        assert queries.open_drift(conn, [name]) == {}  # the page reads the same as the watch
+    finally:
+        conn.close()
+    after = watch_run(name)
+    assert after.drifts == [] and after.recorded == [] and after.resolved == [] and not after.failed
 
 
 def test_without_an_audited_champion_the_serving_version_is_never_taken_away() -> None:

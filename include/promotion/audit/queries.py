@@ -191,8 +191,13 @@ def open_drift(conn: Any, models: Sequence[str], upto: Mapping[str, int | None] 
         f"SELECT DISTINCT d.model_name, coalesce(d.reason, '') AS reason FROM {AUDIT_TABLE} d "
         "WHERE d.model_name = ANY(%(models)s) AND d.action = %(detected)s "
         f"AND NOT EXISTS (SELECT 1 FROM {AUDIT_TABLE} r WHERE r.model_name = d.model_name AND r.action = %(restored)s "
-        f"AND coalesce(r.reason, '') = coalesce(d.reason, '') AND r.id > d.id AND {_upto('r.')})",
+        f"AND coalesce(r.reason, '') = coalesce(d.reason, '') AND r.id > d.id AND {_upto('r.')}) "
+        # on-call's acknowledgement of a deleted version closes the watch's finding of its deletion (replay's rule)
+        f"AND NOT EXISTS (SELECT 1 FROM {AUDIT_TABLE} a WHERE a.model_name = d.model_name AND a.action = %(acked)s "
+        "AND a.version = d.version AND coalesce(d.reason, '') = 'v' || d.version || ' was deleted from the registry' "
+        f"AND a.id > d.id AND {_upto('a.')})",
         {
+            "acked": str(AuditAction.DRIFT_ACKNOWLEDGED),
             "models": models,
             "bounds": _bounds(models, upto),
             "detected": str(AuditAction.DRIFT_DETECTED),
@@ -296,3 +301,14 @@ def integrity(conn: Any, anchors: Mapping[str, Anchor | None]) -> dict[str, Inte
             problem = None
         found[model] = Integrity(problem, anchor.row_id if problem is None else None, unverified)
     return found
+
+
+def audited_models(conn: Any, only: str | None = None) -> list[str]:
+    """The models the audit log has rows for (``only``: that one, if it has any), by name."""
+    if not table_exists(conn):
+        return []
+    if only is not None:
+        rows = fetch(conn, f"SELECT model_name FROM {AUDIT_TABLE} WHERE model_name = %s LIMIT 1", (only,))
+    else:
+        rows = fetch(conn, f"SELECT DISTINCT model_name FROM {AUDIT_TABLE} ORDER BY model_name", ())
+    return [str(r["model_name"]) for r in rows]

@@ -41,6 +41,11 @@ STAGE_OF: dict[str, Stage] = {
 }
 
 
+def deleted_reason(version: str) -> str:
+    """The watch's finding for an audited version gone from the registry (the reason of its ``drift_detected`` row)."""
+    return f"v{version} was deleted from the registry"
+
+
 def status_after(row: Mapping[str, Any]) -> Status | None:
     """The status a row leaves its version in, or None for rows that change no state.
 
@@ -73,6 +78,9 @@ class AuditedState:
     # versions the retention policy deleted (a ``retention_delete`` row): gone on purpose, so no longer expected in
     # the registry (not drift) and never a rollback target; their earlier rows stay
     deleted: frozenset[str] = frozenset()
+    # ``intent`` rows whose change has not recorded its outcome yet (a promotion that crashed between its registry
+    # writes and its ``promote`` row, or one under way): oldest first
+    pending: tuple[Mapping[str, Any], ...] = ()
 
     def previous_champion(self, exists: Callable[[str], bool]) -> str | None:
         """The latest earlier champion that still exists and was not rolled back: a rollback's default target."""
@@ -90,9 +98,18 @@ def audited_state(model_name: str, rows: Iterable[Mapping[str, Any]]) -> Audited
     registered_at: dict[str, datetime] = {}
     degraded: set[str] = set()
     deleted: set[str] = set()
+    intents: dict[tuple[Any, Any, str], Mapping[str, Any]] = {}
     for row in rows:
         version = str(row["version"])
-        if row["action"] == AuditAction.RETENTION_DELETE:
+        change = (row.get("dag_id"), row.get("run_id"), version)
+        if row["action"] == AuditAction.INTENT:
+            intents[change] = row
+            continue
+        if row["action"] == AuditAction.PROMOTE:
+            intents.pop(change, None)  # the change recorded what it did: no longer pending
+        if row["action"] == AuditAction.DRIFT_ACKNOWLEDGED:  # on-call accepted the version's deletion: history now
+            open_drift.discard(deleted_reason(version))
+        if row["action"] in (AuditAction.RETENTION_DELETE, AuditAction.DRIFT_ACKNOWLEDGED):
             deleted.add(version)
             statuses.pop(version, None)
             registered_at.pop(version, None)
@@ -135,7 +152,13 @@ def audited_state(model_name: str, rows: Iterable[Mapping[str, Any]]) -> Audited
         registered_at=registered_at,
         degraded=frozenset(degraded),
         deleted=frozenset(deleted),
+        pending=tuple(intents.values()),
     )
+
+
+def completed(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The row a pending ``intent`` announces: its change's ``promote`` row, as the change will write it."""
+    return {**row, "action": AuditAction.PROMOTE}
 
 
 def version_order(version: str) -> tuple[int, int, str]:

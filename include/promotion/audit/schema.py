@@ -213,6 +213,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "registry retention: actions retention_delete, retention_archive", _action_check),
     Migration(8, "rows keyed (HMAC-SHA256) and provenance (dag_version, package_version); legacy heads", _keyed_chain),
     Migration(9, "post-promotion check outcomes: actions post_check_passed, post_check_failed", _action_check),
+    Migration(
+        10,
+        "intent before a change's registry writes; acknowledged drift: actions intent, drift_acknowledged",
+        _action_check,
+    ),
 )
 # Promotions recorded after this migration have a check outcome row (``post_promotion.outcome.unchecked_promotion``).
 CHECK_OUTCOMES_MIGRATION = 9

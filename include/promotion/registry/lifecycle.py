@@ -223,6 +223,20 @@ def promote_to_production(
                 )
                 _withdraw(client, log, name, mv, change, why)
                 raise RegistryStateError(_champion_moved_refusal(name, version, why))
+        # announced before the first registry write: a crash from here until the ``promote`` row leaves an intent the
+        # watch reads as "in progress" (the retry completes it, writing no second one)
+        log.record(
+            change.entry(
+                name,
+                version,
+                AuditAction.INTENT,
+                Stage.STAGING,
+                Stage.PRODUCTION,
+                f"promote v{version} over {_shown(previous)}",
+                actor=approver,
+            )
+        )
+        if champion is None or str(champion.version) != str(version):
             set_tags(client, name, version, {Tag.PROMOTED_OVER: previous or ""})
 
         set_stage(client, name, version, Stage.PRODUCTION, archive_existing=True)

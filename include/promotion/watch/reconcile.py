@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from include.promotion import settings
 from include.promotion.audit import log as audit
-from include.promotion.audit.replay import STAGE_OF, AuditedState, audited_state, version_order
+from include.promotion.audit.replay import (
+    STAGE_OF,
+    AuditedState,
+    audited_state,
+    completed,
+    deleted_reason,
+    version_order,
+)
 from include.promotion.registry import client as mlflow_client
 from include.promotion.registry.client import set_stage, set_tags
 from include.promotion.registry.lifecycle import Change
@@ -84,6 +91,8 @@ class WatchReport:
     restored: list[Drift] = field(default_factory=list)  # repaired by this run
     resolved: list[Drift] = field(default_factory=list)  # on record before, gone now without this run's repair
     skipped: str = ""  # why the model was not checked (e.g. never registered)
+    # changes announced (``intent``) and not yet recorded, that the registry already shows: their retry completes them
+    in_progress: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -155,7 +164,12 @@ def differences(expected: AuditedState, found: RegistrySnapshot, mirror_stages: 
                     + (f" and target_version={target}." if target else " and a target_version that served before.")
                 )
             serving = version in (champion, challenger)
-            drifts.append(Drift(version, f"v{version} was deleted from the registry", serving, advice))
+            if not serving:
+                advice = (
+                    f"its on-call may accept the loss: trigger model_registry_watch with model_name={name}, "
+                    f"acknowledge_deleted_version={version} and acknowledge_reason."
+                )
+            drifts.append(Drift(version, deleted_reason(version), serving, advice))
         elif version in expected.registered_at:
             registered = expected.registered_at[version]
             created = datetime.fromtimestamp(found.created_ms[version] / 1000, UTC)
@@ -266,6 +280,13 @@ def watch_model(name: str, change: Change, restore: bool, client: MlflowClient |
             report.skipped = "never registered"
             return report
         drifts = differences(expected, found, mirror)
+        if drifts and verdict.intact and (announced := _announced(name, trusted, expected)):
+            # the registry shows a change whose rows are not written yet (a crash between them, its retry to come)
+            intended, report.in_progress = announced
+            if not differences(intended, found, mirror):
+                drifts = []
+            else:
+                report.in_progress = []
         if not verdict.intact:
             row = verdict.row or (rows[-1] if rows else {"version": "0"})
             drifts.insert(
@@ -286,15 +307,7 @@ def watch_model(name: str, change: Change, restore: bool, client: MlflowClient |
                 log_.record(entry, detail=drift.reason)
                 report.recorded.append(drift)
         if fixable:
-            repair(client, expected, found, mirror)
-            found = read_registry(client, name)
-            remaining = differences(expected, found, mirror)
-            kept = {d.reason for d in remaining}
-            report.restored = [d for d in drifts if d.reason not in kept]
-            for drift in report.restored:
-                entry = change.entry(name, drift.version, AuditAction.DRIFT_RESTORE, None, None, drift.reason)
-                log_.record(entry, detail=drift.reason)
-            drifts = remaining
+            drifts = _repair_and_record(client, expected, found, mirror, drifts, on_record, log_, change, report)
         now = {d.reason for d in drifts}
         # a log that does not verify closes nothing: a rewritten history must not read as a resolved one
         gone = sorted(on_record - now - {d.reason for d in report.restored}) if verdict.intact else []
@@ -307,6 +320,102 @@ def watch_model(name: str, change: Change, restore: bool, client: MlflowClient |
     return report
 
 
+def _announced(name: str, rows: list[dict[str, Any]], expected: AuditedState) -> tuple[AuditedState, list[str]] | None:
+    """The state the model's pending intents announce (as if their changes had written their rows), and what they are;
+    None without a pending intent younger than ``PROMOTION_INTENT_GRACE_MINUTES`` (an older one is drift: its task
+    gave up)."""
+    since = datetime.now(UTC) - timedelta(minutes=settings.intent_grace_minutes())
+    fresh = [row for row in expected.pending if row.get("created_at") is None or row["created_at"] >= since]
+    if not fresh:
+        return None
+    intended = audited_state(name, [*rows, *(completed(row) for row in fresh)])
+    return intended, [f"{row['reason']} (run {row['run_id']}, announced {row['created_at']:%H:%M:%S})" for row in fresh]
+
+
+def _repair_and_record(
+    client: MlflowClient,
+    expected: AuditedState,
+    found: RegistrySnapshot,
+    mirror: bool,
+    drifts: list[Drift],
+    on_record: set[str],
+    log_: audit.AuditLog,
+    change: Change,
+    report: WatchReport,
+) -> list[Drift]:
+    """Repair, read the registry again, and record what was restored; return the differences that remain.
+
+    A difference the repair wrote away can be back on the re-read because someone made it again in between (an
+    out-of-band move right after the watch restored the previous one: the benchmark's "lost wake-up", whose webhook
+    run then found that difference still on record and recorded no ``drift_detected``). One more repair tells the two
+    apart: what it puts right was made anew, a new incident (restored, detected again, restored again); what stays is
+    beyond the repair (a deleted version) and stays on record. Any other difference that appeared meanwhile is
+    recorded as detected; the run its webhook woke (or the next one) repairs it.
+    """
+    name = expected.model_name
+
+    def record(action: AuditAction, drift: Drift, again: bool = False) -> None:
+        # the same difference twice in one run: its second rows need keys of their own (a retry still writes none)
+        detail = f"{drift.reason} (made again)" if again else drift.reason
+        log_.record(change.entry(name, drift.version, action, None, None, drift.reason), detail=detail)
+
+    repaired = {d.reason for d in drifts}
+    repair(client, expected, found, mirror)
+    remaining = differences(expected, read_registry(client, name), mirror)
+    back = [d for d in remaining if d.reason in repaired]
+    if back:
+        repair(client, expected, read_registry(client, name), mirror)
+        remaining = differences(expected, read_registry(client, name), mirror)
+    kept = {d.reason for d in remaining}
+    again = {d.reason for d in back} - kept
+    for drift in drifts:
+        if drift.reason in kept:
+            continue
+        record(AuditAction.DRIFT_RESTORE, drift)
+        report.restored.append(drift)
+        if drift.reason in again:
+            record(AuditAction.DRIFT_DETECTED, drift, again=True)
+            record(AuditAction.DRIFT_RESTORE, drift, again=True)
+            report.recorded.append(drift)
+    known = on_record | repaired
+    for drift in remaining:
+        if drift.reason not in known:
+            record(AuditAction.DRIFT_DETECTED, drift)
+            report.recorded.append(drift)
+    return remaining
+
+
+def acknowledge_deleted(name: str, version: str, why: str, change: Change, client: MlflowClient | None = None) -> str:
+    """Record that ``change.actor`` accepts the loss of ``version``, deleted from the registry out of band: an audit row
+    ``drift_acknowledged``; the watch then reports it no more. Refused (``RegistryStateError``, nothing written) for
+    a version the audit log does not record, one still in the registry, the champion or the candidate (a rollback or
+    a new candidate decides those), and under an audit log that does not verify. Returns the finding it closed."""
+    from include.promotion.errors import RegistryStateError
+
+    client = client or mlflow_client.client()
+    with audit.model_lock(name, change.change_id) as log_:
+        rows = log_.rows()
+        verdict = log_.verdict(rows, client)
+        if not verdict.intact:
+            raise RegistryStateError(f"the audit log of '{name}' does not verify ({verdict.problem}); nothing recorded")
+        expected = audited_state(name, rows)
+        found = read_registry(client, name)
+        if version not in expected.statuses:
+            raise RegistryStateError(
+                f"the audit log of '{name}' records no v{version} still expected in the registry; nothing recorded"
+            )
+        if version in found.statuses:
+            raise RegistryStateError(f"'{name}' v{version} is still in the registry: nothing to acknowledge")
+        if version in (expected.champion, expected.challenger):
+            raise RegistryStateError(
+                f"v{version} is the audited champion or candidate of '{name}': a deleted champion is replaced by "
+                "model_rollback, a candidate by a new retraining run, not acknowledged; nothing recorded"
+            )
+        reason = f"{deleted_reason(version)}: acknowledged ({why})"
+        log_.record(change.entry(name, version, AuditAction.DRIFT_ACKNOWLEDGED, None, None, reason))
+        return deleted_reason(version)
+
+
 def describe(report: WatchReport) -> list[str]:
     """Lines for the task log and the alert: what differs, what was repaired, what to do."""
 
@@ -314,7 +423,8 @@ def describe(report: WatchReport) -> list[str]:
         advice = f" — {drift.advice}" if drift.advice else ""
         return f"{report.model_name}: {what}{drift.reason}{advice}"
 
-    lines = [line(d) for d in report.recorded]
+    lines = [f"{report.model_name}: in progress, its retry completes it: {what}" for what in report.in_progress]
+    lines += [line(d) for d in report.recorded]
     lines += [line(d, "repaired: ") for d in report.restored]
     lines += [line(d, "no longer found (put back by hand, or cleared by a later change): ") for d in report.resolved]
     lines += [line(d, "still differs (on record): ") for d in report.drifts if d.serving and d not in report.recorded]
