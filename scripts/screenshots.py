@@ -143,7 +143,7 @@ def story(stack: ServiceStack, out: Path, started: float) -> None:
             serving = champion()
             log(started, f"v{serving} serves, approved by alice")
 
-            page.get_by_role("link", name="Model promotion").click()
+            page.get_by_role("link", name="Model promotion", exact=True).click()
             frame = page.frame_locator("iframe").first
             frame.locator(f'tr[data-model="{DEMO_MODEL}"]').wait_for()
             frame.locator("time[title]").first.wait_for()  # times.js has shown the times in the viewer's zone
@@ -151,7 +151,7 @@ def story(stack: ServiceStack, out: Path, started: float) -> None:
             log(started, "model-promotion-overview.png")
 
             page = browser_page(browser, stack, "carol", dark=True)
-            page.get_by_role("link", name="Model promotion").click()
+            page.get_by_role("link", name="Model promotion", exact=True).click()
             frame = page.frame_locator("iframe").first
             frame.get_by_role("link", name=DEMO_MODEL, exact=True).click()
             frame.get_by_role("link", name="Roll back").click()
