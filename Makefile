@@ -69,7 +69,7 @@ benchmark: $(STAMP)
 	@echo "(50 simultaneous runs on the Celery stack, about 15 min: python -m benchmarks.scale --celery)"
 	$(PY) -m benchmarks.watch
 	$(PY) -m benchmarks.page
-	$(PY) -m benchmarks.versions
+	$(PY) -m benchmarks.versions --retention 100
 	$(PY) -m benchmarks.shadow
 	$(PY) -m benchmarks.health
 	@echo "(model_health at 100 models x 100,000 predictions, about 20 min: python -m benchmarks.health --models 100 --predictions 100000)"

@@ -24,7 +24,7 @@ from scripts.airflow_api import APPROVE_TASK_ID, AirflowAPI
 from scripts.stack import ServiceStack, StackConfig
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "include" / "models" / "fraud-detector.yaml"
-TASKS = ["load_data", "train", "evaluate", "register", "promote_to_staging"]  # the steps before the gate
+TASKS = ["load_data", "train", "evaluate", "register", "promote_to_staging", "shadow_evaluate"]  # before the gate
 # manual runs only: a scheduled run started at unpause would hold the model's single active run
 MANUAL_RUNS_ONLY = {"PROMOTION_SCHEDULE_OVERRIDE": "none"}
 
@@ -63,7 +63,7 @@ def print_breakdown(run: dict, tis: dict[str, dict], gate: dict, total: float) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument(
         "--no-preload", action="store_true", help="tasks import mlflow/sklearn themselves (include/preload off)"
     )
@@ -126,9 +126,9 @@ def main() -> None:
                 api.wait_for_run(dag_id, run_id, timeout=300)
             load = " ".join(f"{x:.2f}" for x in os.getloadavg())
             print(
-                f"\nmedian over {args.runs} runs: run created -> reviewers asked "
-                f"{statistics.median(server_totals):.1f} s ({min(server_totals):.1f}-{max(server_totals):.1f}); "
-                f"load {load} (1/5/15 min)"
+                f"\ntrigger → gate median of {args.runs}: {statistics.median(server_totals):.1f} s "
+                f"({min(server_totals):.1f}-{max(server_totals):.1f}; run created -> reviewers asked, Airflow's "
+                f"timestamps); load {load} (1/5/15 min)"
             )
             print(
                 f"median over {args.runs} runs: trigger -> awaiting approval {statistics.median(totals):.1f} s, "

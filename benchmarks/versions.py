@@ -7,13 +7,19 @@ with the number of versions). Then the MLflow server's own time per call, by mod
 
 The versions are created through MLflow's REST API by ``--threads`` threads as the pipeline's service account (no
 audit rows: the registry is what grows), about 2 min for 10,000 on a 2-core machine.
-Usage: ``.venv/bin/python -m benchmarks.versions [--versions 10 10000] [--repeats 5] [--threads 8]``
+With ``--retention N``, the large model then goes through the registry-retention policy (``keep_last: 20``,
+``keep_days: 0``): a real enforcing run limited to ``N`` deletions (its time per version at this size), then the rest
+of the plan's deletions the same way (a ``retention_delete`` audit row, then MLflow's ``delete_model_version``) but
+``--threads`` at a time (the policy deletes one by one: about 0.2-1 s per version, hours at 10,000), and the four
+operations are measured again on what is left.
+Usage: ``.venv/bin/python -m benchmarks.versions [--versions 10 10000] [--repeats 5] [--threads 8] [--retention 100]``
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import time
 import uuid
@@ -200,11 +206,75 @@ def server_calls(name: str, reps: int = 5) -> dict[str, float]:
     return out
 
 
+def retention(name: str, sample: int, threads: int) -> None:
+    """Apply the retention policy to ``name``: ``sample`` deletions by the policy itself, then the rest in bulk."""
+    from datetime import UTC, datetime
+
+    from include.promotion.config_sections import Retention
+    from include.promotion.registry.lifecycle import Change as RegistryChange
+    from include.promotion.retention.apply import RETENTION_ACTOR, _stage, apply_retention, registry_versions
+    from include.promotion.retention.plan import OpenRuns, plan_retention
+
+    policy = {"keep_last": 20, "keep_days": 0}
+    run = RegistryChange(RETENTION_ACTOR, "model_registry_retention", f"bench__{uuid.uuid4().hex[:8]}")
+    started = time.perf_counter()
+    report = apply_retention(name, Retention(mode="enforce", max_per_run=sample, **policy), OpenRuns, run)
+    seconds = time.perf_counter() - started
+    print(
+        f"retention, enforcing run limited to {sample}: {seconds:.1f} s, removed {len(report.removed)} of "
+        f"{report.plan.get('versions')} ({seconds / max(1, len(report.removed)):.2f} s per version)",
+        flush=True,
+    )
+    client = mlflow_client.client()
+    started = time.perf_counter()
+    with audit.model_lock(name, run.change_id) as log:
+        versions, promoted_over = registry_versions(client, name)
+        plan = plan_retention(
+            name,
+            Retention(mode="enforce", max_per_run=len(versions), **policy),
+            versions,
+            log.rows(),
+            OpenRuns(),
+            datetime.now(UTC),
+            promoted_over,
+        )
+        stages = {v.version: _stage(v.stage) for v in versions}
+        for decision in plan.removals:  # the audit rows first, as the policy writes them
+            entry = run.entry(
+                name, decision.version, AuditAction.RETENTION_DELETE, stages[decision.version], None, decision.reason
+            )
+            log.record(entry)
+
+        def delete(version: str) -> None:
+            mlflow_client.client().delete_model_version(name, version)
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(delete, [d.version for d in plan.removals]))
+    print(
+        f"retention, the other {len(plan.removals)} deletions {threads} at a time: "
+        f"{time.perf_counter() - started:.0f} s; {len(versions) - len(plan.removals)} versions kept",
+        flush=True,
+    )
+
+
+def report_ratios(results: dict, small: str, large: str, label: str) -> None:
+    print(f"registry time, {label} (aim: under 1.5):")
+    for op in OPERATIONS:
+        before, after = (statistics.median(results[n][op][1]) for n in (small, large))
+        whole = statistics.median(results[large][op][0]) / statistics.median(results[small][op][0])
+        calls = [sum(results[n][op][2].values()) for n in (small, large)]
+        print(
+            f"  {op:<8} {before * 1000:6.0f} ms -> {after * 1000:6.0f} ms: ratio {after / before:5.2f} "
+            f"(whole operation {whole:5.2f}); registry calls {calls[0]} -> {calls[1]}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--versions", type=int, nargs=2, default=[10, 10_000])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--retention", type=int, metavar="N", help="then retention (N deletions by the policy itself)")
     args = parser.parse_args()
     with benchmark_services(QUIET) as (_, models):
         names = [build_model(models, count, args.threads) for count in args.versions]
@@ -220,20 +290,27 @@ def main() -> None:
                     flush=True,
                 )
         small, large = names
-        print(f"registry time, {args.versions[1]} / {args.versions[0]} versions (aim: under 1.5):")
-        for op in OPERATIONS:
-            before, after = (statistics.median(results[n][op][1]) for n in (small, large))
-            whole = statistics.median(results[large][op][0]) / statistics.median(results[small][op][0])
-            calls = [sum(results[n][op][2].values()) for n in (small, large)]
-            print(
-                f"  {op:<8} {before * 1000:6.0f} ms -> {after * 1000:6.0f} ms: ratio {after / before:5.2f} "
-                f"(whole operation {whole:5.2f}); registry calls {calls[0]} -> {calls[1]}"
-            )
+        report_ratios(results, small, large, f"{args.versions[1]} / {args.versions[0]} versions")
         print("MLflow server time per call (ms), by model size:")
         per_call = {name: server_calls(name) for name in names}
         print(f"  {'call':<40} {args.versions[0]:>8} {args.versions[1]:>8}")
         for label in per_call[small]:
             print(f"  {label:<40} {per_call[small][label]:8.1f} {per_call[large][label]:8.1f}")
+        print(f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1/5/15 min)", flush=True)
+        if args.retention:
+            retention(large, args.retention, args.threads)
+            results["after"] = measure(large, args.repeats)
+            report_ratios(
+                {**results, large: results["after"]},
+                small,
+                large,
+                f"{args.versions[1]} versions after retention / {args.versions[0]} versions",
+            )
+            after = server_calls(large)
+            print("MLflow server time per call (ms) after retention:")
+            for label in per_call[small]:
+                print(f"  {label:<40} {per_call[small][label]:8.1f} {per_call[large][label]:8.1f} {after[label]:8.1f}")
+            print(f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1/5/15 min)", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Importing only (no threads, no connections) keeps the fork safe.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import warnings
@@ -31,6 +32,12 @@ PRELOADED = (
     "sklearn.metrics",
     "sklearn.model_selection",
     "psycopg2",
+    # the audit database's hook (psycopg 3 under it): 0.3-0.8 s in each task that writes an audit row
+    "airflow.providers.postgres.hooks.postgres",
+    # what MlflowClient's first tracking-URI change imports (OpenTelemetry's SDK): 0.1 s per task
+    "mlflow.tracing.processor.base_mlflow",
+    # evaluate draws its ROC and precision-recall curves with matplotlib (pyplot alone imports in 1-2 s)
+    "matplotlib.pyplot",
     # mlflow.server and its auth app (about 1.9 s; no connection at import): train and register claim the
     # experiment and the registered model through MLflow's auth client (include/promotion/registry/accounts.py).
     "mlflow.server",
@@ -43,7 +50,24 @@ PRELOADED = (
 )
 
 
+def _warm_mlflow_requirements() -> None:
+    """MLflow's map of importable modules to installed distributions, built once here instead of in each ``train``.
+
+    ``log_model`` checks the model's pip requirements against the installed packages; the first check in a process
+    builds this map from every installed distribution's metadata (``importlib_metadata.packages_distributions``,
+    1-4 s per ``train`` task). MLflow keeps it in a module global, which forked task processes inherit. The packages
+    installed do not change while the scheduler runs (an upgrade restarts it).
+    """
+    from mlflow.utils import requirements_utils
+
+    requirements_utils._init_packages_to_modules_map()  # private, hence the guard in _preload
+
+
 def _preload() -> None:
+    with contextlib.suppress(ImportError):
+        import matplotlib
+
+        matplotlib.use("Agg")  # as evaluate does: no display, and no GUI toolkit imported with pyplot
     for name in PRELOADED:
         try:
             with warnings.catch_warnings():
@@ -52,6 +76,10 @@ def _preload() -> None:
                 importlib.import_module(name)
         except Exception:  # a missing optional library must not stop the scheduler: the task imports it itself
             logging.getLogger(__name__).warning("could not preload %s", name, exc_info=True)
+    try:
+        _warm_mlflow_requirements()
+    except Exception:  # an MLflow without this helper: each train builds the map itself, as before
+        logging.getLogger(__name__).warning("could not build MLflow's requirements map", exc_info=True)
 
 
 _preload()

@@ -476,3 +476,29 @@ def test_promotion_refuses_an_approval_by_the_runs_triggerer() -> None:
     with pytest.raises(ApprovalRefused, match="triggered this run"):
         lifecycle.promote_to_production(name, v, approval, four_eyes)
     assert snapshot(name) == before
+
+
+def test_registry_writes_still_refuse_a_prompt_and_ask_once_per_model() -> None:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow_client.client()
+    prompt = unique("prompt")
+    mlflow.genai.register_prompt(name=prompt, template="Is {{transaction}} fraud?")  # a registry entry, not a model
+    with pytest.raises(MlflowException, match="not found"):
+        client.set_registered_model_alias(prompt, "champion", "1")
+    with pytest.raises(MlflowException, match="not found"):
+        client.set_model_version_tag(prompt, "1", "promotion_status", "production")
+
+    name = unique("asked")
+    v = register(name)
+    client = mlflow_client.client()
+    asked: list[str] = []
+    for method in ("get_registered_model", "search_registered_models"):
+        real = getattr(client, method)
+        setattr(client, method, lambda *a, _real=real, _name=method, **k: asked.append(_name) or _real(*a, **k))
+    mlflow_client.set_tags(client, name, v, {"a": "1", "b": "2"})
+    client.set_registered_model_alias(name, "bench", v)
+    assert asked == ["search_registered_models"]  # one cheap question for three writes (MLflow asked three times)
+    written = mlflow_client.client().get_model_version(name, v)
+    assert (written.tags["a"], written.tags["b"], written.aliases) == ("1", "2", ["bench"])

@@ -20,15 +20,16 @@ log = logging.getLogger(__name__)
 
 
 def read(client: MlflowClient, model: str) -> Anchor | None:
-    """The model's anchored chain head; None when the model has no anchor yet (or is not registered)."""
-    from mlflow.exceptions import MlflowException
+    """The model's anchored chain head; None when the model has no anchor yet (or is not registered).
 
-    try:
-        registered = client.get_registered_model(model)
-    except MlflowException as exc:
-        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
+    Read with the name search, not ``get_registered_model``, which loads every version of the model on MLflow's
+    server (``registry.client.find_registered_model``); every registry change reads it.
+    """
+    from include.promotion.registry import client as mlflow_client
+
+    registered = mlflow_client.find_registered_model(client, model)
+    if registered is None:
+        return None
     return Anchor.from_tag((registered.tags or {}).get(ANCHOR_TAG))
 
 
