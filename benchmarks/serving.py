@@ -1,9 +1,11 @@
 """The serving side's cost: what logging each prediction and shadow-scoring the challenger add to ``score()``.
 
 One process, one governed model in production (trained by the package's own tasks) and a challenger: 2,000 requests
-scored with the log and the shadow off, then on (every request shadowed), p50/p99 of ``score()``'s own time each;
-then records/s the writer sustains into PostgreSQL (as the INSERT-only serving role) with none dropped.
-Usage: ``.venv/bin/python -m benchmarks.serving [--requests 2000]``
+scored with the log and the shadow off, with the log only, then with both (every request shadowed, in the shadow
+process), p50/p99 of ``score()``'s own time each; then records/s the writer sustains into PostgreSQL (as the
+INSERT-only serving role) with none dropped; then PostgreSQL stopped for 10 s and started again under a steady
+stream of records: what was dropped and when, and whether the table holds exactly what the writer says it wrote.
+Usage: ``.venv/bin/python -m benchmarks.serving [--requests 2000] [--rate 1000] [--outage 10]``
 """
 
 from __future__ import annotations
@@ -26,9 +28,76 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
+def offer(writer: object, prefix: str, row: dict, rate: int, seconds: float, start: int) -> int:
+    """Record ``rate`` records/s for ``seconds`` (request ids ``prefix-<n>`` from ``start``); the next n."""
+    n, began = start, time.monotonic()
+    while (elapsed := time.monotonic() - began) < seconds:
+        while n - start < elapsed * rate:
+            writer.record(  # type: ignore[attr-defined]
+                request_id=f"{prefix}-{n}",
+                model_name="bench-serving",
+                version="1",
+                role="champion",
+                score=0.1,
+                decision=False,
+                latency_ms=1.0,
+                features=row,
+            )
+            n += 1
+        time.sleep(0.005)
+    return n
+
+
+def postgres_outage(stack: object, url: str, row: dict, rate: int, outage: float) -> None:
+    """A steady ``rate`` of records; PostgreSQL stopped for ``outage`` s and started again; what the writer did."""
+    import uuid
+
+    import psycopg2
+    from promotion_client import PredictionLog
+
+    prefix = f"outage-{uuid.uuid4().hex[:8]}"
+    writer = PredictionLog(url)  # the defaults a serving process runs with (queue 10,000, backoff up to 30 s)
+    n = offer(writer, prefix, row, rate, 5.0, 0)
+    before = writer.stats()
+    stopped = time.monotonic()
+    stack.stop_postgres()  # type: ignore[attr-defined]
+    took_down = time.monotonic() - stopped
+    n = offer(writer, prefix, row, rate, max(0.0, outage - took_down), n)
+    during = writer.stats()
+    stack.start_postgres()  # type: ignore[attr-defined]
+    back, offered_by_return = time.monotonic(), n
+    first_write = None
+    began = time.monotonic()
+    while time.monotonic() - began < 40.0:  # records keep coming; watch the writer catch up
+        n = offer(writer, prefix, row, rate, 0.5, n)
+        if first_write is None and writer.stats()["written"] > during["written"]:
+            first_write = time.monotonic() - back
+    at_return_dropped = during["dropped"]
+    final = writer.close(timeout=60)
+    conn = psycopg2.connect(stack.postgres_uri("promotion"))  # type: ignore[attr-defined]
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM prediction_log WHERE request_id LIKE %s", (prefix + "-%",))
+            in_table = cur.fetchone()[0]
+    finally:
+        conn.close()
+    print(
+        f"PostgreSQL stopped {outage:.0f} s under {rate}/s (stop took {took_down:.1f} s, start "
+        f"{back - stopped - outage:.1f} s more): offered {n} records ({before['written']} written, "
+        f"{before['dropped']} dropped before the stop; {offered_by_return - before['written']} offered while it was "
+        f"down); first write {first_write if first_write is None else round(first_write, 1)} s after it was back; "
+        f"dropped {final['dropped']} in all ({at_return_dropped} by its return, "
+        f"{final['dropped'] - at_return_dropped} after), failed batches {final['failed_batches']}; "
+        f"written {final['written']}, in the table {in_table}; "
+        f"written + dropped = {final['written'] + final['dropped']}"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rate", type=int, default=1000, help="records/s offered during the PostgreSQL outage part")
+    parser.add_argument("--outage", type=float, default=10.0, help="seconds PostgreSQL is stopped")
     args = parser.parse_args()
     with benchmark_services({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}) as (stack, models):
         from promotion_client import ChampionCache, PredictionLog, Scorer
@@ -52,7 +121,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             cache = ChampionCache("bench-serving", Path(tmp, "cache"), poll_interval=None).start()
             figures = {}
-            for label, writer, rate in (("off", None, 0.0), ("on", PredictionLog(url), 1.0)):
+            for label, logged, rate in (("off", False, 0.0), ("log only", True, 0.0), ("on", True, 1.0)):
+                writer = PredictionLog(url) if logged else None
                 scorer = Scorer(
                     cache, raw["features"], prediction_log=writer, shadow_sample_rate=rate, shadow_poll_interval=None
                 )
@@ -74,6 +144,10 @@ def main() -> int:
                 scorer.close()
                 if writer is not None:
                     writer.close()
+            print(
+                f"added by the log alone: p50 {figures['log only'][0] - figures['off'][0]:+.3f} ms, "
+                f"p99 {figures['log only'][1] - figures['off'][1]:+.3f} ms"
+            )
             print(
                 f"added by log + shadow: p50 {figures['on'][0] - figures['off'][0]:+.3f} ms, "
                 f"p99 {figures['on'][1] - figures['off'][1]:+.3f} ms"
@@ -98,6 +172,7 @@ def main() -> int:
                 f"prediction log: {stats['written']} of {n} records in {seconds:.1f} s = {rate:,.0f}/s, "
                 f"dropped {dropped}"
             )
+            postgres_outage(stack, url, rows[0], args.rate, args.outage)
     return 0
 
 

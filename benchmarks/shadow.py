@@ -110,7 +110,7 @@ def main() -> None:
                 found = evaluate.live(conn, cfg, "2", start, until)
                 timings.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                queries.shadow_count(conn, model, "2", start, cfg.shadow.min_requests)
+                queries.shadow_count(conn, model, "2", start, datetime.now(UTC), cfg.shadow.min_requests)
                 counts.append(time.perf_counter() - t0)
             assert found["figures"]["n"] == size, found["figures"]["n"]
             print(

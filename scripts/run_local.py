@@ -41,6 +41,7 @@ def serving_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--no-serving", action="store_true", help="no scoring service and no demo traffic")
     parser.add_argument("--scoring-port", type=int, default=DEMO_SERVING_PORT)
     parser.add_argument("--label-delay", type=float, default=60.0, help="seconds until a demo request's label arrives")
+    parser.add_argument("--traffic-rate", type=float, default=2.0, help="demo requests per second (at most 100)")
     parser.add_argument(
         "--announce-every",
         type=int,
@@ -50,7 +51,9 @@ def serving_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_known_args(argv)
 
 
-def start_demo_serving(stack: ServiceStack, port: int, label_delay: float, announce_every: int) -> str:
+def start_demo_serving(
+    stack: ServiceStack, port: int, label_delay: float, announce_every: int, rate: float = 2.0
+) -> str:
     """The scoring service (promotion_client, as a serving team runs it: read-only MLflow account, INSERT-only
     prediction log) and the demo's traffic, supervised with the stack; they start serving once a champion exists.
     The traffic's labeler alone also gets the ``labeler`` Airflow account (role op: it may record Asset events), in
@@ -101,6 +104,7 @@ def start_demo_serving(stack: ServiceStack, port: int, label_delay: float, annou
         "traffic",
         [
             *(sys.executable, "-m", "scripts.traffic", "--url", url, "--label-delay", str(label_delay)),
+            *("--rate", str(rate)),
             *("--degrade-file", str(stack.state_dir / "degrade"), "--announce-every", str(announce_every)),
         ],
         {**env, **labeler},
@@ -154,7 +158,9 @@ def prepare_demo(stack: ServiceStack, serving: argparse.Namespace) -> None:
     if serving.no_serving:
         scoring = "  (no scoring service: started with --no-serving)"
     else:
-        url = start_demo_serving(stack, serving.scoring_port, serving.label_delay, serving.announce_every)
+        url = start_demo_serving(
+            stack, serving.scoring_port, serving.label_delay, serving.announce_every, serving.traffic_rate
+        )
         degrade = stack.state_dir / "degrade"
         health = os.environ.get("PROMOTION_HEALTH_SCHEDULE", DEMO_HEALTH_SCHEDULE)
         retrain = (
@@ -167,8 +173,8 @@ def prepare_demo(stack: ServiceStack, serving: argparse.Namespace) -> None:
         )
         scoring = (
             f"  5. Scoring service: {url}/score serves the champion (once there is one) to demo traffic\n"
-            f"     (2 requests/s), whose labels arrive {serving.label_delay:g} s later. `touch {degrade}` makes\n"
-            f"     the live fraud pattern drift. Try: curl -s {url}/health\n"
+            f"     ({serving.traffic_rate:g} requests/s), whose labels arrive {serving.label_delay:g} s later.\n"
+            f"     `touch {degrade}` makes the live fraud pattern drift. Try: curl -s {url}/health\n"
             f"  6. Production health: 'model_health' judges the champion on its last 15 minutes of labelled\n"
             f"     traffic ({health}); after the drift it alerts and rolls back to the previous champion\n"
             f"     (health.on_breach). See 'Production health' on the model's page.\n"

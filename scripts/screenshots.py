@@ -191,7 +191,7 @@ def main() -> None:
             os.environ.update(stack.package_env())
             log(started, f"stack up: {stack.airflow_url}")
             serving = argparse.Namespace(
-                no_serving=False, scoring_port=free_port(), label_delay=20.0, announce_every=100
+                no_serving=False, scoring_port=free_port(), label_delay=20.0, announce_every=100, traffic_rate=2.0
             )
             prepare_demo(stack, serving)
             story(stack, args.out, started)

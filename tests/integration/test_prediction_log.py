@@ -125,18 +125,37 @@ def test_the_challenger_scores_in_the_shadow_and_never_answers(services: Any, sc
     assert len([r for r in rows_of(services, name) if r["role"] == "shadow"]) == count
 
 
-def test_a_challenger_that_fails_leaves_the_champions_answers_intact(services: Any, scorer: Scorer) -> None:
-    class Broken:
-        version = "999"
-
-        def predict_proba(self, frame: Any) -> Any:
-            raise RuntimeError("the challenger cannot score")
-
-    scorer._shadow_served = Broken()  # type: ignore[assignment]  # a challenger whose model raises on every row
-    answers = [scorer.score(row) for row in requests_for(scorer.features, 10, 5)]
-    assert {a["version"] for a in answers} == {str(scorer.cache.version)}
-    assert wait_for(lambda: scorer.stats()["shadow_failed"] == 10), scorer.stats()
-    assert not [r for r in rows_of(services, scorer.cache.model_name) if r["version"] == "999"]
+def test_a_challenger_that_fails_leaves_the_champions_answers_intact(
+    services: Any, scorer: Scorer, models_dir: Path
+) -> None:
+    """A real challenger that raises on every row: a version trained without one of the columns the requests carry
+    (scikit-learn refuses a column it never saw), scored in the shadow process like any challenger."""
+    name = scorer.cache.model_name
+    raw = yaml.safe_load(DEMO.read_text())
+    raw.update(
+        name=unique("plog-narrow"),
+        schedule=None,
+        features=scorer.features[:-1],
+        data={"source": "builtin", "dataset": "synthetic_transactions", "rows": 600, "seed": 19},
+    )
+    raw["estimator"]["params"].update(n_estimators=5, max_depth=3)
+    raw["gates"] = {"roc_auc": 0.5}  # a small model on little data: it only has to exist
+    (models_dir / f"{raw['name']}.yaml").write_text(yaml.safe_dump(raw))
+    client = mlflow_client.client()
+    narrow = client.get_model_version(raw["name"], seed_champion(raw["name"]))
+    broken = client.create_model_version(
+        name, narrow.source, narrow.run_id, model_id=narrow.source.removeprefix("models:/")
+    )
+    client.set_registered_model_alias(name, "challenger", broken.version)
+    try:
+        assert scorer.refresh_challenger() == str(broken.version)
+        answers = [scorer.score(row) for row in requests_for(scorer.features, 10, 5)]
+        assert {a["version"] for a in answers} == {str(scorer.cache.version)}
+        assert wait_for(lambda: scorer.stats()["shadow_failed"] == 10), scorer.stats()
+    finally:
+        client.delete_registered_model_alias(name, "challenger")
+    assert scorer.stats()["shadow_scored"] == 0 and scorer.stats()["shadow_process_alive"]
+    assert not [r for r in rows_of(services, name) if r["version"] == str(broken.version)]
 
 
 @pytest.fixture

@@ -116,14 +116,16 @@ def test_the_evidence_table_shows_both_models_the_window_and_n(demo: dict) -> No
         evaluate.LIVE,
         "live traffic: 2 requests scored by both models",
         figures=figures,
-        window={"since": "2026-12-05T10:00:00+00:00", "until": "2026-12-05T10:30:00+00:00"},
+        window={"since": "2026-12-05T10:00:00.123456+00:00", "until": "2026-12-05T10:30:00.5+00:00"},
         live_metrics=live,
         champion_version="6",
     )
     text = "\n".join(evidence.markdown(found))
     assert "Shadow evaluation (live traffic)" in text
     assert "| figure | champion (v6) | challenger (v7) |" in text
-    assert "n = 2 requests" in text and "2026-12-05T10:00:00+00:00" in text
+    assert "n = 2 requests" in text  # the window as recorded to the microsecond, shown to the second
+    assert "Window: 2026-12-05T10:00:00+00:00 to 2026-12-05T10:30:00+00:00 (UTC)" in text
+    assert json.loads(evidence.tags(found)["shadow_summary"])["window"]["since"] == "2026-12-05T10:00:00.123456+00:00"
     assert "| latency p95 (ms) | 2.00 | 4.00 |" in text and "| live recall (2 labelled) |" in text
     assert "0 flagged by the champion but passed by the challenger, 1 the other way" in text
     assert "FAIL shadow gate `max_psi <= 0.1` (value 0.12)" in text

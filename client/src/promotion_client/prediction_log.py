@@ -91,6 +91,7 @@ class PredictionLog:
         if not url.startswith(("postgresql://", "postgres://")):
             raise ValueError("PredictionLog needs a postgresql:// URL (PROMOTION_PREDICTION_LOG_URL)")
         self._url = url
+        self.url = url  # the shadow process writes its own rows through a writer of its own
         self._queue: queue.Queue[Record] = queue.Queue(maxsize=max_queue)
         self._batch_size = batch_size
         self._flush_seconds = flush_seconds

@@ -74,7 +74,7 @@ def poke(cfg: ModelConfig, version: str, champion: str | None, now: datetime | N
         since = staged_at(conn, cfg.name, version)
         if queries.in_use(conn, cfg.name, now):
             deadline = since + timedelta(seconds=shadow.max_wait)
-            logged = queries.shadow_count(conn, cfg.name, version, since, shadow.min_requests)
+            logged = queries.shadow_count(conn, cfg.name, version, since, now, shadow.min_requests)
             if logged < shadow.min_requests and now < deadline:
                 log.info(
                     "%s v%s: %d of %d shadow predictions logged; waiting until %s at the latest",
@@ -113,7 +113,8 @@ def live(conn: Any, cfg: ModelConfig, version: str, since: datetime, until: date
             "champion": metrics.live_metrics(labels, [r[1] for r in labelled], [r[2] for r in labelled]),
             "shadow": metrics.live_metrics(labels, [r[3] for r in labelled], [r[4] for r in labelled]),
         }
-    window = {"since": since.isoformat(timespec="seconds"), "until": until.isoformat(timespec="seconds")}
+    # full precision: the window is the record of exactly which rows were compared (shown to the second)
+    window = {"since": since.isoformat(), "until": until.isoformat()}
     note = f"live traffic: {figures['n']} requests scored by both models"
     if figures["n"] == 0:
         note = "no shadow evidence: shadow predictions were logged, but none of their requests has a champion row"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from include.promotion.states import Tag
@@ -19,6 +20,14 @@ def _fmt(value: Any, pattern: str = "{:.4f}") -> str:
     return "n/a" if value is None else pattern.format(value)
 
 
+def _to_second(moment: str) -> str:
+    """An ISO time as shown to a reviewer: to the second (the evidence keeps it in full)."""
+    try:
+        return datetime.fromisoformat(moment).isoformat(timespec="seconds")
+    except ValueError:
+        return moment
+
+
 def markdown(evidence: dict[str, Any] | None) -> list[str]:
     """Lines of Markdown: champion vs challenger on the same requests, the window, n, and the gates."""
     if not evidence:
@@ -29,7 +38,8 @@ def markdown(evidence: dict[str, Any] | None) -> list[str]:
     f = evidence["figures"]
     window = evidence.get("window")
     if window:
-        lines.append(f"Window: {window['since']} to {window['until']} (UTC), n = {f['n']} requests.")
+        since, until = (_to_second(window[k]) for k in ("since", "until"))
+        lines.append(f"Window: {since} to {until} (UTC), n = {f['n']} requests.")
     else:
         lines.append(f"n = {f['n']} inputs (replayed offline, not live traffic).")
     champion = evidence.get("champion_version") or "?"

@@ -92,13 +92,14 @@ def in_use(conn: Any, model: str, now: datetime) -> bool:
         return bool(cur.fetchone()[0])
 
 
-def shadow_count(conn: Any, model: str, version: str, since: datetime, enough: int) -> int:
-    """Shadow predictions of exactly this version since ``since``, counted up to ``enough`` (cheap at any size)."""
+def shadow_count(conn: Any, model: str, version: str, since: datetime, until: datetime, enough: int) -> int:
+    """Shadow predictions of exactly this version in [since, until), counted up to ``enough`` (cheap at any size).
+    The window's end is the one the comparison then uses: rows logged while this runs must not count here only."""
     with conn.cursor() as cur:
         cur.execute(
             f"SELECT count(*) FROM (SELECT 1 FROM {PREDICTION_LOG} WHERE model_name = %s AND version = %s "
-            "AND role = 'shadow' AND predicted_at >= %s LIMIT %s) AS enough",
-            (model, str(version), since, enough),
+            "AND role = 'shadow' AND predicted_at >= %s AND predicted_at < %s LIMIT %s) AS enough",
+            (model, str(version), since, until, enough),
         )
         return int(cur.fetchone()[0])
 
