@@ -157,7 +157,7 @@ def story(stack: ServiceStack, out: Path, started: float) -> None:
             frame.get_by_role("link", name=DEMO_MODEL, exact=True).click()
             frame.get_by_role("link", name="Roll back").click()
             frame.locator("textarea[name=reason]").fill(ROLLBACK_REASON.format(candidate=serving, champion=1))
-            frame.get_by_role("button", name=re.compile(r"^(Roll back to v\d+|Trigger rollback)$")).click()  # names its target
+            frame.get_by_role("button", name=re.compile(r"^(Roll back to v\d+|Trigger rollback)$")).click()
             run_link = frame.locator("#rollback-result a").first
             run_link.wait_for()
             rollback_run = run_link.inner_text()
