@@ -86,7 +86,7 @@ class PredictionLog:
         batch_size: int = 500,
         flush_seconds: float = 1.0,
         connect_timeout: float = 3.0,
-        max_backoff: float = 30.0,
+        max_backoff: float = 2.0,
     ) -> None:
         if not url.startswith(("postgresql://", "postgres://")):
             raise ValueError("PredictionLog needs a postgresql:// URL (PROMOTION_PREDICTION_LOG_URL)")
