@@ -29,9 +29,6 @@ MANUAL_RUNS_ONLY = {
     "PROMOTION_HEALTH_SCHEDULE": "none",
     "PROMOTION_RETENTION_SCHEDULE": "none",
     "PROMOTION_SHADOW_POKE_SECONDS": "3",
-    # the tests ask for a parse when they add a model (``AirflowAPI.reparse``): parsing every file every 30 s as
-    # well cost the test stacks' dag-processors about 6% of a core each, on 2 cores
-    "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
 }
 
 

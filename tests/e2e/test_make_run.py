@@ -314,6 +314,7 @@ def test_make_run_tells_the_whole_story_and_keeps_its_state(tmp_path: Path) -> N
             ("1", "register", DAG_ID),
             ("1", "stage", DAG_ID),
             ("1", "approve", "bob"),
+            ("1", "intent", "bob"),  # written before the promotion's registry writes (a crash there is not drift)
             ("1", "promote", "bob"),
             ("1", "post_check_passed", "post-promotion-check"),
         ]
