@@ -20,16 +20,23 @@ from include.promotion.states import CHAMPION_ALIAS
 log = logging.getLogger(__name__)
 
 
-def may_roll_back(model_name: str, user: str | None) -> None:
-    """Only the model's on-call (``rollback.on_call``, default: its reviewers) may roll it back."""
-    cfg = get_model_config(model_name)
-    on_call = cfg.rollback_on_call
+def require_on_call(model_name: str, user: str | None, doing: str, outcome: str) -> None:
+    """``NotAuthorized`` unless ``user`` is on call for the model (``rollback.on_call``, default: its reviewers), as
+    its config says: ``doing`` what was refused ("roll back 'm'"), ``outcome`` what that left ("Nothing was ...")."""
+    on_call = get_model_config(model_name).rollback_on_call  # only a config that loads says who is on call
     if user is None or user not in on_call:
         who = f"'{user}'" if user else "a run nobody triggered from the UI or API"
-        raise NotAuthorized(
-            f"{who} may not roll back '{model_name}': only its on-call ({', '.join(on_call)}) may. Nothing was "
-            "changed. Ask one of them, or add the user under rollback.on_call in the model config."
-        )
+        raise NotAuthorized(f"{who} may not {doing}: only its on-call ({', '.join(on_call)}) may. {outcome}")
+
+
+def may_roll_back(model_name: str, user: str | None) -> None:
+    """Only the model's on-call may roll it back."""
+    require_on_call(
+        model_name,
+        user,
+        f"roll back '{model_name}'",
+        "Nothing was changed. Ask one of them, or add the user under rollback.on_call in the model config.",
+    )
 
 
 def validate_rollback(params: dict[str, Any], run: RunRef) -> dict[str, Any]:

@@ -8,12 +8,13 @@ from typing import Any
 from include.promotion import settings
 from include.promotion.airflow_run import RunRef
 from include.promotion.config import get_model_config, load_model_configs
-from include.promotion.errors import InputRejected, NotAuthorized, PromotionError, RegistryDrift
+from include.promotion.errors import InputRejected, PromotionError, RegistryDrift
 from include.promotion.inputs import clean_reason
 from include.promotion.notify import alerts as notifiers
 from include.promotion.post_promotion.check import CHECK_ACTOR, check_outcome_recorded
 from include.promotion.registry import client as mlflow_client
 from include.promotion.registry import lifecycle
+from include.promotion.tasks.rollback import require_on_call
 from include.promotion.watch import coverage
 from include.promotion.watch import reconcile as watch
 
@@ -33,14 +34,8 @@ def acknowledge_deletion(model_name: str | None, version: str | None, reason: st
     if not (version.isdigit() and len(version) <= 10):
         raise InputRejected(f"acknowledge_deleted_version must be a version number, got {version[:20]!r}.")
     why = clean_reason(reason, "acknowledge_reason")
-    on_call = get_model_config(name).rollback_on_call  # only a config that loads says who is on call
     user = run.triggered_by
-    if user is None or user not in on_call:
-        who = f"'{user}'" if user else "a run nobody triggered from the UI or API"
-        raise NotAuthorized(
-            f"{who} may not acknowledge a deleted version of '{name}': only its on-call ({', '.join(on_call)}) may. "
-            "Nothing was recorded."
-        )
+    require_on_call(name, user, f"acknowledge a deleted version of '{name}'", "Nothing was recorded.")
     closed = watch.acknowledge_deleted(name, version, why or "", lifecycle.Change.by(run, user))
     log.info("%s: %s, acknowledged by %s: %s", name, closed, user, why)
     return closed
