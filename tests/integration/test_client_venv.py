@@ -102,7 +102,11 @@ def test_the_client_installs_and_passes_its_tests_without_airflow(
         PROMOTION_CLIENT_TEST_PASSWORD=reader["MLFLOW_TRACKING_PASSWORD"],
     )
     started = time.monotonic()
-    done = run([str(python), "-m", "pytest", "-q", str(CLIENT / "tests")], TESTS_TIMEOUT, env=env, cwd=tmp_path)
+    # its own --basetemp: a pytest without one chmods /tmp/pytest-of-<user> to 0700, and the session's PostgreSQL
+    # (run as its own OS user when the suite runs as root) then cannot reach its data directory: it PANICs at the
+    # next checkpoint (CI stop 28)
+    args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'client-tests'}"]
+    done = run([str(python), *args, str(CLIENT / "tests")], TESTS_TIMEOUT, env=env, cwd=tmp_path)
     print(f"client/tests in the client's venv: {time.monotonic() - started:.1f} s\n{done.stdout[-400:]}")
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
     summary = done.stdout.strip().splitlines()[-1]
