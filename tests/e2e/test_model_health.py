@@ -99,6 +99,8 @@ def test_a_drifting_champion_is_rolled_back_once_and_a_steady_one_is_left_alone(
     assert states["drifting", 1][1] == "failed" and states["drifting", 2][1] == "success"
     assert health_actions(name) == [
         (bad, "health_degraded", HEALTH_ACTOR),
+        (good, "intent", HEALTH_ACTOR),  # announced before the rollback's registry writes
+        (bad, "intent", HEALTH_ACTOR),
         (good, "rollback_restore", HEALTH_ACTOR),
         (bad, "rollback_demote", HEALTH_ACTOR),
     ]

@@ -40,10 +40,12 @@ def test_a_champion_that_does_not_hold_is_rolled_back_by_the_check(airflow, as_u
     assert (states["promote_to_production"], states["verify_in_production"]) == ("success", "failed")
     assert states["notify_deployers"] == "success"
     assert verify_invariant(gate.name) == gate.champion  # restored with no human involved
-    rows = [(r["version"], r["action"], r["to_stage"], r["actor"]) for r in audit.rows(gate.name)][-4:]
+    rows = [(r["version"], r["action"], r["to_stage"], r["actor"]) for r in audit.rows(gate.name)][-6:]
     assert rows == [
         (gate.candidate, "promote", "Production", "bob"),
         (gate.champion, "archive", "Archived", "bob"),
+        (gate.champion, "intent", "Production", CHECK_ACTOR),  # the rollback announced before its registry writes
+        (gate.candidate, "intent", "Archived", CHECK_ACTOR),
         (gate.champion, "post_check_rollback", "Production", CHECK_ACTOR),
         (gate.candidate, "post_check_rollback", "Archived", CHECK_ACTOR),
     ]
@@ -76,10 +78,12 @@ def test_a_check_marked_success_by_hand_is_handled_as_a_failed_check(as_user, ru
     assert (states["promote_to_production"], states["verify_in_production"]) == ("success", "success")
     assert states["notify_deployers"] == "failed"
     assert verify_invariant(gate.name) == gate.champion  # the unchecked champion did not stay
-    rows = [(r["version"], r["action"], r["to_stage"], r["actor"]) for r in audit.rows(gate.name)][-4:]
+    rows = [(r["version"], r["action"], r["to_stage"], r["actor"]) for r in audit.rows(gate.name)][-6:]
     assert rows == [
         (gate.candidate, "promote", "Production", "bob"),
         (gate.champion, "archive", "Archived", "bob"),
+        (gate.champion, "intent", "Production", CHECK_ACTOR),  # the rollback announced before its registry writes
+        (gate.candidate, "intent", "Archived", CHECK_ACTOR),
         (gate.champion, "post_check_rollback", "Production", CHECK_ACTOR),
         (gate.candidate, "post_check_rollback", "Archived", CHECK_ACTOR),
     ]

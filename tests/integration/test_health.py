@@ -171,8 +171,10 @@ def test_a_degraded_champion_opens_one_finding_alerts_and_rolls_back_once(servic
     assert any(f.startswith("quality: live roc_auc") for f in result["findings"]), result["findings"]
     assert result["action"].startswith(f"rolled back automatically: v{previous} is the champion again")
     assert champion(name) == previous
-    assert [(r["version"], r["action"], r["actor"]) for r in audit.rows(name)][-3:] == [
+    assert [(r["version"], r["action"], r["actor"]) for r in audit.rows(name)][-5:] == [
         (version, "health_degraded", "model-health"),
+        (previous, "intent", "model-health"),  # the rollback announced before its registry writes
+        (version, "intent", "model-health"),
         (previous, "rollback_restore", "model-health"),
         (version, "rollback_demote", "model-health"),
     ]

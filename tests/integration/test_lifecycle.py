@@ -290,10 +290,14 @@ def test_rollback_restores_the_previous_champion_and_goes_further_back_on_repeat
     assert version(name, v2).current_stage == "Production"
     rollback.rollback(rollback.plan_rollback(name, None), "v2 too", change("oncall"))
     assert champion(name) == v1 and verify_invariant(name) == v1
-    rows = [(r["version"], r["action"], r["actor"], r["reason"]) for r in audit.rows(name)][-4:]
+    rows = [(r["version"], r["action"], r["actor"], r["reason"]) for r in audit.rows(name)][-8:]
     assert rows == [
+        (v2, "intent", "oncall", f"roll back v{v3} to v{v2}"),  # announced before the registry writes
+        (v3, "intent", "oncall", f"roll back v{v3} to v{v2}"),
         (v2, "rollback_restore", "oncall", "v3 misfires"),
         (v3, "rollback_demote", "oncall", "v3 misfires"),
+        (v1, "intent", "oncall", f"roll back v{v2} to v{v1}"),
+        (v2, "intent", "oncall", f"roll back v{v2} to v{v1}"),
         (v1, "rollback_restore", "oncall", "v2 too"),
         (v2, "rollback_demote", "oncall", "v2 too"),
     ]

@@ -415,6 +415,42 @@ def test_a_promotion_that_crashed_before_its_audit_row_is_in_progress_not_drift(
     assert champion(name) == v2 and verify_invariant(name) == v2
 
 
+def test_a_rollback_that_crashed_before_its_audit_rows_is_in_progress_and_restore_mode_does_not_undo_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rollback announces itself like a promotion: the champion already moved back when the worker died, and the
+    watch in restore mode must not put the bad version back in production; the retry records the rollback once."""
+    name = unique("intentrb")
+    v1, v2 = promote(name), promote(name)
+    attempt = change("carol")
+    plan = rollback.plan_rollback(name, None)  # validate's plan: what the task and its retry act on
+    real_record = audit.AuditLog.record
+
+    def crash_before_the_rollback_rows(log_: audit.AuditLog, entry: audit.AuditEntry, detail: str = "") -> bool:
+        if entry.action == AuditAction.ROLLBACK_RESTORE:
+            raise ConnectionError("injected crash between the registry writes and the audit rows")
+        return real_record(log_, entry, detail)
+
+    with monkeypatch.context() as crashing:
+        crashing.setattr(audit.AuditLog, "record", crash_before_the_rollback_rows)
+        with pytest.raises(ConnectionError):
+            rollback.rollback(plan, "v2 misfires", attempt)
+    assert champion(name) == v1 and rows_of(name, "rollback_restore") == []  # the registry is ahead of the log
+
+    during = watch_run(name, restore=True)
+    assert during.drifts == [] and during.recorded == [] and during.restored == [] and not during.failed
+    assert during.in_progress and during.in_progress[0].startswith(f"roll back v{v2} to v{v1}")
+    assert champion(name) == v1 and rows_of(name, "drift_detected") == []  # the bad version stays out
+
+    rollback.rollback(plan, "v2 misfires", attempt)  # the task's retry completes it
+    assert [r["version"] for r in rows_of(name, "rollback_restore")] == [v1]
+    assert [r["version"] for r in rows_of(name, "rollback_demote")] == [v2]
+    assert sorted(r["version"] for r in rows_of(name, "intent") if r["reason"].startswith("roll back")) == [v1, v2]
+    after = watch_run(name, restore=True)
+    assert after.drifts == [] and after.in_progress == [] and after.recorded == []
+    assert champion(name) == v1 and verify_invariant(name) == v1
+
+
 def test_a_registered_model_renamed_and_re_created_is_reported_and_never_restored_from(
     as_admin, monkeypatch: pytest.MonkeyPatch
 ) -> None:

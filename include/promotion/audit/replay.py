@@ -30,6 +30,14 @@ STATUS_AFTER: dict[str, Status] = {
     AuditAction.ROLLBACK_RESTORE: Status.PRODUCTION,
     AuditAction.ROLLBACK_DEMOTE: Status.ROLLED_BACK,
 }
+# The row an ``intent`` announces, by the stages it names: a promotion (its champion), or a rollback's restored and
+# demoted versions (``rollback``: the rollback DAG's, the post-promotion check's, production health's). The
+# version a promotion archives needs no intent of its own: one production version at a time archives it.
+INTENDED: dict[tuple[str | None, str | None], AuditAction] = {
+    (Stage.STAGING, Stage.PRODUCTION): AuditAction.PROMOTE,
+    (Stage.ARCHIVED, Stage.PRODUCTION): AuditAction.ROLLBACK_RESTORE,
+    (Stage.PRODUCTION, Stage.ARCHIVED): AuditAction.ROLLBACK_DEMOTE,
+}
 # What the legacy stages mirror for each status (when ``settings.mirror_stages``).
 STAGE_OF: dict[str, Stage] = {
     Status.REGISTERED: Stage.NONE,
@@ -105,8 +113,7 @@ def audited_state(model_name: str, rows: Iterable[Mapping[str, Any]]) -> Audited
         if row["action"] == AuditAction.INTENT:
             intents[change] = row
             continue
-        if row["action"] == AuditAction.PROMOTE:
-            intents.pop(change, None)  # the change recorded what it did: no longer pending
+        intents.pop(change, None)  # the change recorded what it did to the version: no longer pending
         if row["action"] == AuditAction.DRIFT_ACKNOWLEDGED:  # on-call accepted the version's deletion: history now
             open_drift.discard(deleted_reason(version))
         if row["action"] in (AuditAction.RETENTION_DELETE, AuditAction.DRIFT_ACKNOWLEDGED):
@@ -157,8 +164,8 @@ def audited_state(model_name: str, rows: Iterable[Mapping[str, Any]]) -> Audited
 
 
 def completed(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The row a pending ``intent`` announces: its change's ``promote`` row, as the change will write it."""
-    return {**row, "action": AuditAction.PROMOTE}
+    """The row a pending ``intent`` announces, as its change will write it (``INTENDED``: by its stages)."""
+    return {**row, "action": INTENDED.get((row.get("from_stage"), row.get("to_stage")), AuditAction.PROMOTE)}
 
 
 def version_order(version: str) -> tuple[int, int, str]:
