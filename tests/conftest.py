@@ -8,8 +8,10 @@ is ``scripts.stack``, the same code ``make run`` uses. Everything it starts is s
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +32,21 @@ MANUAL_RUNS_ONLY = {
     "PROMOTION_RETENTION_SCHEDULE": "none",
     "PROMOTION_SHADOW_POKE_SECONDS": "3",
 }
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's tmpdir plugin reads the option
+def pytest_configure(config: pytest.Config) -> None:
+    """As root, temp folders outside ``/tmp/pytest-of-root`` unless ``--basetemp`` says where.
+
+    The session's PostgreSQL then runs as its own OS user (it refuses root) and reaches its data directory through
+    every folder above it; any other pytest started meanwhile on the machine (a nested one, a developer's) chmods
+    ``/tmp/pytest-of-root`` to 0700, and PostgreSQL PANICs at its next checkpoint (CI of stop 28). One folder per
+    checkout, emptied by pytest at each start like ``--basetemp``.
+    """
+    if config.option.basetemp or hasattr(config, "workerinput") or os.geteuid() != 0:
+        return
+    checkout = hashlib.sha256(str(REPO).encode()).hexdigest()[:10]
+    config.option.basetemp = str(Path(tempfile.gettempdir()) / f"promotion-tests-{checkout}")
 
 
 @pytest.fixture(scope="session")
