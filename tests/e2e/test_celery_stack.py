@@ -37,7 +37,7 @@ pytestmark = pytest.mark.e2e
 # A worker that stops heartbeating fails its task after this long (shared setting: 60 s): the kill test waits less.
 HEARTBEAT_TIMEOUT = "20"
 # one row per registry change (a promotion announces its writes first: intent), then the post-check outcome
-CLEAN_RUN_ACTIONS = ["register", "stage", "approve", "intent", "promote", "post_check_passed"]
+CLEAN_RUN_ACTIONS = ["register", "intent", "stage", "approve", "intent", "promote", "post_check_passed"]
 
 
 @pytest.fixture(scope="module")

@@ -240,8 +240,9 @@ def shadow_candidate_waits_for_review(stack: MakeRun, rows: list[tuple]) -> list
     summary = json.loads(tags["shadow_summary"])
     since, until = (datetime.fromisoformat(summary["window"][k]) for k in ("since", "until"))
     audit = audit_rows(stack.state_dir, stack.ports["postgres"])
-    assert audit[: len(rows)] == rows and audit[-2:] == [(candidate, "register", DAG_ID), (candidate, "stage", DAG_ID)]
-    assert not [r for r in audit[len(rows) :] if r[1] not in ("register", "stage", "reject")], audit
+    staged = [(candidate, "register", DAG_ID), (candidate, "intent", DAG_ID), (candidate, "stage", DAG_ID)]
+    assert audit[: len(rows)] == rows and audit[-3:] == staged
+    assert not [r for r in audit[len(rows) :] if r[1] not in ("register", "intent", "stage", "reject")], audit
     conn = psycopg2.connect(owner_dsn(stack.state_dir, stack.ports["postgres"]))
     try:
         with conn.cursor() as cur:  # the window opens when the candidate was staged
@@ -312,9 +313,10 @@ def test_make_run_tells_the_whole_story_and_keeps_its_state(tmp_path: Path) -> N
         rows = audit_rows(stack.state_dir, ports["postgres"])
         assert rows == [
             ("1", "register", DAG_ID),
+            ("1", "intent", DAG_ID),  # each registry change is announced before its writes (a crash there is not drift)
             ("1", "stage", DAG_ID),
             ("1", "approve", "bob"),
-            ("1", "intent", "bob"),  # written before the promotion's registry writes (a crash there is not drift)
+            ("1", "intent", "bob"),
             ("1", "promote", "bob"),
             ("1", "post_check_passed", "post-promotion-check"),
         ]

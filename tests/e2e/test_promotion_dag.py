@@ -29,7 +29,7 @@ def test_the_demo_model_reaches_the_gate_and_a_reviewer_promotes_it(as_user) -> 
         assert mv.tags[tag], tag
     assert (mv.tags["airflow_dag_id"], mv.tags["airflow_run_id"]) == (dag_id, run_id)
     assert mv.tags["promotion_status"] == "staging" and mv.tags["data_version"].startswith("sha256:")
-    assert [r["action"] for r in audit.rows(name)] == ["register", "stage"]
+    assert [r["action"] for r in audit.rows(name)] == ["register", "intent", "stage"]
     assert "champion" not in client.get_registered_model(name).aliases
 
     # the evidence and who may answer

@@ -145,8 +145,11 @@ def test_answers_outside_the_limits_are_refused_and_an_oversize_one_is_recorded_
     assert "5000 characters long" in log and "The candidate was rejected; nothing was promoted." in log, log[-2000:]
 
     new_rows = audit.rows(name)[len(before["audit"]) :]
-    assert [(r["version"], r["action"], r["actor"]) for r in new_rows] == [(candidate, "reject", dag_id)]
-    assert new_rows[0]["reason"].startswith("answer refused: the reviewer's reason is 5000 characters long")
+    assert [(r["version"], r["action"], r["actor"]) for r in new_rows] == [
+        (candidate, "intent", dag_id),
+        (candidate, "reject", dag_id),
+    ]
+    assert new_rows[1]["reason"].startswith("answer refused: the reviewer's reason is 5000 characters long")
     mv = mlflow_client.client().get_model_version(name, candidate)
     assert mv.tags["promotion_status"] == "rejected" and mv.current_stage == "None"
     assert mv.tags["rejected_by"] == dag_id and len(mv.tags["rejection_reason"]) <= 2000

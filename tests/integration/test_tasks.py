@@ -85,7 +85,7 @@ def test_the_demo_table_trains_evaluates_registers_and_stages(models_dir: Path) 
     registered = tasks.register(name, trained, verdict, run)
     assert tasks.register(name, trained, verdict, run) == registered  # retried: no second version
     tasks.promote_to_staging(name, registered, run)
-    assert [r["action"] for r in audit.rows(name)] == ["register", "stage"]
+    assert [r["action"] for r in audit.rows(name)] == ["register", "intent", "stage"]
     mv = client.get_model_version(name, registered["version"])
     assert mv.tags["airflow_run_id"] == run.run_id and float(mv.tags["metric_roc_auc"]) == pytest.approx(
         verdict["metrics"]["roc_auc"]

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -160,6 +160,18 @@ class AuditLog:
             )
             self.written += 1
             return True
+
+    def announce(self, intended: AuditEntry, summary: str) -> bool:
+        """Before a change's registry writes, an ``intent`` row for the row ``intended`` will be once they are done
+        (same version, stages and actor; ``summary`` as its reason). A crash between the writes and that row is then
+        "in progress" to the registry watch, not drift; a retry announces nothing twice.
+
+        The replay reads the intended action from the stages (``replay.INTENDED``). The detail keeps apart two intents
+        of one change on one version (a promotion, then its post-promotion check's rollback); a promotion's intents
+        were written before there was one, so theirs stays empty.
+        """
+        detail = "" if intended.action == AuditAction.PROMOTE else str(intended.action)
+        return self.record(replace(intended, action=AuditAction.INTENT, reason=summary), detail)
 
     def rows(self) -> list[dict[str, Any]]:
         """Every row of this model, oldest first, hash columns included (read under the model's lock)."""

@@ -30,10 +30,13 @@ STATUS_AFTER: dict[str, Status] = {
     AuditAction.ROLLBACK_RESTORE: Status.PRODUCTION,
     AuditAction.ROLLBACK_DEMOTE: Status.ROLLED_BACK,
 }
-# The row an ``intent`` announces, by the stages it names: a promotion (its champion), or a rollback's restored and
-# demoted versions (``rollback``: the rollback DAG's, the post-promotion check's, production health's). The
+# The row an ``intent`` announces (``AuditLog.announce``), by the stages it names: a new challenger and the one it
+# supersedes, a rejection, a promotion (its champion), a rollback's restored and demoted versions (the rollback
+# DAG's, the post-promotion check's, production health's). A supersede leaves the status a rejection does. The
 # version a promotion archives needs no intent of its own: one production version at a time archives it.
 INTENDED: dict[tuple[str | None, str | None], AuditAction] = {
+    (Stage.NONE, Stage.STAGING): AuditAction.STAGE,
+    (Stage.STAGING, Stage.NONE): AuditAction.REJECT,
     (Stage.STAGING, Stage.PRODUCTION): AuditAction.PROMOTE,
     (Stage.ARCHIVED, Stage.PRODUCTION): AuditAction.ROLLBACK_RESTORE,
     (Stage.PRODUCTION, Stage.ARCHIVED): AuditAction.ROLLBACK_DEMOTE,

@@ -129,18 +129,24 @@ def promote_to_staging(name: str, version: str, change: Change) -> None:
                 "only a new version can be moved to Staging. Trigger a new retraining run."
             )
         previous = get_alias(client, name, CHALLENGER_ALIAS)
-        if previous is not None and str(previous.version) != str(version):
-            superseded = f"superseded by version {version}"
+        superseding = previous is not None and str(previous.version) != str(version)
+        superseded = f"superseded by version {version}"
+        staged = change.entry(name, version, AuditAction.STAGE, Stage.NONE, Stage.STAGING, "passed evaluation gates")
+        rows = [staged]
+        if superseding:
+            entry = change.entry(name, previous.version, AuditAction.SUPERSEDE, Stage.STAGING, Stage.NONE, superseded)
+            rows.insert(0, entry)
+        for row in rows:  # a crash between the registry writes and the rows is then "in progress", not drift
+            log.announce(row, f"stage v{version} as challenger" + (f" over v{previous.version}" if superseding else ""))
+        if superseding:
             set_tags(client, name, previous.version, {Tag.STATUS: Status.REJECTED, Tag.REJECTION_REASON: superseded})
             set_stage(client, name, previous.version, Stage.NONE)
-            log.record(
-                change.entry(name, previous.version, AuditAction.SUPERSEDE, Stage.STAGING, Stage.NONE, superseded)
-            )
+            log.record(rows[0])
         set_stage(client, name, version, Stage.STAGING)
         client.set_registered_model_alias(name, CHALLENGER_ALIAS, version)
         stamp = mv.tags.get(Tag.STAGING_TIMESTAMP) or now_iso()
         set_tags(client, name, version, {Tag.STAGING_TIMESTAMP: stamp, Tag.STATUS: Status.STAGING})
-        log.record(change.entry(name, version, AuditAction.STAGE, Stage.NONE, Stage.STAGING, "passed evaluation gates"))
+        log.record(staged)
 
 
 def record_approval(name: str, version: str, reviewer: str, reason: str, change: Change) -> None:
@@ -223,19 +229,10 @@ def promote_to_production(
                 )
                 _withdraw(client, log, name, mv, change, why)
                 raise RegistryStateError(_champion_moved_refusal(name, version, why))
-        # announced before the first registry write: a crash from here until the ``promote`` row leaves an intent the
-        # watch reads as "in progress" (the retry completes it, writing no second one)
-        log.record(
-            change.entry(
-                name,
-                version,
-                AuditAction.INTENT,
-                Stage.STAGING,
-                Stage.PRODUCTION,
-                f"promote v{version} over {_shown(previous)}",
-                actor=approver,
-            )
+        promoted = change.entry(
+            name, version, AuditAction.PROMOTE, Stage.STAGING, Stage.PRODUCTION, reason, actor=approver
         )
+        log.announce(promoted, f"promote v{version} over {_shown(previous)}")
         if champion is None or str(champion.version) != str(version):
             set_tags(client, name, version, {Tag.PROMOTED_OVER: previous or ""})
 
@@ -254,9 +251,7 @@ def promote_to_production(
         )
         if previous:
             set_tags(client, name, previous, {Tag.STATUS: Status.ARCHIVED, Tag.ARCHIVED_TIMESTAMP: now_iso()})
-        log.record(
-            change.entry(name, version, AuditAction.PROMOTE, Stage.STAGING, Stage.PRODUCTION, reason, actor=approver)
-        )
+        log.record(promoted)
         if previous:
             archived = f"replaced by v{version}"
             log.record(
@@ -323,6 +318,8 @@ def reject(name: str, version: str, reviewer: str, reason: str, change: Change) 
             raise RegistryStateError(
                 f"{name} v{version} is '{status_of(mv)}', not awaiting approval; the rejection changes nothing."
             )
+        rejected = change.entry(name, version, AuditAction.REJECT, Stage.STAGING, Stage.NONE, reason, actor=reviewer)
+        log.announce(rejected, f"reject v{version}")
         delete_alias_if(client, name, CHALLENGER_ALIAS, version)
         set_stage(client, name, version, Stage.NONE)
         set_tags(
@@ -336,4 +333,4 @@ def reject(name: str, version: str, reviewer: str, reason: str, change: Change) 
                 Tag.REJECTION_TIMESTAMP: mv.tags.get(Tag.REJECTION_TIMESTAMP) or now_iso(),
             },
         )
-        log.record(change.entry(name, version, AuditAction.REJECT, Stage.STAGING, Stage.NONE, reason, actor=reviewer))
+        log.record(rejected)

@@ -207,15 +207,14 @@ def rollback(plan: RollbackPlan, reason: str, change: Change, action: AuditActio
                     f"v{again.current_version}); nothing was changed. Trigger the rollback again."
                 )
         restore, demote = (action, action) if action else (AuditAction.ROLLBACK_RESTORE, AuditAction.ROLLBACK_DEMOTE)
-        # announced before the first registry write, like a promotion: a crash from here until the rows below is "in
-        # progress" to the watch (its restore mode must not undo a half-made rollback), and the retry completes it.
-        # The detail keeps them apart from the promotion's intent when the post-promotion check rolls back in its run.
-        intended = f"roll back v{current} to v{target}"
-        for version, stages in (
-            (target, (Stage.ARCHIVED, Stage.PRODUCTION)),
-            (current, (Stage.PRODUCTION, Stage.ARCHIVED)),
-        ):
-            log.record(change.entry(name, version, AuditAction.INTENT, *stages, intended), detail=str(restore))
+        if current_mv is None:
+            reason = f"{reason} (v{current} was deleted from the registry)"
+        rows = (
+            change.entry(name, target, restore, Stage.ARCHIVED, Stage.PRODUCTION, reason),
+            change.entry(name, current, demote, Stage.PRODUCTION, Stage.ARCHIVED, reason),
+        )
+        for row in rows:  # restore mode must not undo a rollback whose rows a crash kept from being written
+            log.announce(row, f"roll back v{current} to v{target}")
         if current_mv is not None:
             stamp = current_mv.tags.get(Tag.ROLLBACK_TIMESTAMP) or now_iso()
             set_tags(
@@ -230,9 +229,7 @@ def rollback(plan: RollbackPlan, reason: str, change: Change, action: AuditActio
                     Tag.STATUS: Status.ROLLED_BACK,
                 },
             )
-        else:
-            reason = f"{reason} (v{current} was deleted from the registry)"
         restore_champion(client, name, target)  # who and why: the audit rows
-        log.record(change.entry(name, target, restore, Stage.ARCHIVED, Stage.PRODUCTION, reason))
-        log.record(change.entry(name, current, demote, Stage.PRODUCTION, Stage.ARCHIVED, reason))
+        for row in rows:
+            log.record(row)
         verify_invariant(name, client)
