@@ -451,6 +451,44 @@ def test_a_rollback_that_crashed_before_its_audit_rows_is_in_progress_and_restor
     assert champion(name) == v1 and verify_invariant(name) == v1
 
 
+@pytest.mark.parametrize("step", ["stage", "reject"])
+def test_staging_or_a_rejection_that_crashed_before_its_audit_row_is_in_progress(
+    step: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The two other changes of a candidate announce their writes too: no drift while the retry is due."""
+    name = unique(f"intent{step}")
+    v1 = promote(name)
+    v2 = register(name)
+    attempt = change("bob")
+    if step == "reject":
+        lifecycle.promote_to_staging(name, v2, attempt)
+    real_record = audit.AuditLog.record
+
+    def crash_before_the_row(log_: audit.AuditLog, entry: audit.AuditEntry, detail: str = "") -> bool:
+        if entry.action == step:
+            raise ConnectionError("injected crash between the registry writes and the audit row")
+        return real_record(log_, entry, detail)
+
+    def attempt_the_step() -> None:
+        if step == "stage":
+            lifecycle.promote_to_staging(name, v2, attempt)
+        else:
+            lifecycle.reject(name, v2, "bob", "drifts", attempt)
+
+    with monkeypatch.context() as crashing:
+        crashing.setattr(audit.AuditLog, "record", crash_before_the_row)
+        with pytest.raises(ConnectionError):
+            attempt_the_step()
+    assert [r["version"] for r in rows_of(name, step)] == ([v1] if step == "stage" else [])  # registry ahead of log
+    during = watch_run(name, restore=True)
+    assert during.drifts == [] and during.recorded == [] and during.restored == [] and not during.failed
+    assert during.in_progress and during.in_progress[0].startswith(f"{step} v{v2}"), during.in_progress
+    attempt_the_step()  # the task's retry records the row once
+    assert [r["version"] for r in rows_of(name, step)] == ([v1, v2] if step == "stage" else [v2])
+    after = watch_run(name, restore=True)
+    assert after.drifts == [] and after.in_progress == [] and after.recorded == [] and champion(name) == v1
+
+
 def test_a_registered_model_renamed_and_re_created_is_reported_and_never_restored_from(
     as_admin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
