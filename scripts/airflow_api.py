@@ -104,12 +104,14 @@ class AirflowAPI:
         return run["dag_run_id"]
 
     def trigger_once_listed(
-        self, dag_id: str, conf: dict[str, Any], param: str = "model_name", timeout: float = 120
+        self, dag_id: str, conf: dict[str, Any], param: str = "model_name", timeout: float = 120, unpause: bool = True
     ) -> str:
         """Trigger ``dag_id`` once its form lists ``conf[param]``: a form whose choices are the models (the
         rollback's ``model_name``) knows a new model only after its file was re-parsed, and refuses it with a 400
-        naming ``param`` until then. Any other refusal is raised at once."""
-        self.wait_for_dag(dag_id)
+        naming ``param`` until then. Any other refusal is raised at once. ``unpause=False`` leaves a paused DAG
+        paused (a run that must wait in the queue)."""
+        if unpause:
+            self.wait_for_dag(dag_id)
         deadline = time.monotonic() + timeout
         while True:
             try:

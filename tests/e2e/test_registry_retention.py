@@ -65,8 +65,9 @@ def test_a_dry_run_then_an_enforcing_run_then_a_rollback_to_a_protected_old_vers
     queued = None
     try:
         queued = carol.trigger_once_listed(
-            "model_rollback", {"model_name": name, "target_version": int(v2), "reason": "maybe v2"}
+            "model_rollback", {"model_name": name, "target_version": int(v2), "reason": "maybe v2"}, unpause=False
         )
+        assert carol.run("model_rollback", queued)["state"] == "queued"  # and stays so while its DAG is paused
         path = models_dir / f"{name}.yaml"
         cfg = yaml.safe_load(path.read_text())
         cfg["retention"]["mode"] = "enforce"
