@@ -1,16 +1,18 @@
 """The serving side's cost: what logging each prediction and shadow-scoring the challenger add to ``score()``.
 
 One process, one governed model in production (trained by the package's own tasks) and a challenger: 2,000 requests
-scored with the log and the shadow off, with the log only, then with both (every request shadowed, in the shadow
-process), p50/p99 of ``score()``'s own time each; then records/s the writer sustains into PostgreSQL (as the
-INSERT-only serving role) with none dropped; then PostgreSQL stopped for 10 s and started again under a steady
-stream of records: what was dropped and when, and whether the table holds exactly what the writer says it wrote.
+scored by three scorers taking turns on each request: the log and the shadow off, the log only, both (every request
+shadowed, in the shadow process), p50/p99 of ``score()``'s own time each; then records/s the writer sustains into
+PostgreSQL (as the INSERT-only serving role) with none dropped; then PostgreSQL stopped for 10 s and started again
+under a steady stream of records: what was dropped and when, and whether the table holds exactly what the writer
+says it wrote.
 Usage: ``.venv/bin/python -m benchmarks.serving [--requests 2000] [--rate 1000] [--outage 10]``
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import tempfile
 import time
@@ -26,6 +28,33 @@ DEMO = Path(__file__).resolve().parents[1] / "include" / "models" / "fraud-detec
 def percentiles(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
     return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def timed_steps(scorer: object, into: list[float]) -> None:
+    """Time ``scorer``'s two added steps of each request (logging, shadow hand-off; 0 when off) into ``into``, in
+    pairs: request n's are ``into[2n]`` and ``into[2n + 1]``."""
+    log_step = scorer._log  # type: ignore[attr-defined]
+    shadow = scorer._shadow  # type: ignore[attr-defined]
+
+    def timed_log(*args: object) -> None:
+        started = time.perf_counter()
+        log_step(*args)
+        into.append((time.perf_counter() - started) * 1000)
+        if shadow is None:
+            into.append(0.0)
+
+    scorer._log = timed_log  # type: ignore[attr-defined]
+    if shadow is not None:
+        submit = shadow.submit
+
+        def timed_submit(*args: object) -> bool:
+            started = time.perf_counter()
+            try:
+                return submit(*args)
+            finally:
+                into.append((time.perf_counter() - started) * 1000)
+
+        shadow.submit = timed_submit
 
 
 def offer(writer: object, prefix: str, row: dict, rate: int, seconds: float, start: int) -> int:
@@ -120,30 +149,47 @@ def main() -> int:
         url = stack.serving_env()["PROMOTION_PREDICTION_LOG_URL"]
         with tempfile.TemporaryDirectory() as tmp:
             cache = ChampionCache("bench-serving", Path(tmp, "cache"), poll_interval=None).start()
-            figures = {}
+            # the three set-ups take turns on each request (in a shuffled order), so what drifts during the run (CPU
+            # frequency, the machine's other work) falls on all three alike and the differences are the cost
+            setups: dict[str, Scorer] = {}
             for label, logged, rate in (("off", False, 0.0), ("log only", True, 0.0), ("on", True, 1.0)):
                 writer = PredictionLog(url) if logged else None
-                scorer = Scorer(
+                setups[label] = Scorer(
                     cache, raw["features"], prediction_log=writer, shadow_sample_rate=rate, shadow_poll_interval=None
                 )
                 if rate:
-                    scorer.refresh_challenger()
-                for row in rows[:50]:  # warm up
+                    setups[label].refresh_challenger()
+            # and the request path's own added work, without the model's variance: the time of its two steps after the
+            # answer is computed (the log's enqueue, the hand-off to the shadow process), timed around each call
+            added: dict[str, list[float]] = {label: [] for label in setups}
+            for label, scorer in setups.items():
+                timed_steps(scorer, added[label])
+            order = random.Random(7)
+            for row in rows[:50]:  # warm up
+                for scorer in setups.values():
                     scorer.score(row)
-                took = []
-                for row in rows:
+            took: dict[str, list[float]] = {label: [] for label in setups}
+            for row in rows:
+                labels = list(setups)
+                order.shuffle(labels)
+                for label in labels:
                     started = time.perf_counter()
-                    scorer.score(row)
-                    took.append((time.perf_counter() - started) * 1000)
-                figures[label] = percentiles(took)
-                time.sleep(2)
+                    setups[label].score(row)
+                    took[label].append((time.perf_counter() - started) * 1000)
+            time.sleep(2)
+            figures = {label: percentiles(samples) for label, samples in took.items()}
+            for label in ("log only", "on"):
+                per_request = [sum(added[label][i : i + 2]) for i in range(0, len(added[label]), 2)]
+                p50, p99 = percentiles(per_request)
+                print(f"the request path's added steps, log + shadow {label}: p50 {p50:.4f} ms, p99 {p99:.4f} ms")
+            for label, scorer in setups.items():
                 print(
                     f"log + shadow {label}: p50 {figures[label][0]:.3f} ms, p99 {figures[label][1]:.3f} ms; "
                     f"{scorer.stats()}"
                 )
                 scorer.close()
-                if writer is not None:
-                    writer.close()
+                if scorer.prediction_log is not None:
+                    scorer.prediction_log.close()
             print(
                 f"added by the log alone: p50 {figures['log only'][0] - figures['off'][0]:+.3f} ms, "
                 f"p99 {figures['log only'][1] - figures['off'][1]:+.3f} ms"
