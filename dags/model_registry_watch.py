@@ -21,7 +21,7 @@ from include.promotion.tasks.boundary import fails_fast
     schedule=watch_schedule(),
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    max_active_runs=2,
+    max_active_runs=4,  # the watch's own repairs wake runs too; a move right after one must not queue behind them
     is_paused_upon_creation=False,  # a guard that waits to be switched on guards nothing
     description="Reconcile the MLflow registry with the audit log; alert on (and optionally repair) drift",
     doc_md="""
