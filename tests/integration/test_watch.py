@@ -372,6 +372,22 @@ def test_a_promotion_that_crashed_half_way_and_was_repaired_still_completes_on_r
     assert watch_run(crashed).drifts == []
 
 
+def crashing_before_row(monkeypatch: pytest.MonkeyPatch, action: str, step: Callable[[], object]) -> None:
+    """Run ``step`` with the worker dying right before it writes its first ``action`` row (after its registry
+    writes), as a crash between them would."""
+    real_record = audit.AuditLog.record
+
+    def crash(log_: audit.AuditLog, entry: audit.AuditEntry, detail: str = "") -> bool:
+        if entry.action == action:
+            raise ConnectionError(f"injected crash between the registry writes and the {action} row")
+        return real_record(log_, entry, detail)
+
+    with monkeypatch.context() as crashing:
+        crashing.setattr(audit.AuditLog, "record", crash)
+        with pytest.raises(ConnectionError):
+            step()
+
+
 def test_a_promotion_that_crashed_before_its_audit_row_is_in_progress_not_drift(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -384,17 +400,7 @@ def test_a_promotion_that_crashed_before_its_audit_row_is_in_progress_not_drift(
     lifecycle.promote_to_staging(name, v2, change())
     attempt = change("bob")
     lifecycle.record_approval(name, v2, "bob", "ok", attempt)
-    real_record = audit.AuditLog.record
-
-    def crash_before_the_promote_row(log_: audit.AuditLog, entry: audit.AuditEntry, detail: str = "") -> bool:
-        if entry.action == AuditAction.PROMOTE:
-            raise ConnectionError("injected crash between the registry writes and the audit row")
-        return real_record(log_, entry, detail)
-
-    with monkeypatch.context() as crashing:
-        crashing.setattr(audit.AuditLog, "record", crash_before_the_promote_row)
-        with pytest.raises(ConnectionError):
-            lifecycle.promote_to_production(name, v2, attempt)
+    crashing_before_row(monkeypatch, AuditAction.PROMOTE, lambda: lifecycle.promote_to_production(name, v2, attempt))
     assert champion(name) == v2 and [r["version"] for r in rows_of(name, "promote")] == [v1]  # registry ahead of log
 
     during = watch_run(name, restore=True)
@@ -424,17 +430,9 @@ def test_a_rollback_that_crashed_before_its_audit_rows_is_in_progress_and_restor
     v1, v2 = promote(name), promote(name)
     attempt = change("carol")
     plan = rollback.plan_rollback(name, None)  # validate's plan: what the task and its retry act on
-    real_record = audit.AuditLog.record
-
-    def crash_before_the_rollback_rows(log_: audit.AuditLog, entry: audit.AuditEntry, detail: str = "") -> bool:
-        if entry.action == AuditAction.ROLLBACK_RESTORE:
-            raise ConnectionError("injected crash between the registry writes and the audit rows")
-        return real_record(log_, entry, detail)
-
-    with monkeypatch.context() as crashing:
-        crashing.setattr(audit.AuditLog, "record", crash_before_the_rollback_rows)
-        with pytest.raises(ConnectionError):
-            rollback.rollback(plan, "v2 misfires", attempt)
+    crashing_before_row(
+        monkeypatch, AuditAction.ROLLBACK_RESTORE, lambda: rollback.rollback(plan, "v2 misfires", attempt)
+    )
     assert champion(name) == v1 and rows_of(name, "rollback_restore") == []  # the registry is ahead of the log
 
     during = watch_run(name, restore=True)
@@ -462,12 +460,6 @@ def test_staging_or_a_rejection_that_crashed_before_its_audit_row_is_in_progress
     attempt = change("bob")
     if step == "reject":
         lifecycle.promote_to_staging(name, v2, attempt)
-    real_record = audit.AuditLog.record
-
-    def crash_before_the_row(log_: audit.AuditLog, entry: audit.AuditEntry, detail: str = "") -> bool:
-        if entry.action == step:
-            raise ConnectionError("injected crash between the registry writes and the audit row")
-        return real_record(log_, entry, detail)
 
     def attempt_the_step() -> None:
         if step == "stage":
@@ -475,10 +467,7 @@ def test_staging_or_a_rejection_that_crashed_before_its_audit_row_is_in_progress
         else:
             lifecycle.reject(name, v2, "bob", "drifts", attempt)
 
-    with monkeypatch.context() as crashing:
-        crashing.setattr(audit.AuditLog, "record", crash_before_the_row)
-        with pytest.raises(ConnectionError):
-            attempt_the_step()
+    crashing_before_row(monkeypatch, step, attempt_the_step)
     assert [r["version"] for r in rows_of(name, step)] == ([v1] if step == "stage" else [])  # registry ahead of log
     during = watch_run(name, restore=True)
     assert during.drifts == [] and during.recorded == [] and during.restored == [] and not during.failed
