@@ -120,8 +120,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 
 # -- the order files are handed to xdist's workers: longest first ----------------------------------------------------
-# `--dist loadfile` gives each free worker the next file in collection order; a long file handed out last keeps one
-# worker busy while the other idles (stop 29: 912 s vs 1,100 s). Longest first evens them out. Seconds from a full run
+# `--dist loadfile --no-loadscope-reorder` gives each free worker the next file in collection order (xdist's default
+# reorder puts the files with the most tests first: the unit tests, leaving the few long e2e tests for the end, where
+# one worker ran alone: stop 29, 912 s vs 1,100 s). Longest first evens them out. Seconds from a full run
 # on 2 cores (the `make test` summary); a file not listed weighs what its tier usually does. Only the order changes.
 FILE_SECONDS = {
     "tests/e2e/test_make_run.py": 207,
