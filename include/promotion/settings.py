@@ -79,7 +79,7 @@ def unchecked_promotion_minutes() -> float:
 
 
 def intent_grace_minutes() -> float:
-    """How long the registry watch reads a promotion's pending ``intent`` row as "in progress"
+    """How long the registry watch reads a change's pending ``intent`` rows as "in progress"
     (``PROMOTION_INTENT_GRACE_MINUTES``, default 30): a registry that shows the announced change is left for the task's
     retry to complete (Airflow retries within minutes). Older, the change is drift like any other."""
     value = (os.environ.get("PROMOTION_INTENT_GRACE_MINUTES") or "").strip()

@@ -67,8 +67,8 @@ class AuditAction(StrEnum):
     # registry retention (model_registry_retention): a version deleted, or only moved to the Archived stage
     RETENTION_DELETE = "retention_delete"
     RETENTION_ARCHIVE = "retention_archive"
-    # a change's registry writes announced before they start (a promotion's): a crash between its writes and its
-    # rows is then "in progress" to the watch, not drift, and the task's retry completes it
+    # a change's registry writes announced before they start (staging, rejection, promotion, rollback): a crash
+    # between its writes and its rows is then "in progress" to the watch, not drift, and the task's retry completes it
     INTENT = "intent"
     # on-call accepted a difference the watch cannot repair (an old version deleted out of band)
     DRIFT_ACKNOWLEDGED = "drift_acknowledged"

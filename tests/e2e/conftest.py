@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,8 @@ import yaml
 from include.promotion.config import dag_id_for
 from include.promotion.registry import client as mlflow_client
 from scripts.airflow_api import AirflowAPI
+from scripts.stack import ServiceStack, StackConfig
+from tests.conftest import STACK
 from tests.support import FAST_DATA, FAST_ESTIMATOR, Gate, seed_champion
 
 DEMO = Path(__file__).resolve().parents[2] / "include" / "models" / "fraud-detector.yaml"
@@ -82,3 +86,31 @@ def run_to_gate(as_user, add_model) -> Callable[..., Gate]:
         return Gate(name, dag_id, run_id, champion, candidate)
 
     return start
+
+
+@contextlib.contextmanager
+def second_stack(request: pytest.FixtureRequest, services: Any, state: Path, **config: Any) -> Iterator[ServiceStack]:
+    """Another Airflow stack (with its own MLflow) on the session's PostgreSQL server, for a module's tests: the
+    session's secrets (the server's roles, one password each) and users' passwords; ``config``: the rest of its
+    ``StackConfig`` (its own database names among them). A failed test's report digests this stack's logs."""
+    for name in ("secrets.json", "airflow_passwords.json"):
+        shutil.copy2(services.state_dir / name, state / name)
+    stack = ServiceStack(
+        StackConfig(
+            state_dir=state,
+            airflow_port=0,
+            mlflow_port=0,
+            postgres_url=services.postgres_uri(),
+            mlflow_webhook=False,
+            **config,
+        )
+    )
+    saved_stack = request.config.stash.get(STACK, None)
+    try:
+        stack.start()
+        request.config.stash[STACK] = stack
+        yield stack
+    finally:
+        stack.stop()
+        if saved_stack is not None:
+            request.config.stash[STACK] = saved_stack

@@ -10,7 +10,6 @@ killed while ``train`` runs.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,11 +24,11 @@ from include.promotion.config import dag_id_for
 from include.promotion.registry import client as mlflow_client
 from include.promotion.registry.invariants import verify_invariant
 from scripts.airflow_api import AirflowAPI
-from scripts.stack import ServiceStack, StackConfig
+from scripts.stack import ServiceStack
 from scripts.stack.config import CELERY
-from tests.conftest import MANUAL_RUNS_ONLY, REVIEWERS, STACK
+from tests.conftest import MANUAL_RUNS_ONLY, REVIEWERS
 from tests.deploy_receiver import DeployReceiver
-from tests.e2e.conftest import model_adder, users_of
+from tests.e2e.conftest import model_adder, second_stack, users_of
 from tests.support import Gate, promote, seed_champion
 
 pytestmark = pytest.mark.e2e
@@ -47,39 +46,27 @@ def celery_stack(request, services, models_dir, tmp_path_factory) -> Iterator[Se
     URI and account) points at its MLflow while this module runs, and the models it adds are removed after it: the
     session's registry watch would otherwise find their audit rows (shared database) without their versions (this
     stack's MLflow)."""
-    state = tmp_path_factory.mktemp("celery-stack")
     models_before = set(models_dir.glob("*.yaml"))
-    for name in ("secrets.json", "airflow_passwords.json"):
-        shutil.copy2(services.state_dir / name, state / name)
-    stack = ServiceStack(
-        StackConfig(
-            state_dir=state,
-            airflow_port=0,
-            mlflow_port=0,
+    saved_env = dict(os.environ)
+    try:
+        with second_stack(
+            request,
+            services,
+            tmp_path_factory.mktemp("celery-stack"),
             models_dir=models_dir,
             users=REVIEWERS,
-            postgres_url=services.postgres_uri(),
             executor=CELERY,
             airflow_database="airflow_celery",
             mlflow_database="mlflow_celery",
             extra_env={**MANUAL_RUNS_ONLY, "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": HEARTBEAT_TIMEOUT},
-            mlflow_webhook=False,
-        )
-    )
-    saved_env, saved_stack = dict(os.environ), request.config.stash.get(STACK, None)
-    try:
-        stack.start()
-        os.environ.update(stack.package_env())
-        request.config.stash[STACK] = stack  # a failed test's report digests this stack's logs
-        yield stack
+        ) as stack:
+            os.environ.update(stack.package_env())
+            yield stack
     finally:
-        stack.stop()
         for added in set(models_dir.glob("*.yaml")) - models_before:
             added.unlink()
         os.environ.clear()
         os.environ.update(saved_env)
-        if saved_stack is not None:
-            request.config.stash[STACK] = saved_stack
 
 
 @pytest.fixture(scope="module")

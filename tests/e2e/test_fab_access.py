@@ -12,7 +12,6 @@ docs/security.md's role table is parsed and checked row by row.
 from __future__ import annotations
 
 import re
-import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,10 +24,10 @@ import yaml
 from include.promotion.access import MEMBER_ROLE, ON_CALL_ROLE, model_role
 from include.promotion.config import dag_id_for
 from scripts.airflow_api import AirflowAPI, AirflowAPIError
-from scripts.stack import ServiceStack, StackConfig
+from scripts.stack import ServiceStack
 from scripts.stack.config import FAB
-from tests.conftest import MANUAL_RUNS_ONLY, REVIEWERS, STACK
-from tests.e2e.conftest import DEMO, users_of
+from tests.conftest import MANUAL_RUNS_ONLY, REVIEWERS
+from tests.e2e.conftest import DEMO, second_stack, users_of
 from tests.support import FAST_DATA, FAST_ESTIMATOR
 
 pytestmark = pytest.mark.e2e
@@ -105,32 +104,17 @@ def fab_models(tmp_path_factory) -> tuple[Path, Models]:
 def fab_stack(request, services, fab_models, tmp_path_factory) -> Iterator[ServiceStack]:
     """LocalExecutor under the FAB auth manager, on the session's PostgreSQL server (its own Airflow database,
     its own MLflow); the users, the per-model roles and their members are created at start from the models folder."""
-    state = tmp_path_factory.mktemp("fab-stack")
-    for name in ("secrets.json", "airflow_passwords.json"):
-        shutil.copy2(services.state_dir / name, state / name)
-    stack = ServiceStack(
-        StackConfig(
-            state_dir=state,
-            airflow_port=0,
-            mlflow_port=0,
-            models_dir=fab_models[0],
-            users=USERS,
-            postgres_url=services.postgres_uri(),
-            airflow_database="airflow_fab",
-            extra_env=MANUAL_RUNS_ONLY,
-            mlflow_webhook=False,
-            auth_manager=FAB,
-        )
-    )
-    saved_stack = request.config.stash.get(STACK, None)
-    try:
-        stack.start()
-        request.config.stash[STACK] = stack  # a failed test's report digests this stack's logs
+    with second_stack(
+        request,
+        services,
+        tmp_path_factory.mktemp("fab-stack"),
+        models_dir=fab_models[0],
+        users=USERS,
+        airflow_database="airflow_fab",
+        extra_env=MANUAL_RUNS_ONLY,
+        auth_manager=FAB,
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()
-        if saved_stack is not None:
-            request.config.stash[STACK] = saved_stack
 
 
 @pytest.fixture(scope="module")

@@ -167,11 +167,9 @@ class AuditLog:
         "in progress" to the registry watch, not drift; a retry announces nothing twice.
 
         The replay reads the intended action from the stages (``replay.INTENDED``). The detail keeps apart two intents
-        of one change on one version (a promotion, then its post-promotion check's rollback); a promotion's intents
-        were written before there was one, so theirs stays empty.
+        of one change on one version (staging, then the promotion, then its post-promotion check's rollback).
         """
-        detail = "" if intended.action == AuditAction.PROMOTE else str(intended.action)
-        return self.record(replace(intended, action=AuditAction.INTENT, reason=summary), detail)
+        return self.record(replace(intended, action=AuditAction.INTENT, reason=summary), str(intended.action))
 
     def rows(self) -> list[dict[str, Any]]:
         """Every row of this model, oldest first, hash columns included (read under the model's lock)."""

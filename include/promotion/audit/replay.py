@@ -89,8 +89,8 @@ class AuditedState:
     # versions the retention policy deleted (a ``retention_delete`` row): gone on purpose, so no longer expected in
     # the registry (not drift) and never a rollback target; their earlier rows stay
     deleted: frozenset[str] = frozenset()
-    # ``intent`` rows whose change has not recorded its outcome yet (a promotion that crashed between its registry
-    # writes and its ``promote`` row, or one under way): oldest first
+    # ``intent`` rows whose change has not recorded its row on that version yet (it crashed between its registry
+    # writes and its rows, or is under way): oldest first
     pending: tuple[Mapping[str, Any], ...] = ()
 
     def previous_champion(self, exists: Callable[[str], bool]) -> str | None:

@@ -129,19 +129,21 @@ def promote_to_staging(name: str, version: str, change: Change) -> None:
                 "only a new version can be moved to Staging. Trigger a new retraining run."
             )
         previous = get_alias(client, name, CHALLENGER_ALIAS)
-        superseding = previous is not None and str(previous.version) != str(version)
-        superseded = f"superseded by version {version}"
+        superseded = None
+        if previous is not None and str(previous.version) != str(version):
+            why = f"superseded by version {version}"
+            superseded = change.entry(name, previous.version, AuditAction.SUPERSEDE, Stage.STAGING, Stage.NONE, why)
         staged = change.entry(name, version, AuditAction.STAGE, Stage.NONE, Stage.STAGING, "passed evaluation gates")
-        rows = [staged]
-        if superseding:
-            entry = change.entry(name, previous.version, AuditAction.SUPERSEDE, Stage.STAGING, Stage.NONE, superseded)
-            rows.insert(0, entry)
-        for row in rows:  # a crash between the registry writes and the rows is then "in progress", not drift
-            log.announce(row, f"stage v{version} as challenger" + (f" over v{previous.version}" if superseding else ""))
-        if superseding:
-            set_tags(client, name, previous.version, {Tag.STATUS: Status.REJECTED, Tag.REJECTION_REASON: superseded})
-            set_stage(client, name, previous.version, Stage.NONE)
-            log.record(rows[0])
+        summary = f"stage v{version} as challenger" + (f" over v{superseded.version}" if superseded else "")
+        for row in (superseded, staged):  # a crash between the registry writes and the rows is then "in progress"
+            if row is not None:
+                log.announce(row, summary)
+        if superseded is not None:
+            set_tags(
+                client, name, superseded.version, {Tag.STATUS: Status.REJECTED, Tag.REJECTION_REASON: superseded.reason}
+            )
+            set_stage(client, name, superseded.version, Stage.NONE)
+            log.record(superseded)
         set_stage(client, name, version, Stage.STAGING)
         client.set_registered_model_alias(name, CHALLENGER_ALIAS, version)
         stamp = mv.tags.get(Tag.STAGING_TIMESTAMP) or now_iso()
