@@ -62,6 +62,15 @@ def logged_pairs(services, name: str, candidate: str) -> list[tuple[str, bool, b
         conn.close()
 
 
+def wait_for_pairs(services, name: str, candidate: str, count: int, timeout: float = 60) -> list:
+    """The logged pairs once ``count`` requests are in the log (the writer flushes every 0.2 s, off the caller)."""
+    deadline = time.monotonic() + timeout
+    while len(pairs := logged_pairs(services, name, candidate)) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(pairs) == count, f"{len(pairs)} of {count} requests logged in {timeout} s"
+    return pairs
+
+
 def test_the_run_waits_for_live_traffic_and_the_reviewer_sees_its_figures(
     services, as_user, add_model, tmp_path
 ) -> None:
@@ -79,21 +88,22 @@ def test_the_run_waits_for_live_traffic_and_the_reviewer_sees_its_figures(
     cache = ChampionCache(name, tmp_path / "cache", poll_interval=None).start()
     writer = PredictionLog(url, flush_seconds=0.2)
     scorer = Scorer(cache, features, prediction_log=writer, shadow_poll_interval=None)
+    traffic = synthetic_transactions(rows=60, seed=23)[features].astype(float).to_dict(orient="records")
     try:
         assert scorer.refresh_challenger() == str(candidate)
-        traffic = synthetic_transactions(rows=60, seed=23)[features].astype(float).to_dict(orient="records")
-        answers = [scorer.score(row) for row in traffic]
+        # Label 20 requests of the first 40 before the 60th is logged: shadow_evaluate reads the log as soon as it
+        # holds min_requests (60) pairs, so labels written after the last request would race its next poke.
+        answers = [scorer.score(row) for row in traffic[:40]]
+        first = wait_for_pairs(services, name, str(candidate), 40)
+        insert_labels(url, [(request_id, int(i % 8 == 0)) for i, (request_id, _, _) in enumerate(first[:20])])
+        answers += [scorer.score(row) for row in traffic[40:]]
         assert {a["version"] for a in answers} == {str(champion)}  # the caller only ever sees the champion
-        deadline = time.monotonic() + 60
-        while scorer.stats()["shadow_scored"] < 60 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        pairs = wait_for_pairs(services, name, str(candidate), 60)
     finally:
         scorer.close()
         writer.close()
         cache.stop()
-    pairs = logged_pairs(services, name, str(candidate))
-    assert len(pairs) == 60, scorer.stats()
-    insert_labels(url, [(request_id, int(i % 8 == 0)) for i, (request_id, _, _) in enumerate(pairs[:20])])
+    assert len(logged_pairs(services, name, str(candidate))) == 60, scorer.stats()
 
     bob = as_user("bob")
     body = bob.wait_for_gate(dag_id, run_id)["body"]
