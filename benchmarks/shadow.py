@@ -102,15 +102,17 @@ def main() -> None:
             cur.execute("ANALYZE prediction_log")
         cfg = ModelConfig.model_validate({**yaml.safe_load(DEMO.read_text()), "shadow": {"enabled": True}})
         until = datetime.now(UTC)
+        logged_before = queries.log_cutoff(conn)
         for size, model in models.items():
             cfg = cfg.model_copy(update={"name": model})
             timings, counts = [], []
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
-                found = evaluate.live(conn, cfg, "2", start, until)
+                found = evaluate.live(conn, cfg, "2", start, until, logged_before)
                 timings.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                queries.shadow_count(conn, model, "2", start, datetime.now(UTC), cfg.shadow.min_requests)
+                cutoff = queries.log_cutoff(conn)  # a poke takes one, then counts
+                queries.shadow_count(conn, model, "2", start, datetime.now(UTC), cfg.shadow.min_requests, cutoff)
                 counts.append(time.perf_counter() - t0)
             assert found["figures"]["n"] == size, found["figures"]["n"]
             print(

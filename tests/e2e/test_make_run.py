@@ -183,15 +183,18 @@ def percentile_cont(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def recomputed(state_dir: Path, port: int, candidate: str, since: datetime, until: datetime) -> dict:
+def recomputed(state_dir: Path, port: int, candidate: str, window: dict[str, datetime]) -> dict:
     """The shadow figures from the prediction log's rows, in Python: each request that the candidate shadowed within
-    [since, until), paired with the champion's answer to it (a request's latest row of each role)."""
+    [since, until), paired with the champion's answer to it (a request's latest row of each role), of the rows in the
+    log before the evidence's ``logged_before`` (the demo traffic goes on logging meanwhile)."""
+    since, until = window["since"], window["until"]
     conn = psycopg2.connect(owner_dsn(state_dir, port))
     try:
         with conn.cursor() as cur:
             cur.execute(
                 "SELECT request_id, role, version, decision, latency_ms, predicted_at FROM prediction_log "
-                "WHERE model_name = 'fraud-detector' ORDER BY predicted_at, id"
+                "WHERE model_name = 'fraud-detector' AND logged_at < %s ORDER BY predicted_at, id",
+                (window["logged_before"],),
             )
             rows = cur.fetchall()
             cur.execute("SELECT request_id, labelled_at FROM demo.labels")
@@ -238,7 +241,8 @@ def shadow_candidate_waits_for_review(stack: MakeRun, rows: list[tuple]) -> list
     candidate, tags, metrics = stack.read_mlflow(evidence)
     assert tags["shadow_source"] == "live", tags
     summary = json.loads(tags["shadow_summary"])
-    since, until = (datetime.fromisoformat(summary["window"][k]) for k in ("since", "until"))
+    window = {k: datetime.fromisoformat(v) for k, v in summary["window"].items()}
+    since = window["since"]
     audit = audit_rows(stack.state_dir, stack.ports["postgres"])
     staged = [(candidate, "register", DAG_ID), (candidate, "intent", DAG_ID), (candidate, "stage", DAG_ID)]
     assert audit[: len(rows)] == rows and audit[-3:] == staged
@@ -255,7 +259,7 @@ def shadow_candidate_waits_for_review(stack: MakeRun, rows: list[tuple]) -> list
     finally:
         conn.close()
 
-    live = recomputed(stack.state_dir, stack.ports["postgres"], candidate, since, until)
+    live = recomputed(stack.state_dir, stack.ports["postgres"], candidate, window)
     assert live["n"] >= 200, live  # shadow.min_requests of the demo model: live traffic, not max_wait running out
     for key in ("n", "agreement", "flips_flag_to_pass", "flips_pass_to_flag", "champion_flagged_rate"):
         assert summary[key] == pytest.approx(live[key], abs=1e-6), key

@@ -21,7 +21,7 @@ from include.promotion.audit.log import AuditEntry
 from include.promotion.audit.schema import CURRENT_VERSION, applied_version, connect
 from include.promotion.config import ModelConfig
 from include.promotion.post_promotion import check
-from include.promotion.shadow import evaluate, metrics
+from include.promotion.shadow import evaluate, metrics, queries
 from include.promotion.states import AuditAction
 from include.promotion.tasks.watch import prune_prediction_log
 from scripts.stack.postgres import APP_ROLE, READER_ROLE
@@ -50,6 +50,7 @@ def refused(dsn: str, statement: str, params: tuple = ()) -> bool:
 
 ROW = "INSERT INTO prediction_log (request_id, model_name, version, role, score, decision, latency_ms, features) "
 ROW += "VALUES (%s, 'grants', '1', 'champion', 0.5, true, 1.0, '{}')"
+IN_FLIGHT = ROW.replace("%s, 'grants', '1', 'champion', 0.5, true", "%s, %s, %s, %s, %s, %s")
 
 
 def test_migration_5_and_each_roles_rights(services) -> None:
@@ -69,6 +70,9 @@ def test_migration_5_and_each_roles_rights(services) -> None:
         "SELECT * FROM demo.transactions LIMIT 1",
     ):
         assert refused(serving, statement), statement
+    # ...with the server's time of the insert: a row it dated itself could slip into a window already closed
+    backdated = ROW.replace(") VALUES (", ", logged_at) VALUES (").replace("'{}')", "'{}', '-infinity')")
+    assert refused(serving, backdated, (f"g-{uuid.uuid4().hex}",))
     assert not refused(serving, "INSERT INTO demo.labels (request_id, label) VALUES (%s, 1)", (uuid.uuid4().hex,))
     # the workers read and prune, never invent traffic; the page reads only
     assert not refused(app, "SELECT count(*) FROM prediction_log")
@@ -157,6 +161,58 @@ def test_the_wait_ends_at_min_requests_or_max_wait_and_without_a_log_there_is_no
     done = evaluate.poke(cfg, "2", champion="1", now=datetime.now(UTC) + timedelta(seconds=5))  # rows' times: +290 ms
     assert done["figures"]["n"] == 50 and done["passed"] and done["window"]["since"]
     assert evaluate.poke(cfg, "2", champion=None)["note"].startswith("no shadow evidence: there is no champion")
+
+
+def test_an_insert_in_flight_when_the_evidence_is_taken_never_joins_its_window_later(services) -> None:
+    """The race of stop 28's CI: the serving side's batch was still being inserted when ``shadow_evaluate`` read the
+    log, so a recount from the log later found 3 requests more than the evidence. The cutoff waits for the insert;
+    rows inserted after it are outside the window for good, whatever their ``predicted_at``."""
+    import threading
+
+    name, start = f"shadow-flight-{uuid.uuid4().hex[:6]}", datetime.now(UTC) - timedelta(seconds=30)
+    insert_predictions(serving_url(services), paired_rows(name, "1", "2", 10, start))
+    writer = psycopg2.connect(serving_url(services))  # a batch in flight: inserted, not yet committed
+    with writer.cursor() as cur:
+        for row in paired_rows(name, "1", "2", 5, start + timedelta(seconds=1)):
+            cur.execute(IN_FLIGHT, row[:6])
+    taken: list[datetime | None] = []
+
+    def take_cutoff() -> None:
+        reader = connect()
+        try:
+            taken.append(queries.log_cutoff(reader))
+        finally:
+            reader.close()
+
+    thread = threading.Thread(target=take_cutoff)
+    thread.start()
+    thread.join(1.0)
+    assert thread.is_alive(), "the cutoff did not wait for the insert in flight"
+    writer.commit()
+    thread.join(10)
+    (cutoff,) = taken
+    conn = connect()
+    try:
+        cfg = cfg_for(name, enabled=True)
+
+        def figures(logged_before: datetime | None) -> dict:
+            return evaluate.live(conn, cfg, "2", start, datetime.now(UTC), logged_before)["figures"]
+
+        assert queries.shadow_count(conn, name, "2", start, datetime.now(UTC), 1000, cutoff) == 15
+        assert figures(cutoff)["n"] == 15  # the batch in flight is in: it reached the log before the cutoff
+        insert_predictions(serving_url(services), paired_rows(name, "1", "2", 7, start + timedelta(seconds=2)))
+        # rows predicted inside the window but logged after the cutoff never join it (the log now holds 22)
+        assert queries.shadow_count(conn, name, "2", start, datetime.now(UTC), 1000, cutoff) == 15
+        assert figures(cutoff)["n"] == 15 and figures(None)["n"] == 22
+        # an insert that holds the table past the lock timeout: no cutoff now, the sensor looks again at its next poke
+        with writer.cursor() as cur:
+            cur.execute(ROW, (f"g-{uuid.uuid4().hex}",))
+        assert queries.log_cutoff(conn, lock_timeout_ms=200) is None
+        writer.rollback()
+        assert queries.log_cutoff(conn) > cutoff
+    finally:
+        conn.close()
+        writer.close()
 
 
 def test_retention_deletes_old_rows_only(services, monkeypatch: pytest.MonkeyPatch) -> None:

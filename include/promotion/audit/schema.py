@@ -218,6 +218,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "intent before a change's registry writes; acknowledged drift: actions intent, drift_acknowledged",
         _action_check,
     ),
+    Migration(
+        11,
+        "prediction_log.logged_at: when a row reached the log (the server's clock)",
+        _sql(prediction_log.LOGGED_AT_DDL),
+    ),
 )
 # Promotions recorded after this migration have a check outcome row (``post_promotion.outcome.unchecked_promotion``).
 CHECK_OUTCOMES_MIGRATION = 9

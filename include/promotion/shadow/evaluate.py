@@ -74,7 +74,11 @@ def poke(cfg: ModelConfig, version: str, champion: str | None, now: datetime | N
         since = staged_at(conn, cfg.name, version)
         if queries.in_use(conn, cfg.name, now):
             deadline = since + timedelta(seconds=shadow.max_wait)
-            logged = queries.shadow_count(conn, cfg.name, version, since, now, shadow.min_requests)
+            logged_before = queries.log_cutoff(conn)
+            if logged_before is None:
+                log.warning("%s v%s: an insert held the prediction log for 10 s; looking again", cfg.name, version)
+                return None
+            logged = queries.shadow_count(conn, cfg.name, version, since, now, shadow.min_requests, logged_before)
             if logged < shadow.min_requests and now < deadline:
                 log.info(
                     "%s v%s: %d of %d shadow predictions logged; waiting until %s at the latest",
@@ -86,7 +90,7 @@ def poke(cfg: ModelConfig, version: str, champion: str | None, now: datetime | N
                 )
                 return None
             if logged:
-                return live(conn, cfg, version, since, now)
+                return live(conn, cfg, version, since, now, logged_before)
     finally:
         conn.close()
     if shadow.replay_query:
@@ -100,12 +104,16 @@ def poke(cfg: ModelConfig, version: str, champion: str | None, now: datetime | N
     )
 
 
-def live(conn: Any, cfg: ModelConfig, version: str, since: datetime, until: datetime) -> dict[str, Any]:
-    """The live comparison over [since, until): SQL aggregates, then PSI and the live metrics on bounded samples."""
-    figures = queries.paired_figures(conn, cfg.name, version, since, until)
-    champion_scores, shadow_scores = queries.score_sample(conn, cfg.name, version, since, until)
+def live(
+    conn: Any, cfg: ModelConfig, version: str, since: datetime, until: datetime, logged_before: datetime | None = None
+) -> dict[str, Any]:
+    """The live comparison over the window (``queries``; no ``logged_before``: all rows in the log now): SQL
+    aggregates, then PSI and the live metrics on bounded samples."""
+    scope = (cfg.name, version, since, until, logged_before)
+    figures = queries.paired_figures(conn, *scope)
+    champion_scores, shadow_scores = queries.score_sample(conn, *scope)
     figures["psi"] = metrics.psi(champion_scores, shadow_scores) if champion_scores else None
-    labelled = queries.labelled_pairs(conn, settings.labels_table(), cfg.name, version, since, until)
+    labelled = queries.labelled_pairs(conn, settings.labels_table(), *scope)
     live_metrics = None
     if labelled:
         labels = [r[0] for r in labelled]
@@ -115,6 +123,8 @@ def live(conn: Any, cfg: ModelConfig, version: str, since: datetime, until: date
         }
     # full precision: the window is the record of exactly which rows were compared (shown to the second)
     window = {"since": since.isoformat(), "until": until.isoformat()}
+    if logged_before is not None:
+        window["logged_before"] = logged_before.isoformat()
     note = f"live traffic: {figures['n']} requests scored by both models"
     if figures["n"] == 0:
         note = "no shadow evidence: shadow predictions were logged, but none of their requests has a champion row"

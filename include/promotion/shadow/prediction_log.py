@@ -4,7 +4,8 @@ The table is created by the audit schema's migration 5 (``audit.schema``) and ow
 do what with it is the contract between the serving side and the workers:
 
 - the serving role (``PROMOTION_PREDICTION_LOG_URL``, never given to Airflow) may INSERT, nothing else: a
-  compromised scoring process can add rows, not read the traffic or rewrite what was logged;
+  compromised scoring process can add rows, not read the traffic or rewrite what was logged; and not set
+  ``logged_at``, the server's time of the insert (migration 11), which dates a row as the log holds it;
 - the application role (the workers) may SELECT (shadow evaluation, the post-promotion latency) and DELETE
   (retention), not INSERT: no Airflow task can invent traffic;
 - the reader role (the api-server's page) may SELECT.
@@ -17,6 +18,18 @@ from typing import Any
 PREDICTION_LOG = "prediction_log"
 ROLES = ("champion", "shadow")
 MAX_REQUEST_ID_CHARS = 128
+# what the serving role may name in an INSERT (not ``id``, nor ``logged_at``: the server sets both)
+SERVING_COLUMNS = (
+    "request_id",
+    "model_name",
+    "version",
+    "role",
+    "score",
+    "decision",
+    "latency_ms",
+    "features",
+    "predicted_at",
+)
 
 DDL = f"""
 CREATE TABLE IF NOT EXISTS {PREDICTION_LOG} (
@@ -38,6 +51,15 @@ CREATE INDEX IF NOT EXISTS {PREDICTION_LOG}_request_idx ON {PREDICTION_LOG} (req
 REVOKE ALL ON {PREDICTION_LOG}, {PREDICTION_LOG}_id_seq FROM PUBLIC;
 """
 
+# Migration 11. ``predicted_at`` is the serving process's clock, and its rows reach the table in batches, seconds
+# later under load: a window on it alone changes after the fact as late rows arrive. ``logged_at`` is when the row
+# reached the table (the server's clock at the insert), so "predicted in [since, until) and logged before t" is a
+# set of rows no later insert changes. Earlier rows count as logged before any such t (-infinity: no table rewrite).
+LOGGED_AT_DDL = f"""
+ALTER TABLE {PREDICTION_LOG} ADD COLUMN IF NOT EXISTS logged_at TIMESTAMPTZ NOT NULL DEFAULT '-infinity';
+ALTER TABLE {PREDICTION_LOG} ALTER COLUMN logged_at SET DEFAULT clock_timestamp();
+"""
+
 
 def grant(cur: Any, app_role: str | None, reader_role: str | None, serving_role: str | None) -> None:
     """The grants above, for the roles given (idempotent; run by ``audit.schema.upgrade`` as the owner)."""
@@ -50,5 +72,7 @@ def grant(cur: Any, app_role: str | None, reader_role: str | None, serving_role:
         cur.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(table, sql.Identifier(reader_role)))
     if serving_role:
         role = sql.Identifier(serving_role)
-        cur.execute(sql.SQL("GRANT INSERT ON {} TO {}").format(table, role))
+        columns = sql.SQL(", ").join(map(sql.Identifier, SERVING_COLUMNS))
+        cur.execute(sql.SQL("REVOKE INSERT ON {} FROM {}").format(table, role))  # the table-wide grant of before 11
+        cur.execute(sql.SQL("GRANT INSERT ({}) ON {} TO {}").format(columns, table, role))
         cur.execute(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(seq, role))

@@ -4,6 +4,10 @@ Counting and the paired aggregates (agreement, flips, flagged rates, latency per
 indexes of ``prediction_log``; only bounded, deterministic samples (``ORDER BY md5(request_id)``) travel to Python
 for PSI and the live metrics. Pairs join a request's challenger row (role ``shadow``, the candidate's own version
 only) with the champion's row of the same request; a request logged twice counts once (its latest row).
+
+A window is "predicted in [since, until), and in the log before ``logged_before``" (``log_cutoff``): rows still on
+their way to the table when the evidence was taken never join it later, so anyone can recompute the figures from the
+log and the window the evidence records.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ WITH pairs AS (
            {_LATEST.format(column="decision", role="shadow")} AS s_decision,
            {_LATEST.format(column="latency_ms", role="shadow")} AS s_latency
     FROM {PREDICTION_LOG}
-    WHERE model_name = %(model)s
+    WHERE model_name = %(model)s AND logged_at < %(logged_before)s
       AND predicted_at >= %(since)s - %(margin)s AND predicted_at < %(until)s + %(margin)s
       AND (role = 'champion'
            OR (role = 'shadow' AND version = %(version)s AND predicted_at >= %(since)s AND predicted_at < %(until)s))
@@ -59,8 +63,40 @@ FROM pairs
 )
 
 
-def _window(model: str, version: str, since: datetime, until: datetime) -> dict[str, Any]:
-    return {"model": model, "version": str(version), "since": since, "until": until, "margin": CHAMPION_MARGIN}
+def _window(model: str, version: str, since: datetime, until: datetime, logged_before: datetime | None) -> dict:
+    return {
+        "model": model,
+        "version": str(version),
+        "since": since,
+        "until": until,
+        "margin": CHAMPION_MARGIN,
+        "logged_before": "infinity" if logged_before is None else logged_before,
+    }
+
+
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+def log_cutoff(conn: Any, lock_timeout_ms: int = 10_000) -> datetime | None:
+    """A time before which every row of the log is committed and after which none can be dated: the server's clock
+    taken while no insert is in flight (a SHARE lock waits for the inserting transactions and holds new ones back for
+    the instant it is held; ``logged_at`` is set at the insert, after its lock). None when an insert held the table
+    longer than ``lock_timeout_ms`` (look again later). ``conn`` is in autocommit mode."""
+    with conn.cursor() as cur:
+        cur.execute("BEGIN")
+        try:
+            cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout_ms)}ms",))
+            cur.execute(f"LOCK TABLE {PREDICTION_LOG} IN SHARE MODE")
+            cur.execute("SELECT clock_timestamp()")
+            cutoff = cur.fetchone()[0]
+        except Exception as exc:
+            cur.execute("ROLLBACK")
+            # lock_not_available (psycopg 3 says ``sqlstate``, psycopg2 ``pgcode``)
+            if LOCK_NOT_AVAILABLE in (getattr(exc, "sqlstate", None), getattr(exc, "pgcode", None)):
+                return None
+            raise
+        cur.execute("COMMIT")
+    return cutoff
 
 
 def quoted_table(name: str) -> str:
@@ -92,22 +128,27 @@ def in_use(conn: Any, model: str, now: datetime) -> bool:
         return bool(cur.fetchone()[0])
 
 
-def shadow_count(conn: Any, model: str, version: str, since: datetime, until: datetime, enough: int) -> int:
-    """Shadow predictions of exactly this version in [since, until), counted up to ``enough`` (cheap at any size).
-    The window's end is the one the comparison then uses: rows logged while this runs must not count here only."""
+def shadow_count(
+    conn: Any, model: str, version: str, since: datetime, until: datetime, enough: int, logged_before: datetime | None
+) -> int:
+    """Shadow predictions of exactly this version in the window, counted up to ``enough`` (cheap at any size).
+    The window is the one the comparison then uses: rows logged while this runs must not count here only."""
     with conn.cursor() as cur:
         cur.execute(
-            f"SELECT count(*) FROM (SELECT 1 FROM {PREDICTION_LOG} WHERE model_name = %s AND version = %s "
-            "AND role = 'shadow' AND predicted_at >= %s AND predicted_at < %s LIMIT %s) AS enough",
-            (model, str(version), since, until, enough),
+            f"SELECT count(*) FROM (SELECT 1 FROM {PREDICTION_LOG} WHERE model_name = %(model)s "
+            "AND version = %(version)s AND role = 'shadow' AND predicted_at >= %(since)s AND predicted_at < %(until)s "
+            "AND logged_at < %(logged_before)s LIMIT %(enough)s) AS enough",
+            {**_window(model, version, since, until, logged_before), "enough": enough},
         )
         return int(cur.fetchone()[0])
 
 
-def paired_figures(conn: Any, model: str, version: str, since: datetime, until: datetime) -> dict[str, Any]:
+def paired_figures(
+    conn: Any, model: str, version: str, since: datetime, until: datetime, logged_before: datetime | None
+) -> dict[str, Any]:
     """The SQL aggregates over the window's pairs (see ``metrics.comparison`` for their plain statement)."""
     with conn.cursor() as cur:
-        cur.execute(_AGGREGATES, _window(model, version, since, until))
+        cur.execute(_AGGREGATES, _window(model, version, since, until, logged_before))
         n, agree, flag_to_pass, pass_to_flag, c_flagged, s_flagged, c50, c95, s50, s95, champions = cur.fetchone()
     n = int(n)
     return {
@@ -126,20 +167,33 @@ def paired_figures(conn: Any, model: str, version: str, since: datetime, until: 
 
 
 def score_sample(
-    conn: Any, model: str, version: str, since: datetime, until: datetime, limit: int = SAMPLE_LIMIT
+    conn: Any,
+    model: str,
+    version: str,
+    since: datetime,
+    until: datetime,
+    logged_before: datetime | None,
+    limit: int = SAMPLE_LIMIT,
 ) -> tuple[list[float], list[float]]:
     """(champion scores, challenger scores) of at most ``limit`` pairs, the same pairs every time."""
     with conn.cursor() as cur:
         cur.execute(
             _PAIRS + "SELECT c_score, s_score FROM pairs ORDER BY md5(request_id) LIMIT %(limit)s",
-            {**_window(model, version, since, until), "limit": limit},
+            {**_window(model, version, since, until, logged_before), "limit": limit},
         )
         rows = cur.fetchall()
     return [r[0] for r in rows], [r[1] for r in rows]
 
 
 def labelled_pairs(
-    conn: Any, labels_table: str, model: str, version: str, since: datetime, until: datetime, limit: int = SAMPLE_LIMIT
+    conn: Any,
+    labels_table: str,
+    model: str,
+    version: str,
+    since: datetime,
+    until: datetime,
+    logged_before: datetime | None,
+    limit: int = SAMPLE_LIMIT,
 ) -> list[tuple[int, float, bool, float, bool]] | None:
     """(label, champion score, champion decision, challenger score, challenger decision) of the window's pairs whose
     label arrived (labels of other request ids are ignored); None when the labels table is not readable."""
@@ -151,7 +205,7 @@ def labelled_pairs(
         "USING (request_id) ORDER BY md5(request_id) LIMIT %(limit)s"
     )
     with conn.cursor() as cur:
-        cur.execute(query, {**_window(model, version, since, until), "limit": limit})
+        cur.execute(query, {**_window(model, version, since, until, logged_before), "limit": limit})
         return [(int(r[0]), r[1], bool(r[2]), r[3], bool(r[4])) for r in cur.fetchall()]
 
 
