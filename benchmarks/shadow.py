@@ -108,11 +108,12 @@ def main() -> None:
             timings, counts = [], []
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
-                found = evaluate.live(conn, cfg, "2", start, until, logged_before)
+                found = evaluate.live(conn, cfg, queries.Window(model, "2", start, until, logged_before))
                 timings.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 cutoff = queries.log_cutoff(conn)  # a poke takes one, then counts
-                queries.shadow_count(conn, model, "2", start, datetime.now(UTC), cfg.shadow.min_requests, cutoff)
+                window = queries.Window(model, "2", start, datetime.now(UTC), cutoff)
+                queries.shadow_count(conn, window, cfg.shadow.min_requests)
                 counts.append(time.perf_counter() - t0)
             assert found["figures"]["n"] == size, found["figures"]["n"]
             print(

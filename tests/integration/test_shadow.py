@@ -106,7 +106,7 @@ def test_the_comparison_matches_plain_python_over_the_rows(services) -> None:
 
     conn = connect()
     try:
-        found = evaluate.live(conn, cfg_for(name, enabled=True), "2", since, datetime.now(UTC))
+        found = evaluate.live(conn, cfg_for(name, enabled=True), queries.Window(name, "2", since, datetime.now(UTC)))
     finally:
         conn.close()
 
@@ -195,14 +195,17 @@ def test_an_insert_in_flight_when_the_evidence_is_taken_never_joins_its_window_l
     try:
         cfg = cfg_for(name, enabled=True)
 
-        def figures(logged_before: datetime | None) -> dict:
-            return evaluate.live(conn, cfg, "2", start, datetime.now(UTC), logged_before)["figures"]
+        def window(logged_before: datetime | None) -> queries.Window:
+            return queries.Window(name, "2", start, datetime.now(UTC), logged_before)
 
-        assert queries.shadow_count(conn, name, "2", start, datetime.now(UTC), 1000, cutoff) == 15
+        def figures(logged_before: datetime | None) -> dict:
+            return evaluate.live(conn, cfg, window(logged_before))["figures"]
+
+        assert queries.shadow_count(conn, window(cutoff), 1000) == 15
         assert figures(cutoff)["n"] == 15  # the batch in flight is in: it reached the log before the cutoff
         insert_predictions(serving_url(services), paired_rows(name, "1", "2", 7, start + timedelta(seconds=2)))
         # rows predicted inside the window but logged after the cutoff never join it (the log now holds 22)
-        assert queries.shadow_count(conn, name, "2", start, datetime.now(UTC), 1000, cutoff) == 15
+        assert queries.shadow_count(conn, window(cutoff), 1000) == 15
         assert figures(cutoff)["n"] == 15 and figures(None)["n"] == 22
         # an insert that holds the table past the lock timeout: no cutoff now, the sensor looks again at its next poke
         with writer.cursor() as cur:

@@ -78,7 +78,8 @@ def poke(cfg: ModelConfig, version: str, champion: str | None, now: datetime | N
             if logged_before is None:
                 log.warning("%s v%s: an insert held the prediction log for 10 s; looking again", cfg.name, version)
                 return None
-            logged = queries.shadow_count(conn, cfg.name, version, since, now, shadow.min_requests, logged_before)
+            window = queries.Window(cfg.name, version, since, now, logged_before)
+            logged = queries.shadow_count(conn, window, shadow.min_requests)
             if logged < shadow.min_requests and now < deadline:
                 log.info(
                     "%s v%s: %d of %d shadow predictions logged; waiting until %s at the latest",
@@ -90,7 +91,7 @@ def poke(cfg: ModelConfig, version: str, champion: str | None, now: datetime | N
                 )
                 return None
             if logged:
-                return live(conn, cfg, version, since, now, logged_before)
+                return live(conn, cfg, window)
     finally:
         conn.close()
     if shadow.replay_query:
@@ -104,16 +105,12 @@ def poke(cfg: ModelConfig, version: str, champion: str | None, now: datetime | N
     )
 
 
-def live(
-    conn: Any, cfg: ModelConfig, version: str, since: datetime, until: datetime, logged_before: datetime | None = None
-) -> dict[str, Any]:
-    """The live comparison over the window (``queries``; no ``logged_before``: all rows in the log now): SQL
-    aggregates, then PSI and the live metrics on bounded samples."""
-    scope = (cfg.name, version, since, until, logged_before)
-    figures = queries.paired_figures(conn, *scope)
-    champion_scores, shadow_scores = queries.score_sample(conn, *scope)
+def live(conn: Any, cfg: ModelConfig, window: queries.Window) -> dict[str, Any]:
+    """The live comparison over ``window``: SQL aggregates, then PSI and the live metrics on bounded samples."""
+    figures = queries.paired_figures(conn, window)
+    champion_scores, shadow_scores = queries.score_sample(conn, window)
     figures["psi"] = metrics.psi(champion_scores, shadow_scores) if champion_scores else None
-    labelled = queries.labelled_pairs(conn, settings.labels_table(), *scope)
+    labelled = queries.labelled_pairs(conn, settings.labels_table(), window)
     live_metrics = None
     if labelled:
         labels = [r[0] for r in labelled]
@@ -122,22 +119,22 @@ def live(
             "shadow": metrics.live_metrics(labels, [r[3] for r in labelled], [r[4] for r in labelled]),
         }
     # full precision: the window is the record of exactly which rows were compared (shown to the second)
-    window = {"since": since.isoformat(), "until": until.isoformat()}
-    if logged_before is not None:
-        window["logged_before"] = logged_before.isoformat()
+    recorded = {"since": window.since.isoformat(), "until": window.until.isoformat()}
+    if window.logged_before is not None:
+        recorded["logged_before"] = window.logged_before.isoformat()
     note = f"live traffic: {figures['n']} requests scored by both models"
     if figures["n"] == 0:
         note = "no shadow evidence: shadow predictions were logged, but none of their requests has a champion row"
-        return result(cfg, version, NONE, note, window=window, figures=figures)
+        return result(cfg, window.version, NONE, note, window=recorded, figures=figures)
     if figures["n"] < cfg.shadow.min_requests:
         note += f" (fewer than shadow.min_requests = {cfg.shadow.min_requests}: max_wait passed)"
     versions = figures["champion_versions"]
     return result(
         cfg,
-        version,
+        window.version,
         LIVE,
         note,
-        window=window,
+        window=recorded,
         figures=figures,
         live_metrics=live_metrics,
         champion_version=versions[-1] if len(versions) == 1 else ", ".join(versions) or None,

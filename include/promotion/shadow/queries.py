@@ -12,6 +12,7 @@ log and the window the evidence records.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -63,15 +64,28 @@ FROM pairs
 )
 
 
-def _window(model: str, version: str, since: datetime, until: datetime, logged_before: datetime | None) -> dict:
-    return {
-        "model": model,
-        "version": str(version),
-        "since": since,
-        "until": until,
-        "margin": CHAMPION_MARGIN,
-        "logged_before": "infinity" if logged_before is None else logged_before,
-    }
+@dataclass(frozen=True)
+class Window:
+    """The rows a comparison reads: ``model``'s requests whose shadow row is of ``version`` and was predicted in
+    [``since``, ``until``), of the rows in the log before ``logged_before`` (None: every row in it now)."""
+
+    model: str
+    version: str
+    since: datetime
+    until: datetime
+    logged_before: datetime | None = None
+
+    def params(self, **more: Any) -> dict[str, Any]:
+        logged_before = "infinity" if self.logged_before is None else self.logged_before
+        return {
+            "model": self.model,
+            "version": str(self.version),
+            "since": self.since,
+            "until": self.until,
+            "margin": CHAMPION_MARGIN,
+            "logged_before": logged_before,
+            **more,
+        }
 
 
 LOCK_NOT_AVAILABLE = "55P03"
@@ -128,9 +142,7 @@ def in_use(conn: Any, model: str, now: datetime) -> bool:
         return bool(cur.fetchone()[0])
 
 
-def shadow_count(
-    conn: Any, model: str, version: str, since: datetime, until: datetime, enough: int, logged_before: datetime | None
-) -> int:
+def shadow_count(conn: Any, window: Window, enough: int) -> int:
     """Shadow predictions of exactly this version in the window, counted up to ``enough`` (cheap at any size).
     The window is the one the comparison then uses: rows logged while this runs must not count here only."""
     with conn.cursor() as cur:
@@ -138,17 +150,15 @@ def shadow_count(
             f"SELECT count(*) FROM (SELECT 1 FROM {PREDICTION_LOG} WHERE model_name = %(model)s "
             "AND version = %(version)s AND role = 'shadow' AND predicted_at >= %(since)s AND predicted_at < %(until)s "
             "AND logged_at < %(logged_before)s LIMIT %(enough)s) AS enough",
-            {**_window(model, version, since, until, logged_before), "enough": enough},
+            window.params(enough=enough),
         )
         return int(cur.fetchone()[0])
 
 
-def paired_figures(
-    conn: Any, model: str, version: str, since: datetime, until: datetime, logged_before: datetime | None
-) -> dict[str, Any]:
+def paired_figures(conn: Any, window: Window) -> dict[str, Any]:
     """The SQL aggregates over the window's pairs (see ``metrics.comparison`` for their plain statement)."""
     with conn.cursor() as cur:
-        cur.execute(_AGGREGATES, _window(model, version, since, until, logged_before))
+        cur.execute(_AGGREGATES, window.params())
         n, agree, flag_to_pass, pass_to_flag, c_flagged, s_flagged, c50, c95, s50, s95, champions = cur.fetchone()
     n = int(n)
     return {
@@ -166,34 +176,19 @@ def paired_figures(
     }
 
 
-def score_sample(
-    conn: Any,
-    model: str,
-    version: str,
-    since: datetime,
-    until: datetime,
-    logged_before: datetime | None,
-    limit: int = SAMPLE_LIMIT,
-) -> tuple[list[float], list[float]]:
+def score_sample(conn: Any, window: Window, limit: int = SAMPLE_LIMIT) -> tuple[list[float], list[float]]:
     """(champion scores, challenger scores) of at most ``limit`` pairs, the same pairs every time."""
     with conn.cursor() as cur:
         cur.execute(
             _PAIRS + "SELECT c_score, s_score FROM pairs ORDER BY md5(request_id) LIMIT %(limit)s",
-            {**_window(model, version, since, until, logged_before), "limit": limit},
+            window.params(limit=limit),
         )
         rows = cur.fetchall()
     return [r[0] for r in rows], [r[1] for r in rows]
 
 
 def labelled_pairs(
-    conn: Any,
-    labels_table: str,
-    model: str,
-    version: str,
-    since: datetime,
-    until: datetime,
-    logged_before: datetime | None,
-    limit: int = SAMPLE_LIMIT,
+    conn: Any, labels_table: str, window: Window, limit: int = SAMPLE_LIMIT
 ) -> list[tuple[int, float, bool, float, bool]] | None:
     """(label, champion score, champion decision, challenger score, challenger decision) of the window's pairs whose
     label arrived (labels of other request ids are ignored); None when the labels table is not readable."""
@@ -205,7 +200,7 @@ def labelled_pairs(
         "USING (request_id) ORDER BY md5(request_id) LIMIT %(limit)s"
     )
     with conn.cursor() as cur:
-        cur.execute(query, {**_window(model, version, since, until, logged_before), "limit": limit})
+        cur.execute(query, window.params(limit=limit))
         return [(int(r[0]), r[1], bool(r[2]), r[3], bool(r[4])) for r in cur.fetchall()]
 
 
