@@ -269,19 +269,18 @@ class AirflowServices:
         def env_of(component: str) -> dict[str, str]:
             return self.component_env(component, env)
 
-        # tasks talk to the api-server (execution API): the scheduler and triggerer start once it answers
-        first = [c for c in components if c in ("api-server", "dag-processor")]
-        later = [c for c in components if c not in first]
-        for component in first:
+        # All at once: each spends seconds importing Airflow, and none needs another to start. Tasks need the
+        # api-server (execution API), but none can run before the dag-processor has parsed its DAG, by when the
+        # api-server answers (and the Task SDK's client retries a refused connection). The dag-processor comes
+        # last: it syncs each DAG's access_control, so under FAB the roles must exist first.
+        for component in sorted(components, key=lambda c: c == "dag-processor"):
             if component == "dag-processor":
-                self.wait_fab_sync()  # it syncs each DAG's access_control: the roles must exist
+                self.wait_fab_sync()
             spawn(component)
         if self.workers is not None and "scheduler" in components:
             # they import the tasks' libraries meanwhile, and need the api-server only to run a task
             self.workers.spawn_all(self.component_env("celery-worker", env))
         if "api-server" not in components:
-            for component in later:
-                spawn(component)
             time.sleep(3)
             self.supervisor.wait("Airflow", lambda: True, list(components))
             return
@@ -289,11 +288,9 @@ class AirflowServices:
         def api_ready() -> bool:
             return requests.get(f"{self.url}/api/v2/monitor/health", timeout=2).status_code == 200
 
-        self.supervisor.wait("Airflow api-server", api_ready, first)
+        self.supervisor.wait("Airflow api-server", api_ready, list(components))
         self.timings["api-server ready"] = time.monotonic() - t0
         log.info("Airflow api-server ready at %s (%.1fs)", self.url, self.timings["api-server ready"])
-        for component in later:
-            spawn(component)
 
         def components_healthy() -> bool:
             health = self.health()
