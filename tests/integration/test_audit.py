@@ -213,3 +213,31 @@ def test_the_application_role_may_only_insert_and_select(services, database: str
         with owner.cursor() as cur:
             cur.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
             cur.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_prediction_rows_from_before_migration_11_count_as_logged_before_any_cutoff(owner, monkeypatch) -> None:
+    """Upgrading a log in use: its rows get ``logged_at = -infinity`` (no rewrite), every later row the server's time
+    of its insert; a shadow window's cutoff counts both."""
+    from include.promotion.shadow import queries
+
+    later = [m.version for m in audit_schema.MIGRATIONS if m.version >= 11]
+    monkeypatch.setattr(audit_schema, "MIGRATIONS", tuple(m for m in audit_schema.MIGRATIONS if m.version < 11))
+    upgrade(owner)
+    statement = (
+        "INSERT INTO prediction_log (request_id, model_name, version, role, score, decision, latency_ms, features) "
+        "VALUES (%s, 'm', '1', 'champion', 0.5, true, 1.0, '{}')"
+    )
+    with owner.cursor() as cur:
+        cur.execute(statement, ("before",))
+    monkeypatch.undo()
+    assert upgrade(owner) == later
+    with owner.cursor() as cur:
+        cur.execute(statement, ("after",))
+        cur.execute(
+            "SELECT request_id, logged_at = '-infinity', logged_at > now() - interval '1 minute' FROM prediction_log"
+        )
+        assert sorted(cur.fetchall()) == [("after", False, True), ("before", True, False)]
+    cutoff = queries.log_cutoff(owner)
+    with owner.cursor() as cur:
+        cur.execute("SELECT count(*) FROM prediction_log WHERE logged_at < %s", (cutoff,))
+        assert cur.fetchone()[0] == 2
