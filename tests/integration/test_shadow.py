@@ -218,6 +218,23 @@ def test_an_insert_in_flight_when_the_evidence_is_taken_never_joins_its_window_l
         writer.close()
 
 
+def test_a_role_that_may_only_read_the_log_is_told_how_to_grant_the_cutoffs_lock(services) -> None:
+    from include.promotion.errors import ShadowEvidenceError
+
+    conn = psycopg2.connect(services.postgres.role_uri(READER_ROLE))  # SELECT only, as a hand-made grant might be
+    conn.autocommit = True
+    try:
+        with pytest.raises(ShadowEvidenceError, match="needs DELETE on it, which the schema upgrade grants"):
+            queries.log_cutoff(conn)
+        with conn.cursor() as cur:  # and nothing is left open or locked
+            cur.execute(
+                "SELECT count(*) FROM pg_locks WHERE relation = 'prediction_log'::regclass AND pid = pg_backend_pid()"
+            )
+            assert cur.fetchone()[0] == 0
+    finally:
+        conn.close()
+
+
 def test_retention_deletes_old_rows_only(services, monkeypatch: pytest.MonkeyPatch) -> None:
     name = f"shadow-old-{uuid.uuid4().hex[:6]}"
     now = datetime.now(UTC)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from include.promotion.errors import ShadowEvidenceError
 from include.promotion.shadow.prediction_log import PREDICTION_LOG
 
 SAMPLE_LIMIT = 50_000  # pairs fetched for PSI and the live metrics, at most
@@ -88,7 +89,7 @@ class Window:
         }
 
 
-LOCK_NOT_AVAILABLE = "55P03"
+LOCK_NOT_AVAILABLE, INSUFFICIENT_PRIVILEGE = "55P03", "42501"
 
 
 def log_cutoff(conn: Any, lock_timeout_ms: int = 10_000) -> datetime | None:
@@ -105,9 +106,15 @@ def log_cutoff(conn: Any, lock_timeout_ms: int = 10_000) -> datetime | None:
             cutoff = cur.fetchone()[0]
         except Exception as exc:
             cur.execute("ROLLBACK")
-            # lock_not_available (psycopg 3 says ``sqlstate``, psycopg2 ``pgcode``)
-            if LOCK_NOT_AVAILABLE in (getattr(exc, "sqlstate", None), getattr(exc, "pgcode", None)):
+            code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)  # psycopg 3, psycopg2
+            if code == LOCK_NOT_AVAILABLE:
                 return None
+            if code == INSUFFICIENT_PRIVILEGE:
+                raise ShadowEvidenceError(
+                    f"the workers' database role may read {PREDICTION_LOG} but not lock it to take the evidence's "
+                    "cutoff (it needs DELETE on it, which the schema upgrade grants): run `python -m "
+                    "include.promotion.audit.schema upgrade --owner-conn <owner> --app-role <the workers' role>`"
+                ) from exc
             raise
         cur.execute("COMMIT")
     return cutoff
