@@ -76,7 +76,10 @@ def poke(cfg: ModelConfig, version: str, champion: str | None, now: datetime | N
             deadline = since + timedelta(seconds=shadow.max_wait)
             logged_before = queries.log_cutoff(conn)
             if logged_before is None:
-                log.warning("%s v%s: an insert held the prediction log for 10 s; looking again", cfg.name, version)
+                held = queries.CUTOFF_LOCK_TIMEOUT_MS / 1000
+                log.warning(
+                    "%s v%s: an insert held the prediction log for %g s; looking again", cfg.name, version, held
+                )
                 return None
             window = queries.Window(cfg.name, version, since, now, logged_before)
             logged = queries.shadow_count(conn, window, shadow.min_requests)

@@ -22,6 +22,8 @@ from include.promotion.shadow.prediction_log import PREDICTION_LOG
 SAMPLE_LIMIT = 50_000  # pairs fetched for PSI and the live metrics, at most
 CHAMPION_MARGIN = timedelta(minutes=10)  # a champion row of a windowed request may be logged this far outside it
 LOG_IN_USE_WINDOW = timedelta(hours=24)  # the log is "in use" for a model that had a prediction logged this recently
+CUTOFF_LOCK_TIMEOUT_MS = 10_000  # an insert holding the log longer: no cutoff at this look (``log_cutoff``)
+LOCK_NOT_AVAILABLE, INSUFFICIENT_PRIVILEGE = "55P03", "42501"  # PostgreSQL's SQLSTATEs
 
 # One scan of the model's rows in the window (index (model_name, predicted_at)) grouped by request: no join whose plan
 # could turn quadratic on a bad estimate. A request's latest row of each role stands for it.
@@ -89,10 +91,7 @@ class Window:
         }
 
 
-LOCK_NOT_AVAILABLE, INSUFFICIENT_PRIVILEGE = "55P03", "42501"
-
-
-def log_cutoff(conn: Any, lock_timeout_ms: int = 10_000) -> datetime | None:
+def log_cutoff(conn: Any, lock_timeout_ms: int = CUTOFF_LOCK_TIMEOUT_MS) -> datetime | None:
     """A time before which every row of the log is committed and after which none can be dated: the server's clock
     taken while no insert is in flight (a SHARE lock waits for the inserting transactions and holds new ones back for
     the instant it is held; ``logged_at`` is set at the insert, after its lock). None when an insert held the table
