@@ -31,6 +31,9 @@ MANUAL_RUNS_ONLY = {
     "PROMOTION_HEALTH_SCHEDULE": "none",
     "PROMOTION_RETENTION_SCHEDULE": "none",
     "PROMOTION_SHADOW_POKE_SECONDS": "3",
+    # ... and parses on request: a test that adds a model asks for its DAG file's parse (`add_model`, `reparse`), so
+    # parsing every file again every 30 s only burnt CPU, more as the tests' models pile up (one DAG each)
+    "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
 }
 
 
@@ -119,35 +122,62 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     return report
 
 
-# -- the order files are handed to xdist's workers: longest first ----------------------------------------------------
-# `--dist loadfile --no-loadscope-reorder` gives each free worker the next file in collection order (xdist's default
-# reorder puts the files with the most tests first: the unit tests, leaving the few long e2e tests for the end, where
-# one worker ran alone: stop 29, 912 s vs 1,100 s). Longest first evens them out. Seconds from a full run
-# on 2 cores (the `make test` summary); a file not listed weighs what its tier usually does. Only the order changes.
+# -- how the files are handed to xdist's workers: one process runs every file on the session's Airflow; longest first --
+# `--dist loadgroup --no-loadscope-reorder` gives each free worker the next group in collection order. A group is one
+# file (its module fixtures start once), except that every file using the session's Airflow stack (the `airflow`
+# fixture, directly or through `as_user`, `add_model`...) is one group: one process starts that stack, instead of each
+# process starting its own and keeping it running (about 40 CPU-seconds to start, and its scheduler, dag-processor and
+# triggerer working all along, on the 2 cores the other process needs). Groups go longest first (xdist's default
+# reorder puts the ones with the most tests first, leaving long ones for the end, where one worker ran alone: stop 29,
+# 912 s vs 1,100 s). Seconds from a full run on 2 cores (the `make test` summary); a file not listed weighs what its
+# tier usually does. Only the order and the grouping change.
 FILE_SECONDS = {
-    "tests/e2e/test_make_run.py": 207,
-    "tests/e2e/test_trust_boundary.py": 203,
-    "tests/e2e/test_promotion_page.py": 191,
-    "tests/e2e/test_celery_stack.py": 173,
-    "tests/integration/test_lifecycle.py": 148,
-    "tests/integration/test_watch.py": 111,
-    "tests/integration/test_post_promotion.py": 107,
-    "tests/e2e/test_fab_access.py": 85,
-    "tests/e2e/test_promotion_dag.py": 82,
+    "tests/e2e/test_celery_stack.py": 254,
+    "tests/e2e/test_trust_boundary.py": 244,
+    "tests/e2e/test_promotion_page.py": 234,
+    "tests/e2e/test_make_run.py": 202,
+    "tests/integration/test_post_promotion.py": 134,
+    "tests/integration/test_lifecycle.py": 116,
+    "tests/integration/test_watch.py": 110,
+    "tests/e2e/test_fab_access.py": 84,
+    "tests/e2e/test_promotion_dag.py": 72,
 }
 TIER_SECONDS = {"e2e": 40, "integration": 20}
+SESSION_AIRFLOW_GROUP = "session-airflow"
 
 
 def expected_seconds(path: str) -> float:
     return FILE_SECONDS.get(path, TIER_SECONDS.get(path.split("/")[1] if path.count("/") > 1 else "", 1))
 
 
+def file_of(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
+
+
+@pytest.hookimpl(tryfirst=True)  # the xdist_group marks must be on before xdist's worker reads them
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Files longest first (``FILE_SECONDS``); the tests of each file keep their order."""
-    first_seen = {}
+    """Group the files (one group for those on the session's Airflow), longest group first, then longest file first;
+    the tests of each file keep their order."""
+    first_seen: dict[str, int] = {}
+    on_session_airflow: set[str] = set()
     for item in items:
-        first_seen.setdefault(item.nodeid.split("::", 1)[0], len(first_seen))
-    items.sort(key=lambda item: (-expected_seconds(path := item.nodeid.split("::", 1)[0]), first_seen[path]))
+        first_seen.setdefault(file_of(item), len(first_seen))
+        if "airflow" in item.fixturenames:
+            on_session_airflow.add(file_of(item))
+    group_of = {path: SESSION_AIRFLOW_GROUP if path in on_session_airflow else path for path in first_seen}
+    group_seconds: dict[str, float] = {}
+    for path, group in group_of.items():
+        group_seconds[group] = group_seconds.get(group, 0.0) + expected_seconds(path)
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group_of[file_of(item)]))
+    items.sort(
+        key=lambda item: (
+            -group_seconds[group_of[path := file_of(item)]],
+            group_of[path],
+            -expected_seconds(path),
+            first_seen[path],
+        )
+    )
 
 
 # -- where the suite's time goes: per file, setup + call + teardown (the budget is 15 minutes on 2 cores) ----------
