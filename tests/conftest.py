@@ -33,9 +33,6 @@ MANUAL_RUNS_ONLY = {
     "PROMOTION_HEALTH_SCHEDULE": "none",
     "PROMOTION_RETENTION_SCHEDULE": "none",
     "PROMOTION_SHADOW_POKE_SECONDS": "3",
-    # ... and parses on request: a test that adds a model asks for its DAG file's parse (`add_model`, `reparse`), so
-    # parsing every file again every 30 s only burnt CPU, more as the tests' models pile up (one DAG each)
-    "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
 }
 
 
