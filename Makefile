@@ -50,12 +50,12 @@ browser-chromium:
 # listed at the end: the suite must stay under 15 minutes on 2 cores.
 PYTEST_WORKERS ?= 2
 test: $(STAMP) browser
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=20 $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20 $(PYTEST_ARGS)
 
 # The inner loop: the unit, DAG-integrity and integration tiers (real MLflow and PostgreSQL servers; no Airflow
 # scheduler, no browser, no end-to-end DAG runs). `make test` runs these and tests/e2e.
 test-fast: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder tests/unit tests/dags tests/integration tests/test_code_style.py $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder tests/unit tests/dags tests/integration tests/test_code_style.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -9,14 +9,12 @@ is ``scripts.stack``, the same code ``make run`` uses. Everything it starts is s
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -121,102 +119,35 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     return report
 
 
-# -- how the files are handed to xdist's workers: one process runs every file on the session's Airflow; longest first --
-# `--dist loadgroup --no-loadscope-reorder` gives each free worker the next group in collection order. A group is one
-# file (its module fixtures start once), except that every file using the session's Airflow stack (the `airflow`
-# fixture, directly or through `as_user`, `add_model`...) is one group: one process starts that stack, instead of each
-# process starting its own and keeping it running (about 40 CPU-seconds to start, and its scheduler, dag-processor and
-# triggerer working all along, on the 2 cores the other process needs). Groups go longest first (xdist's default
-# reorder puts the ones with the most tests first, leaving long ones for the end, where one worker ran alone: stop 29,
-# 912 s vs 1,100 s). Seconds from a full run on 2 cores (the `make test` summary); a file not listed weighs what its
-# tier usually does. Only the order and the grouping change.
-#
-# xdist's own loadgroup reads `xdist_group` marks from a suffix its workers append to each test's node id, which
-# pytest 9.2's structured node ids no longer take: the groups are computed by the workers at collection (they know
-# each test's fixtures), written to a file the controller names, and read by the controller's scheduler.
+# -- the order files are handed to xdist's workers: longest first ----------------------------------------------------
+# `--dist loadfile --no-loadscope-reorder` gives each free worker the next file in collection order (xdist's default
+# reorder puts the files with the most tests first: the unit tests, leaving the few long e2e tests for the end, where
+# one worker ran alone: stop 29, 912 s vs 1,100 s). Longest first evens them out. Seconds from a full run
+# on 2 cores (the `make test` summary); a file not listed weighs what its tier usually does. Only the order changes.
 FILE_SECONDS = {
-    "tests/e2e/test_celery_stack.py": 254,
-    "tests/e2e/test_trust_boundary.py": 244,
-    "tests/e2e/test_promotion_page.py": 234,
-    "tests/e2e/test_make_run.py": 202,
-    "tests/integration/test_post_promotion.py": 134,
-    "tests/integration/test_lifecycle.py": 116,
-    "tests/integration/test_watch.py": 110,
-    "tests/e2e/test_fab_access.py": 84,
-    "tests/e2e/test_promotion_dag.py": 72,
+    "tests/e2e/test_make_run.py": 207,
+    "tests/e2e/test_trust_boundary.py": 203,
+    "tests/e2e/test_promotion_page.py": 191,
+    "tests/e2e/test_celery_stack.py": 173,
+    "tests/integration/test_lifecycle.py": 148,
+    "tests/integration/test_watch.py": 111,
+    "tests/integration/test_post_promotion.py": 107,
+    "tests/e2e/test_fab_access.py": 85,
+    "tests/e2e/test_promotion_dag.py": 82,
 }
 TIER_SECONDS = {"e2e": 40, "integration": 20}
-SESSION_AIRFLOW_GROUP = "session-airflow"
-GROUPS_FILE = "promotion_test_groups"  # the workerinput key: where the workers write {file: group}
 
 
 def expected_seconds(path: str) -> float:
     return FILE_SECONDS.get(path, TIER_SECONDS.get(path.split("/")[1] if path.count("/") > 1 else "", 1))
 
 
-def file_of(nodeid: str) -> str:
-    return nodeid.split("::", 1)[0]
-
-
-def groups_file() -> Path:
-    """In the controller: the file its workers write the groups to (one per controller process)."""
-    return Path(tempfile.gettempdir()) / f"promotion-test-groups-{os.getpid()}.json"
-
-
-@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook, in the controller, for each worker it starts
-def pytest_configure_node(node: Any) -> None:
-    node.workerinput[GROUPS_FILE] = str(groups_file())
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    if not hasattr(session.config, "workerinput"):
-        groups_file().unlink(missing_ok=True)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """``--dist loadgroup``: xdist's scope scheduling (a scope goes whole to one worker, in collection order), with
-    the workers' groups as scopes."""
-    if config.getvalue("dist") != "loadgroup":
-        return None
-    from xdist.scheduler import LoadScopeScheduling
-
-    class FileGroupScheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            if not hasattr(self, "_groups"):  # read once every worker has collected (and so written it)
-                self._groups = json.loads(groups_file().read_text())
-            return self._groups.get(file_of(nodeid), file_of(nodeid))
-
-    return FileGroupScheduling(config, log)
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group the files (one group for those on the session's Airflow), longest group first, then longest file first;
-    the tests of each file keep their order. An xdist worker writes the groups for the controller."""
-    first_seen: dict[str, int] = {}
-    on_session_airflow: set[str] = set()
+    """Files longest first (``FILE_SECONDS``); the tests of each file keep their order."""
+    first_seen = {}
     for item in items:
-        first_seen.setdefault(file_of(item.nodeid), len(first_seen))
-        if "airflow" in item.fixturenames:
-            on_session_airflow.add(file_of(item.nodeid))
-    group_of = {path: SESSION_AIRFLOW_GROUP if path in on_session_airflow else path for path in first_seen}
-    group_seconds: dict[str, float] = {}
-    for path, group in group_of.items():
-        group_seconds[group] = group_seconds.get(group, 0.0) + expected_seconds(path)
-    items.sort(
-        key=lambda item: (
-            -group_seconds[group_of[path := file_of(item.nodeid)]],
-            group_of[path],
-            -expected_seconds(path),
-            first_seen[path],
-        )
-    )
-    workerinput = getattr(config, "workerinput", None)
-    if workerinput and GROUPS_FILE in workerinput:  # every worker writes the same: written whole, then renamed
-        target = Path(workerinput[GROUPS_FILE])
-        partial = target.with_name(f"{target.name}.{workerinput['workerid']}")
-        partial.write_text(json.dumps(group_of))
-        partial.replace(target)
+        first_seen.setdefault(item.nodeid.split("::", 1)[0], len(first_seen))
+    items.sort(key=lambda item: (-expected_seconds(path := item.nodeid.split("::", 1)[0]), first_seen[path]))
 
 
 # -- where the suite's time goes: per file, setup + call + teardown (the budget is 15 minutes on 2 cores) ----------

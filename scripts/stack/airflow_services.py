@@ -93,7 +93,6 @@ class AirflowServices:
     workers: CeleryWorkers | None = None
     _fab_sync: subprocess.Popen | None = None  # start_fab_sync's process, until wait_fab_sync
     _fab_sync_started: float = 0.0
-    _spawned_at: float = 0.0  # when ``spawn`` started the components
 
     @property
     def home(self) -> Path:
@@ -247,22 +246,17 @@ class AirflowServices:
         return requests.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
 
     def start(self, components: Sequence[str] = COMPONENTS) -> None:
-        self.spawn(components)
-        self.wait_started(components)
-
-    def spawn(self, components: Sequence[str] = COMPONENTS) -> None:
-        """Start the components (and the Celery workers) without waiting for them (``wait_started``)."""
         unknown = set(components) - set(COMPONENTS)
         if unknown:
             raise ValueError(f"unknown Airflow components {sorted(unknown)}; known: {COMPONENTS}")
-        self._spawned_at = time.monotonic()
+        t0 = time.monotonic()
         self.home.mkdir(exist_ok=True)
         self.state.passwords()  # the users' passwords exist before the api-server reads the file
         env = self.env()
         if "api-server" in components:
             self.port.claim()
 
-        def spawn_one(component: str) -> None:
+        def spawn(component: str) -> None:
             args = [sys.executable, "-m", "airflow", component]
             if component == "api-server":
                 args += ["--host", LOOPBACK, "--port", str(self.port.number)]
@@ -282,14 +276,10 @@ class AirflowServices:
         for component in sorted(components, key=lambda c: c == "dag-processor"):
             if component == "dag-processor":
                 self.wait_fab_sync()
-            spawn_one(component)
+            spawn(component)
         if self.workers is not None and "scheduler" in components:
             # they import the tasks' libraries meanwhile, and need the api-server only to run a task
             self.workers.spawn_all(self.component_env("celery-worker", env))
-
-    def wait_started(self, components: Sequence[str] = COMPONENTS) -> None:
-        """Wait for what ``spawn`` started: the api-server answering, every component heartbeating, the workers."""
-        t0 = self._spawned_at
         if "api-server" not in components:
             time.sleep(3)
             self.supervisor.wait("Airflow", lambda: True, list(components))

@@ -185,9 +185,6 @@ class ServiceStack:
 
     def start_airflow(self, components: Sequence[str] = COMPONENTS) -> None:
         self.airflow.start(components)
-        self.after_airflow_started(components)
-
-    def after_airflow_started(self, components: Sequence[str]) -> None:
         self.airflow.wait_fab_sync()  # when no dag-processor was among the components
         if "api-server" in components and self.config.mlflow_webhook and self.mlflow.running:
             self.register_webhook()
@@ -239,14 +236,10 @@ class ServiceStack:
         try:
             self.start_postgres()
             self.start_redis()
-            # MLflow and Airflow start side by side: each spends seconds importing itself, and no Airflow component
-            # needs MLflow to start (a task does, and none runs before the stack is up)
             self.mlflow.spawn()
-            self.migrate_airflow_db()
-            self.airflow.spawn(components)
-            self.mlflow.wait_ready()  # its accounts and the governed models, before anything can run a task
-            self.airflow.wait_started(components)
-            self.after_airflow_started(components)
+            self.migrate_airflow_db()  # while MLflow starts
+            self.mlflow.wait_ready()
+            self.start_airflow(components)
         except BaseException:
             self.stop()
             raise
