@@ -63,6 +63,7 @@ lint: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) -m benchmarks.pipeline
+	$(PY) -m benchmarks.task_floor
 	$(PY) -m benchmarks.rollback
 	$(PY) -m benchmarks.post_promotion
 	$(PY) -m benchmarks.scale --parse

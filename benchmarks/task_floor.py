@@ -66,7 +66,15 @@ def to_last_start(api: AirflowAPI, dag_id: str, run_id: str, last: str) -> float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--scheduler-idle-sleep",
+        type=float,
+        help="[scheduler] scheduler_idle_sleep_time in seconds (Airflow's default: 1; docs/scale.md weighs 0.25)",
+    )
     args = parser.parse_args()
+    env = dict(MANUAL_RUNS_ONLY)
+    if args.scheduler_idle_sleep is not None:
+        env["AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"] = str(args.scheduler_idle_sleep)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop the stack
     promotion = dag_id_for("fraud-detector")
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,7 +91,7 @@ def main() -> None:
             mlflow_port=0,
             models_dir=models,
             dags_folder=dags,
-            extra_env=MANUAL_RUNS_ONLY,
+            extra_env=env,
         )
         with ServiceStack(config) as stack:
             os.environ.update(stack.package_env())
@@ -111,7 +119,9 @@ def main() -> None:
                 f"\nrun created -> the 7th task ({APPROVE_TASK_ID}) started, median of {args.runs} "
                 f"(Airflow's timestamps):\n  seven no-op tasks   {statistics.median(floors):5.1f} s "
                 f"({min(floors):.1f}-{max(floors):.1f})\n  the promotion DAG   {statistics.median(gates):5.1f} s "
-                f"({min(gates):.1f}-{max(gates):.1f})\nload {load} (1/5/15 min)"
+                f"({min(gates):.1f}-{max(gates):.1f})\nscheduler_idle_sleep_time "
+                f"{args.scheduler_idle_sleep if args.scheduler_idle_sleep is not None else 'default'}; "
+                f"load {load} (1/5/15 min)"
             )
 
 
