@@ -61,6 +61,20 @@ def print_breakdown(run: dict, tis: dict[str, dict], gate: dict, total: float) -
     return server
 
 
+def benchmarked_models(folder: Path) -> Path:
+    """A models folder with the demo model as shipped, except that a candidate need not beat the champion: each run
+    trains on one row more, and a candidate on unchanged data is refused as a copy of the champion."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shipped = DEMO_CONFIG.read_text(encoding="utf-8")
+    assert "min_improvement: 0.0" in shipped, "the benchmark expects the shipped champion comparison"
+    benchmarked = shipped.replace("min_improvement: 0.0", "min_improvement: -1.0")
+    if "post_promotion" in ModelConfig.model_fields:
+        # what happens after the approval is not measured here, and the check's latency limit fails on a busy host
+        benchmarked += "\npost_promotion: {check: false}\n"
+    (folder / DEMO_CONFIG.name).write_text(benchmarked)
+    return folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
@@ -74,17 +88,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = str(args.state_dir or tmp)
         started = time.perf_counter()
-        # The demo model as shipped, except that a candidate need not beat the champion: each run trains on one row
-        # more (below), and a candidate on unchanged data is refused as a copy of the champion.
-        models = Path(tmp, "models")
-        models.mkdir(parents=True, exist_ok=True)
-        shipped = DEMO_CONFIG.read_text(encoding="utf-8")
-        assert "min_improvement: 0.0" in shipped, "the benchmark expects the shipped champion comparison"
-        benchmarked = shipped.replace("min_improvement: 0.0", "min_improvement: -1.0")
-        if "post_promotion" in ModelConfig.model_fields:
-            # what happens after the approval is not measured here, and the check's latency limit fails on a busy host
-            benchmarked += "\npost_promotion: {check: false}\n"
-        (models / DEMO_CONFIG.name).write_text(benchmarked)
+        models = benchmarked_models(Path(tmp, "models"))
         config = StackConfig(
             state_dir=Path(tmp, "stack"),
             airflow_port=0,

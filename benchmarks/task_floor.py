@@ -21,7 +21,7 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from benchmarks.pipeline import DEMO_CONFIG, MANUAL_RUNS_ONLY, TASKS
+from benchmarks.pipeline import MANUAL_RUNS_ONLY, TASKS, benchmarked_models
 from include.promotion.config import dag_id_for
 from include.promotion.pipeline import demo_data
 from scripts.airflow_api import APPROVE_TASK_ID, AirflowAPI
@@ -78,13 +78,10 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop the stack
     promotion = dag_id_for("fraud-detector")
     with tempfile.TemporaryDirectory() as tmp:
-        dags, models = Path(tmp, "dags"), Path(tmp, "models")
+        dags = Path(tmp, "dags")
         shutil.copytree(REPO / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
         (dags / f"{FLOOR_DAG_ID}.py").write_text(FLOOR_DAG)
-        models.mkdir()
-        # as benchmarks.pipeline runs it: every candidate may be approved, no post-promotion check
-        demo = DEMO_CONFIG.read_text().replace("min_improvement: 0.0", "min_improvement: -1.0")
-        (models / DEMO_CONFIG.name).write_text(demo + "\npost_promotion: {check: false}\n")
+        models = benchmarked_models(Path(tmp, "models"))  # as benchmarks.pipeline runs the demo model
         config = StackConfig(
             state_dir=Path(tmp, "stack"),
             airflow_port=0,
