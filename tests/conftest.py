@@ -21,6 +21,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 STACK = pytest.StashKey[object]()
 STARTED = pytest.StashKey[float]()
+AIRFLOW_UP = pytest.StashKey[object]()  # the session's stack while its Airflow runs
+AIRFLOW_STOPPED = pytest.StashKey[object]()  # ... once it was stopped
+SUITE_ORDER = pytest.StashKey[dict[str, int]]()  # test id -> its place in the suite's order
+LAST_AIRFLOW_TEST = pytest.StashKey[int]()  # the place of the last test that uses the session's Airflow
 # nobody: signed in with no role, so the auth manager lets them read no DAG (the Model promotion page's 403)
 REVIEWERS = {"admin": "admin", "alice": "user", "bob": "user", "carol": "user", "mallory": "user", "nobody": ""}
 # manual runs only: a scheduled run starting at unpause would race the tests' own runs
@@ -32,6 +36,10 @@ MANUAL_RUNS_ONLY = {
     "PROMOTION_RETENTION_SCHEDULE": "none",
     "PROMOTION_SHADOW_POKE_SECONDS": "3",
 }
+# The test stacks start no triggerer (but the Celery stack: compose's services; and `make run`'s test runs Airflow as
+# shipped): no task of the package defers (`approve` waits in AWAITING_INPUT, resumed by the API and by the scheduler's
+# timeout sweep; `shadow_evaluate` reschedules), so it would only idle (about 1.3 % of a core, and 8 CPU-s to start).
+TEST_AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor")
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's tmpdir plugin reads the option
@@ -96,11 +104,34 @@ def services(
 
 
 @pytest.fixture(scope="session")
-def airflow(services):
-    """The full Airflow stack (api-server, scheduler, dag-processor, triggerer) on top of ``services``."""
+def airflow(request: pytest.FixtureRequest, services):
+    """Airflow (``TEST_AIRFLOW_COMPONENTS``) on top of ``services``; stopped once this process is past the last test
+    that needs it (``pytest_runtest_setup``)."""
     services.migrate_airflow_db()
-    services.start_airflow()
+    services.start_airflow(TEST_AIRFLOW_COMPONENTS)
+    request.config.stash[AIRFLOW_UP] = services
     return services
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """This process's Airflow stops once it starts a test after the last one that uses it, in the suite's order.
+
+    xdist hands out files in that order (``pytest_collection_modifyitems``) and each process runs its files in the
+    order it got them, so a process at such a test has run all its Airflow tests and will get no more. An idle Airflow
+    (scheduler, dag-processor, api-server) otherwise takes a share of the 2 cores from the files still to run. Should
+    a test that needs it come later after all (another order), Airflow starts again.
+    """
+    stack = item.config.stash.get(AIRFLOW_UP, None)
+    if "airflow" in item.fixturenames:
+        if stack is None and (stopped := item.config.stash.get(AIRFLOW_STOPPED, None)) is not None:
+            stopped.start_airflow(TEST_AIRFLOW_COMPONENTS)
+            item.config.stash[AIRFLOW_UP] = stopped
+        return
+    if stack is not None and item.config.stash[SUITE_ORDER].get(item.nodeid, -1) > item.config.stash[LAST_AIRFLOW_TEST]:
+        stack.stop_airflow()
+        del item.config.stash[AIRFLOW_UP]
+        item.config.stash[AIRFLOW_STOPPED] = stack
 
 
 @pytest.hookimpl(wrapper=True)
@@ -119,10 +150,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     return report
 
 
-# -- the order files are handed to xdist's workers: longest first ----------------------------------------------------
+# -- the order files are handed to xdist's workers: the session's Airflow first, longest first ------------------------
 # `--dist loadfile --no-loadscope-reorder` gives each free worker the next file in collection order (xdist's default
 # reorder puts the files with the most tests first: the unit tests, leaving the few long e2e tests for the end, where
-# one worker ran alone: stop 29, 912 s vs 1,100 s). Longest first evens them out. Seconds from a full run
+# one worker ran alone: stop 29, 912 s vs 1,100 s). Longest first evens them out; the files that use the session's
+# Airflow go first, so that it can stop early in each process. Seconds from a full run
 # on 2 cores (the `make test` summary); a file not listed weighs what its tier usually does. Only the order changes.
 FILE_SECONDS = {
     "tests/e2e/test_make_run.py": 207,
@@ -143,11 +175,28 @@ def expected_seconds(path: str) -> float:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Files longest first (``FILE_SECONDS``); the tests of each file keep their order."""
-    first_seen = {}
+    """The files that use the session's Airflow first, then the others; longest first in each part (``FILE_SECONDS``).
+    The tests of each file keep their order. Each process stops its Airflow once past the first part
+    (``pytest_runtest_setup``): the module stacks (Celery, FAB, ``make run``) and the integration tests then run
+    without an idle Airflow beside them."""
+    first_seen: dict[str, int] = {}
+    uses_airflow: set[str] = set()
     for item in items:
-        first_seen.setdefault(item.nodeid.split("::", 1)[0], len(first_seen))
-    items.sort(key=lambda item: (-expected_seconds(path := item.nodeid.split("::", 1)[0]), first_seen[path]))
+        path = item.nodeid.split("::", 1)[0]
+        first_seen.setdefault(path, len(first_seen))
+        if "airflow" in item.fixturenames:
+            uses_airflow.add(path)
+    items.sort(
+        key=lambda item: (
+            (path := item.nodeid.split("::", 1)[0]) not in uses_airflow,
+            -expected_seconds(path),
+            first_seen[path],
+        )
+    )
+    config.stash[SUITE_ORDER] = {item.nodeid: place for place, item in enumerate(items)}
+    config.stash[LAST_AIRFLOW_TEST] = max(
+        (p for p, item in enumerate(items) if "airflow" in item.fixturenames), default=-1
+    )
 
 
 # -- where the suite's time goes: per file, setup + call + teardown (the budget is 15 minutes on 2 cores) ----------

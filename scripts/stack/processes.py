@@ -304,6 +304,14 @@ class Supervisor:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=1)
 
+    def forget_stopped(self, names: Iterable[str]) -> None:
+        """Forget the processes named ``names`` that have exited (stopped on purpose: not failed, nothing to stop)."""
+        for name in names:
+            if name in self.procs and self.procs[name].poll() is not None:
+                del self.procs[name]
+                self.started.pop(name, None)
+        self._record_pids()
+
     def forget(self) -> None:
         """Forget every process (once stopped): nothing is left for a later stack to reap."""
         self.procs.clear()

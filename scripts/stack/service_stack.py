@@ -189,6 +189,13 @@ class ServiceStack:
         if "api-server" in components and self.config.mlflow_webhook and self.mlflow.running:
             self.register_webhook()
 
+    def stop_airflow(self) -> None:
+        """Stop Airflow alone (its components, Celery workers); PostgreSQL and MLflow go on. ``start_airflow`` again."""
+        self.airflow.stop()
+        self.supervisor.reap()
+        workers = list(self.workers.names) if self.workers is not None else []
+        self.supervisor.forget_stopped([*COMPONENTS, *workers])
+
     def register_webhook(self) -> None:
         """MLflow's registry events to the api-server (``include.promotion.watch.mlflow_webhook``): the registry watch
         runs within seconds of a change. Once both are up: MLflow would retry deliveries to a closed port."""

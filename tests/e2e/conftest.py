@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from include.promotion.config import dag_id_for
 from include.promotion.registry import client as mlflow_client
 from scripts.airflow_api import AirflowAPI
 from scripts.stack import ServiceStack, StackConfig
+from scripts.stack.airflow_services import COMPONENTS
 from tests.conftest import STACK
 from tests.support import FAST_DATA, FAST_ESTIMATOR, Gate, seed_champion
 
@@ -89,10 +90,17 @@ def run_to_gate(as_user, add_model) -> Callable[..., Gate]:
 
 
 @contextlib.contextmanager
-def second_stack(request: pytest.FixtureRequest, services: Any, state: Path, **config: Any) -> Iterator[ServiceStack]:
+def second_stack(
+    request: pytest.FixtureRequest,
+    services: Any,
+    state: Path,
+    components: Sequence[str] = COMPONENTS,
+    **config: Any,
+) -> Iterator[ServiceStack]:
     """Another Airflow stack (with its own MLflow) on the session's PostgreSQL server, for a module's tests: the
     session's secrets (the server's roles, one password each) and users' passwords; ``config``: the rest of its
-    ``StackConfig`` (its own database names among them). A failed test's report digests this stack's logs."""
+    ``StackConfig`` (its own database names among them); ``components``: Airflow's. A failed test's report digests
+    this stack's logs."""
     for name in ("secrets.json", "airflow_passwords.json"):
         shutil.copy2(services.state_dir / name, state / name)
     stack = ServiceStack(
@@ -107,7 +115,7 @@ def second_stack(request: pytest.FixtureRequest, services: Any, state: Path, **c
     )
     saved_stack = request.config.stash.get(STACK, None)
     try:
-        stack.start()
+        stack.start(components)
         request.config.stash[STACK] = stack
         yield stack
     finally:
