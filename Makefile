@@ -69,6 +69,7 @@ benchmark: $(STAMP)
 	$(PY) -m benchmarks.scale --parse
 	@echo "(50 simultaneous runs on the Celery stack, about 15 min: python -m benchmarks.scale --celery)"
 	$(PY) -m benchmarks.watch
+	$(PY) -m benchmarks.mlflow_server
 	$(PY) -m benchmarks.page
 	$(PY) -m benchmarks.versions --retention 100
 	$(PY) -m benchmarks.shadow

@@ -6,6 +6,7 @@ Used by ``make run`` (to trigger the first run), the end-to-end tests and the be
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,43 @@ class AirflowAPI:
                 if exc.status_code != 404 or time.monotonic() > deadline:
                     raise
             time.sleep(POLL_SECONDS)
+
+    def has_dag(self, dag_id: str) -> bool:
+        """Whether the dag-processor has serialized ``dag_id``."""
+        try:
+            self.request("GET", f"/dags/{dag_id}")
+        except AirflowAPIError as exc:
+            if exc.status_code != 404:
+                raise
+            return False
+        return True
+
+    def param_choices(self, dag_id: str, param: str) -> list[Any]:
+        """The choices (``enum``) of ``dag_id``'s ``param`` as its file was last parsed (the rollback form's models)."""
+        return self.request("GET", f"/dags/{dag_id}/details")["params"][param]["schema"].get("enum", [])
+
+    def reparse_until(self, parsed: Mapping[str, Callable[[], bool]], timeout: float = 120, every: float = 5) -> None:
+        """For each ``dag_id: check`` of ``parsed``: ask for that DAG's file to be parsed, and again every ``every``
+        seconds, until ``check()`` holds; the files are asked for at once.
+
+        One request is not always enough: a parse under way may have read the models folder before the change, and
+        Airflow 3.3 writes a changed DAG (and its api-server checks its cached copy) at most once per
+        ``[core] min_serialized_dag_update_interval``; the next periodic parse can be far off
+        (``min_file_process_interval``)."""
+        deadline = time.monotonic() + timeout
+        pending = dict(parsed)
+        while pending:
+            for dag_id in pending:
+                self.reparse(dag_id)
+            asked = time.monotonic()
+            while pending and time.monotonic() - asked < every:
+                pending = {dag_id: check for dag_id, check in pending.items() if not check()}
+                if pending and time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{sorted(pending)}: files parsed for {timeout:.0f} s without the change showing"
+                    )
+                if pending:
+                    time.sleep(POLL_SECONDS)
 
     def reparse(self, dag_id: str) -> None:
         """Ask the dag-processor to parse ``dag_id``'s file now, not at its next interval (e.g. after a model

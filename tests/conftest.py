@@ -36,6 +36,16 @@ MANUAL_RUNS_ONLY = {
     "PROMOTION_RETENTION_SCHEDULE": "none",
     "PROMOTION_SHADOW_POKE_SECONDS": "3",
 }
+# The test stacks' dag-processors parse a DAG file when they start and when a test asks (``add_model``: PUT
+# /parseDagFile, the UI's "Reparse DAG"), not every 30 s as shipped: no test waits for a periodic parse, and each one
+# re-read the session's growing models folder (tens of test models by the end) in every DAG file, about 1-2 s of CPU.
+# A changed DAG (the rollback form listing a new model) is written, and the api-server's cached copy checked again, at
+# most once per min_serialized_dag_update_interval (30 s as shipped): 1 s here, or each new model waits up to 30 s.
+TEST_AIRFLOW_ENV = {
+    **MANUAL_RUNS_ONLY,
+    "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
+    "AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL": "1",
+}
 # The test stacks start no triggerer (but the Celery stack: compose's services; and `make run`'s test runs Airflow as
 # shipped): no task of the package defers (`approve` waits in AWAITING_INPUT, resumed by the API and by the scheduler's
 # timeout sweep; `shadow_evaluate` reschedules), so it would only idle (about 1.3 % of a core, and 8 CPU-s to start).
@@ -82,7 +92,7 @@ def services(
             models_dir=models_dir,
             users=REVIEWERS,
             postgres_url=os.environ.get("PROMOTION_TEST_POSTGRES_URL") or None,
-            extra_env=MANUAL_RUNS_ONLY,
+            extra_env=TEST_AIRFLOW_ENV,
             # MLflow's webhook would wake a watch run on every registry write of a governed model, racing the tests
             # that run the watch themselves: the tests of the webhook register it (tests/e2e/test_registry_webhook.py)
             mlflow_webhook=False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +22,8 @@ from tests.conftest import STACK
 from tests.support import FAST_DATA, FAST_ESTIMATOR, Gate, seed_champion
 
 DEMO = Path(__file__).resolve().parents[2] / "include" / "models" / "fraud-detector.yaml"
+PROMOTION_DAG_FILE_OF = "model_promotion__fraud_detector"  # a DAG of the file that builds every model's DAG
+ROLLBACK = "model_rollback"
 
 
 def users_of(stack) -> Callable[[str], AirflowAPI]:
@@ -63,13 +66,23 @@ def model_adder(models_dir: Path, as_user: Callable[[str], AirflowAPI]) -> Calla
         for key, value in overrides.items():
             cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
         (models_dir / f"{cfg['name']}.yaml").write_text(yaml.safe_dump(cfg))
-        admin = as_user("admin")
-        for dag_file_of in ("model_promotion__fraud_detector", "model_rollback"):  # its DAG, the rollback form
-            admin.reparse(dag_file_of)
-        admin.wait_for_dag(dag_id_for(cfg["name"]))
+        known_to_airflow(as_user("admin"), cfg["name"])
         return cfg
 
     return add
+
+
+def known_to_airflow(admin: AirflowAPI, name: str) -> None:
+    """Wait until Airflow knows a model whose config was just written: its promotion DAG (unpaused) and the rollback
+    form's choice. The test stacks parse a file only when asked (``TEST_AIRFLOW_ENV``)."""
+    dag_id = dag_id_for(name)
+    admin.reparse_until(
+        {
+            PROMOTION_DAG_FILE_OF: lambda: admin.has_dag(dag_id),
+            ROLLBACK: lambda: name in admin.param_choices(ROLLBACK, "model_name"),
+        }
+    )
+    admin.wait_for_dag(dag_id)
 
 
 @pytest.fixture
@@ -77,16 +90,25 @@ def run_to_gate(as_user, add_model) -> Callable[..., Gate]:
     """``run_to_gate("reject")``: add a model, seed its champion, trigger a run as alice, wait at the gate."""
 
     def start(prefix: str, **overrides: Any) -> Gate:
-        name = add_model(prefix, **overrides)["name"]
-        dag_id = dag_id_for(name)
-        champion = seed_champion(name)
-        alice = as_user("alice")
-        run_id = alice.trigger(dag_id)
-        alice.wait_for_gate(dag_id, run_id)
-        candidate = mlflow_client.client().get_model_version_by_alias(name, "challenger").version
-        return Gate(name, dag_id, run_id, champion, candidate)
+        return at_gate(as_user("alice"), run_over_champion(add_model, as_user("alice"), prefix, **overrides))
 
     return start
+
+
+def run_over_champion(
+    add_model: Callable[..., dict[str, Any]], alice: AirflowAPI, prefix: str, **overrides: Any
+) -> Gate:
+    """Add a model, seed its champion and trigger a run as alice, without waiting (``candidate`` unknown yet)."""
+    name = add_model(prefix, **overrides)["name"]
+    champion = seed_champion(name)
+    return Gate(name, dag_id_for(name), alice.trigger(dag_id_for(name)), champion, "")
+
+
+def at_gate(api: AirflowAPI, run: Gate) -> Gate:
+    """``run`` once it waits at its approval gate, with its candidate (the challenger)."""
+    api.wait_for_gate(run.dag_id, run.run_id)
+    candidate = mlflow_client.client().get_model_version_by_alias(run.name, "challenger").version
+    return dataclasses.replace(run, candidate=candidate)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from include.promotion.registry.invariants import verify_invariant
 from scripts.airflow_api import AirflowAPI
 from scripts.stack import ServiceStack
 from scripts.stack.config import CELERY
-from tests.conftest import MANUAL_RUNS_ONLY, REVIEWERS
+from tests.conftest import REVIEWERS, TEST_AIRFLOW_ENV
 from tests.deploy_receiver import DeployReceiver
 from tests.e2e.conftest import model_adder, second_stack, users_of
 from tests.support import Gate, promote, seed_champion
@@ -58,7 +58,7 @@ def celery_stack(request, services, models_dir, tmp_path_factory) -> Iterator[Se
             executor=CELERY,
             airflow_database="airflow_celery",
             mlflow_database="mlflow_celery",
-            extra_env={**MANUAL_RUNS_ONLY, "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": HEARTBEAT_TIMEOUT},
+            extra_env={**TEST_AIRFLOW_ENV, "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": HEARTBEAT_TIMEOUT},
         ) as stack:
             os.environ.update(stack.package_env())
             yield stack

@@ -26,7 +26,7 @@ from include.promotion.config import dag_id_for
 from scripts.airflow_api import AirflowAPI, AirflowAPIError
 from scripts.stack import ServiceStack
 from scripts.stack.config import FAB
-from tests.conftest import MANUAL_RUNS_ONLY, REVIEWERS, TEST_AIRFLOW_COMPONENTS
+from tests.conftest import REVIEWERS, TEST_AIRFLOW_COMPONENTS, TEST_AIRFLOW_ENV
 from tests.e2e.conftest import DEMO, second_stack, users_of
 from tests.support import FAST_DATA, FAST_ESTIMATOR
 
@@ -111,7 +111,7 @@ def fab_stack(request, services, fab_models, tmp_path_factory) -> Iterator[Servi
         models_dir=fab_models[0],
         users=USERS,
         airflow_database="airflow_fab",
-        extra_env=MANUAL_RUNS_ONLY,
+        extra_env=TEST_AIRFLOW_ENV,
         auth_manager=FAB,
         components=TEST_AIRFLOW_COMPONENTS,
     ) as stack:

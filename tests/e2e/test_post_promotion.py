@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +14,9 @@ from include.promotion.audit import log as audit
 from include.promotion.post_promotion.check import CHECK_ACTOR
 from include.promotion.registry.invariants import verify_invariant
 from tests.deploy_receiver import DeployReceiver
+from tests.e2e.conftest import at_gate, model_adder, run_over_champion
 from tests.integration.test_post_promotion import overwrite_model_file
+from tests.support import Gate
 
 pytestmark = pytest.mark.e2e
 
@@ -27,9 +31,25 @@ def deployers(as_user) -> Iterator[tuple[DeployReceiver, str]]:
     receiver.close()
 
 
-def test_a_champion_that_does_not_hold_is_rolled_back_by_the_check(airflow, as_user, run_to_gate, deployers) -> None:
-    receiver, conn_id = deployers
-    gate = run_to_gate("pcbad", deploy_notifications={"webhook_conn_ids": [conn_id]})
+@dataclass(frozen=True)
+class Runs:
+    """The module's two runs over a champion, started together so that the scheduler takes both to their gates side by
+    side (each test waits for its own)."""
+
+    swapped: Gate  # its model file is swapped before the approval; its deployers hear of each change
+    marked: Gate  # its check is marked success by hand
+
+
+@pytest.fixture(scope="module")
+def runs(models_dir: Path, as_user, deployers) -> Runs:
+    add, alice = model_adder(models_dir, as_user), as_user("alice")
+    swapped = run_over_champion(add, alice, "pcbad", deploy_notifications={"webhook_conn_ids": [deployers[1]]})
+    return Runs(swapped, run_over_champion(add, alice, "pcmarked"))
+
+
+def test_a_champion_that_does_not_hold_is_rolled_back_by_the_check(airflow, as_user, runs: Runs, deployers) -> None:
+    receiver = deployers[0]
+    gate = at_gate(as_user("alice"), runs.swapped)
     # someone with write access to the artifact store swaps the candidate's model after evaluate scored it
     overwrite_model_file(airflow, gate.name, gate.candidate)
     bob = as_user("bob")
@@ -63,11 +83,11 @@ def test_a_champion_that_does_not_hold_is_rolled_back_by_the_check(airflow, as_u
 # A champion that holds, and its one signed event: tests/e2e/test_celery_stack.py (the story run).
 
 
-def test_a_check_marked_success_by_hand_is_handled_as_a_failed_check(as_user, run_to_gate) -> None:
+def test_a_check_marked_success_by_hand_is_handled_as_a_failed_check(as_user, runs: Runs) -> None:
     """carol (not a reviewer) sets ``verify_in_production`` to success through the REST API before the approval, so
     the check never runs. The check's outcome is an audit row only the check writes: the promotion run's own
     ``notify_deployers`` finds none, rolls back to the champion it replaced and alerts."""
-    gate = run_to_gate("pcmarked")
+    gate = at_gate(as_user("alice"), runs.marked)
     carol, bob = as_user("carol"), as_user("bob")
     task = f"/dags/{gate.dag_id}/dagRuns/{gate.run_id}/taskInstances/verify_in_production"
     carol.request("PATCH", task, json={"new_state": "success"})

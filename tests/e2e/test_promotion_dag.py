@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 
 from include.promotion.audit import log as audit
@@ -9,12 +12,32 @@ from include.promotion.config import dag_id_for
 from include.promotion.registry import client as mlflow_client
 from include.promotion.registry.invariants import verify_invariant
 from scripts.airflow_api import AirflowAPIError
-from tests.support import snapshot
+from tests.e2e.conftest import model_adder, run_over_champion
+from tests.support import Gate, snapshot
 
 pytestmark = pytest.mark.e2e
 
 
-def test_the_demo_model_reaches_the_gate_and_a_reviewer_promotes_it(as_user) -> None:
+@dataclass(frozen=True)
+class Runs:
+    """Two runs started with the module, so that the scheduler runs them beside the demo model's (each test waits for
+    its own): a model whose gates no candidate passes, and a gate nobody answers in time."""
+
+    failed_gates: Gate
+    unanswered: Gate
+
+
+@pytest.fixture(scope="module")
+def runs(models_dir: Path, as_user) -> Runs:
+    add, alice = model_adder(models_dir, as_user), as_user("alice")
+    name = add("gatefail", gates={"roc_auc": 0.999})["name"]
+    failed_gates = Gate(name, dag_id_for(name), alice.trigger(dag_id_for(name)), "", "")
+    timeout = {"reviewers": ["alice", "bob"], "timeout_hours": 0.003}  # about 11 s once the gate opens
+    unanswered = run_over_champion(add, alice, "timeout", approval=timeout)
+    return Runs(failed_gates, unanswered)
+
+
+def test_the_demo_model_reaches_the_gate_and_a_reviewer_promotes_it(as_user, runs: Runs) -> None:
     name, dag_id = "fraud-detector", dag_id_for("fraud-detector")
     alice, bob, carol = as_user("alice"), as_user("bob"), as_user("carol")
     alice.wait_for_dag(dag_id)
@@ -67,11 +90,9 @@ def test_the_demo_model_reaches_the_gate_and_a_reviewer_promotes_it(as_user) -> 
     )
 
 
-def test_a_candidate_that_fails_its_gates_registers_nothing(as_user, add_model) -> None:
-    cfg = add_model("gatefail", gates={"roc_auc": 0.999})
-    name, dag_id = cfg["name"], dag_id_for(cfg["name"])
+def test_a_candidate_that_fails_its_gates_registers_nothing(as_user, runs: Runs) -> None:
+    name, dag_id, run_id = runs.failed_gates.name, runs.failed_gates.dag_id, runs.failed_gates.run_id
     api = as_user("alice")
-    run_id = api.trigger(dag_id)
     assert api.wait_for_run(dag_id, run_id, timeout=240) == "success"
     states = api.task_states(dag_id, run_id)
     assert states["evaluate"] == "success"
@@ -97,13 +118,17 @@ def test_a_candidate_that_fails_its_gates_registers_nothing(as_user, add_model) 
 # A reviewer's rejection: tests/e2e/test_celery_stack.py (the same DAG, on the team stack).
 
 
-def test_no_answer_in_time_is_a_rejection(as_user, run_to_gate) -> None:
-    gate = run_to_gate("timeout", approval={"reviewers": ["alice", "bob"], "timeout_hours": 0.003})  # about 11 s
-    name, dag_id, run_id, champion, candidate = gate.name, gate.dag_id, gate.run_id, gate.champion, gate.candidate
+def test_no_answer_in_time_is_a_rejection(as_user, runs: Runs) -> None:
+    run = runs.unanswered
+    name, dag_id, run_id, champion = run.name, run.dag_id, run.run_id, run.champion
     api = as_user("alice")
-    api.wait_for_run(dag_id, run_id, timeout=180)
+    api.wait_for_run(dag_id, run_id, timeout=240)  # its gate may have opened and timed out while the others ran
     assert api.task_states(dag_id, run_id)["promote_to_production"] == "skipped"
-    mv = mlflow_client.client().get_model_version(name, candidate)
+    client = mlflow_client.client()
+    (candidate,) = (
+        v.version for v in client.search_model_versions(f"name = '{name}'") if v.tags.get("airflow_run_id") == run_id
+    )
+    mv = client.get_model_version(name, candidate)
     assert mv.tags["promotion_status"] == "rejected"
     assert mv.tags["rejection_reason"].startswith("timed out")
     assert (

@@ -31,6 +31,7 @@ from include.promotion.config import dag_id_for
 from include.promotion.registry import client as mlflow_client
 from include.promotion.registry.accounts import READER_ACCOUNT
 from scripts.airflow_api import AirflowAPIError
+from tests.e2e.conftest import known_to_airflow
 from tests.support import Gate, champion, seed_champion, snapshot, unique
 
 pytestmark = pytest.mark.e2e
@@ -61,8 +62,7 @@ def gate(models_dir: Path, as_user: Callable) -> Gate:
     (models_dir / f"{cfg['name']}.yaml").write_text(yaml.safe_dump(cfg))
     dag_id = dag_id_for(cfg["name"])
     alice = as_user("alice")
-    as_user("admin").reparse("model_promotion__fraud_detector")  # the DAG file that builds every model's DAG
-    alice.wait_for_dag(dag_id)
+    known_to_airflow(as_user("admin"), cfg["name"])
     seeded = seed_champion(cfg["name"], reason=HOSTILE)
     run_id = alice.trigger(dag_id)
     alice.wait_for_gate(dag_id, run_id)

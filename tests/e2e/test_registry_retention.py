@@ -64,6 +64,8 @@ def test_a_dry_run_then_an_enforcing_run_then_a_rollback_to_a_protected_old_vers
     admin.request("PATCH", "/dags/model_rollback", json={"is_paused": True})
     queued = None
     try:
+        # the form lists the model once a parse began after its config was written (asked again if not yet)
+        admin.reparse_until({"model_rollback": lambda: name in admin.param_choices("model_rollback", "model_name")})
         queued = carol.trigger_once_listed(
             "model_rollback", {"model_name": name, "target_version": int(v2), "reason": "maybe v2"}, unpause=False
         )

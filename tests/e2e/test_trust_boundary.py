@@ -8,6 +8,8 @@ the registry and the audit log are as they were.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +21,8 @@ from include.promotion.inputs import MAX_VERSION
 from include.promotion.registry import client as mlflow_client
 from include.promotion.registry.invariants import verify_invariant
 from scripts.airflow_api import AirflowAPI, AirflowAPIError
-from tests.support import promote, snapshot
+from tests.e2e.conftest import at_gate, model_adder, run_over_champion
+from tests.support import Gate, promote, snapshot
 
 pytestmark = pytest.mark.e2e
 
@@ -44,13 +47,29 @@ def audit_actions(name: str) -> list[tuple[str, str, str]]:
     return [(r["version"], r["action"], r["actor"]) for r in audit.rows(name)]
 
 
+@dataclass(frozen=True)
+class Runs:
+    """The module's three promotion runs, triggered together: the scheduler runs them side by side while the tests
+    that attack them wait in turn (each attacks its own run)."""
+
+    failed_gates: Gate  # a model whose gates no candidate passes: its run ends green, nothing registered
+    forged_approval: Gate  # over a champion, bound for its approval gate
+    limits: Gate  # the same
+
+
+@pytest.fixture(scope="module")
+def runs(models_dir: Path, as_user) -> Runs:
+    add, alice = model_adder(models_dir, as_user), as_user("alice")
+    name = add("forgeeval", gates={"roc_auc": 0.999})["name"]
+    failed_gates = Gate(name, dag_id_for(name), alice.trigger(dag_id_for(name)), "", "")
+    return Runs(failed_gates, run_over_champion(add, alice, "forgeapprove"), run_over_champion(add, alice, "limits"))
+
+
 # -- a. forged evaluation ----------------------------------------------------------------------------------
-def test_a_forged_evaluation_xcom_registers_nothing(as_user, add_model) -> None:
+def test_a_forged_evaluation_xcom_registers_nothing(as_user, runs: Runs) -> None:
     """A user-role account turns a failed verdict into a pass and re-runs ``register``."""
-    cfg = add_model("forgeeval", gates={"roc_auc": 0.999})
-    name, dag_id = cfg["name"], dag_id_for(cfg["name"])
+    name, dag_id, run_id = runs.failed_gates.name, runs.failed_gates.dag_id, runs.failed_gates.run_id
     alice, mallory = as_user("alice"), as_user("mallory")
-    run_id = alice.trigger(dag_id)
     assert alice.wait_for_run(dag_id, run_id, timeout=240) == "success"
     assert alice.task_states(dag_id, run_id)["register"] == "skipped"  # not promoted: the gates failed
     before = snapshot(name)
@@ -74,10 +93,10 @@ def test_a_forged_evaluation_xcom_registers_nothing(as_user, add_model) -> None:
 
 
 # -- b. forged approval ------------------------------------------------------------------------------------
-def test_marking_approve_as_success_promotes_nothing_nor_does_clearing_the_run(as_user, run_to_gate, services) -> None:
+def test_marking_approve_as_success_promotes_nothing_nor_does_clearing_the_run(as_user, runs: Runs, services) -> None:
     """A non-reviewer skips the question: ``approve`` set to success through the REST API, nobody answered. Then a
     reviewer restarts the run (clears it), which makes its candidate theirs: not approvable by them either."""
-    gate = run_to_gate("forgeapprove")
+    gate = at_gate(as_user("alice"), runs.forged_approval)
     name, dag_id, run_id, champion, candidate = gate.name, gate.dag_id, gate.run_id, gate.champion, gate.candidate
     mallory = as_user("mallory")
 
@@ -120,12 +139,12 @@ def test_marking_approve_as_success_promotes_nothing_nor_does_clearing_the_run(a
 
 # -- c. reasons outside the limits, from a real reviewer ---------------------------------------------------
 def test_answers_outside_the_limits_are_refused_and_an_oversize_one_is_recorded_as_a_rejection(
-    as_user, run_to_gate
+    as_user, runs: Runs
 ) -> None:
     """A NUL is refused by Airflow's own database (PostgreSQL JSONB): not stored, nothing changes, the question
     stays open. The form stops at 2,000 characters, but the REST API stores any ``params_input``: the task
     checks it, and records the refused answer as a rejection."""
-    gate = run_to_gate("limits")
+    gate = at_gate(as_user("alice"), runs.limits)
     name, dag_id, run_id, champion, candidate = gate.name, gate.dag_id, gate.run_id, gate.champion, gate.candidate
     bob = as_user("bob")
     before = snapshot(name)

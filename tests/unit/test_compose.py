@@ -19,6 +19,8 @@ import jsonschema
 import pytest
 import yaml
 
+from scripts.stack.mlflow_server import GUNICORN_OPTS
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -289,6 +291,8 @@ def test_airflow_settings_that_matter(services):
 def test_mlflow_requires_a_login_and_listens_on_loopback_only(services):
     mlflow = services["mlflow"]
     assert mlflow["command"][mlflow["command"].index("--app-name") + 1] == "basic-auth"
+    # the server the harness runs (make run, the tests): gunicorn, with the same options
+    assert mlflow["command"][mlflow["command"].index("--gunicorn-opts") + 1] == GUNICORN_OPTS
     environment = env(mlflow)
     assert {"MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"} <= set(environment)
     config = configparser.ConfigParser()
