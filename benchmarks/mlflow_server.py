@@ -12,14 +12,13 @@ Usage: ``.venv/bin/python -m benchmarks.mlflow_server [--requests 600] [--repeat
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import tempfile
 import time
 
 import psutil
 
-from scripts.stack import ServiceStack, StackConfig
+from benchmarks.services import benchmark_services
+from scripts.stack import ServiceStack
 from scripts.stack.mlflow_server import GUNICORN_OPTS
 
 MODES = {"gunicorn (the stack's)": ("--gunicorn-opts", GUNICORN_OPTS), "uvicorn (MLflow's default)": ()}
@@ -40,13 +39,7 @@ def _server_cpu(stack: ServiceStack) -> float:
 
 def measure(server_opts: tuple[str, ...], requests: int) -> float:
     """Server CPU seconds per request, in milliseconds, over ``requests`` registry requests."""
-    stack = ServiceStack(StackConfig(state_dir=tempfile.mkdtemp(prefix="mlflow-bench-"), airflow_port=0, mlflow_port=0))
-    stack.mlflow.server_opts = server_opts
-    saved = dict(os.environ)
-    try:
-        stack.start_postgres()
-        stack.start_mlflow()
-        os.environ.update(stack.package_env())
+    with benchmark_services({}, mlflow_server_opts=server_opts) as (stack, _):
         from include.promotion.registry import client as mlflow_client
 
         client = mlflow_client.client()
@@ -64,10 +57,6 @@ def measure(server_opts: tuple[str, ...], requests: int) -> float:
             client.search_model_versions(f"name = {mlflow_client.quote(MODEL)}")
         time.sleep(1)  # the last response's logging, on the server's side
         return (_server_cpu(stack) - before) / (requests // 4 * 4) * 1000
-    finally:
-        stack.stop()
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def main(argv: list[str] | None = None) -> None:

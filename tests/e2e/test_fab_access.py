@@ -27,14 +27,13 @@ from scripts.airflow_api import AirflowAPI, AirflowAPIError
 from scripts.stack import ServiceStack
 from scripts.stack.config import FAB
 from tests.conftest import REVIEWERS, TEST_AIRFLOW_COMPONENTS, TEST_AIRFLOW_ENV
-from tests.e2e.conftest import DEMO, second_stack, users_of
+from tests.e2e.conftest import DEMO, ROLLBACK, second_stack, users_of
 from tests.support import FAST_DATA, FAST_ESTIMATOR
 
 pytestmark = pytest.mark.e2e
 
 SECURITY_DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 USERS = {**REVIEWERS, "dave": "user", "erin": "user"}
-ROLLBACK = "model_rollback"
 # what the role table's columns say, in order
 ACTIONS = ("read", "trigger", "task_state", "approve", "rollback")
 

@@ -21,12 +21,10 @@ from include.promotion.inputs import MAX_VERSION
 from include.promotion.registry import client as mlflow_client
 from include.promotion.registry.invariants import verify_invariant
 from scripts.airflow_api import AirflowAPI, AirflowAPIError
-from tests.e2e.conftest import at_gate, model_adder, run_over_champion
+from tests.e2e.conftest import ROLLBACK, at_gate, model_adder, run_over_champion
 from tests.support import Gate, promote, snapshot
 
 pytestmark = pytest.mark.e2e
-
-ROLLBACK = "model_rollback"
 
 
 def latest_log(api: AirflowAPI, dag_id: str, run_id: str, task_id: str) -> str:
