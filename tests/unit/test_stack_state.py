@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,3 +30,35 @@ def test_an_account_is_a_persons_or_a_programs(tmp_path: Path) -> None:
     assert StackConfig(state_dir=tmp_path).service_users == {"labeler": "op", "event-log-reader": "viewer"}
     with pytest.raises(ValueError, match=r"\['labeler'\]: an account is a person's"):
         StackConfig(state_dir=tmp_path, users={"labeler": "admin"})
+
+
+def _user_of_a_racing_process(name: str, start: float, found: Any) -> None:
+    from scripts.stack.postgres import _ensure_os_user
+
+    while time.time() < start:  # both processes ask at the same moment, as two test workers on a new machine do
+        pass
+    entry = _ensure_os_user(name)
+    found.put((entry.pw_uid, entry.pw_gid))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the stack creates a system user for PostgreSQL only as root")
+def test_two_processes_creating_the_postgres_user_at_once_get_the_user_that_exists() -> None:
+    import multiprocessing
+    import pwd
+    import subprocess
+    import uuid
+
+    name = f"promo_race_{uuid.uuid4().hex[:8]}"
+    context = multiprocessing.get_context("spawn")
+    found = context.Queue()
+    start = time.time() + 3
+    racers = [context.Process(target=_user_of_a_racing_process, args=(name, start, found)) for _ in range(3)]
+    try:
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join(60)
+        entry = pwd.getpwnam(name)
+        assert [found.get(timeout=5) for _ in racers] == [(entry.pw_uid, entry.pw_gid)] * 3
+    finally:
+        subprocess.run(["userdel", name], capture_output=True, check=False)
