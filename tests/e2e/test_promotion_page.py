@@ -47,8 +47,9 @@ REFUSED_NAVIGATION = ("Unsafe attempt to initiate navigation", "Blocked opening"
 
 # -- the shared gate -----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def gate(models_dir: Path, as_user: Callable) -> Gate:
-    """A model whose champion bob approved for a hostile reason, and alice's retraining run waiting at its gate."""
+def gate_run(models_dir: Path, as_user: Callable) -> tuple[str, str, str, str]:
+    """A model whose champion bob approved for a hostile reason, and alice's retraining run, triggered: (name, DAG,
+    run, champion). The first test asks for it, so that the run trains while that test checks the routes."""
     cfg = yaml.safe_load(DEMO.read_text())
     cfg.update(
         name=unique("page"),
@@ -64,10 +65,16 @@ def gate(models_dir: Path, as_user: Callable) -> Gate:
     alice = as_user("alice")
     known_to_airflow(as_user("admin"), cfg["name"])
     seeded = seed_champion(cfg["name"], reason=HOSTILE)
-    run_id = alice.trigger(dag_id)
-    alice.wait_for_gate(dag_id, run_id)
-    candidate = mlflow_client.client().get_model_version_by_alias(cfg["name"], "challenger").version
-    return Gate(cfg["name"], dag_id, run_id, seeded, candidate)
+    return cfg["name"], dag_id, alice.trigger(dag_id), seeded
+
+
+@pytest.fixture(scope="module")
+def gate(gate_run: tuple[str, str, str, str], as_user: Callable) -> Gate:
+    """``gate_run``, waiting at its approval gate."""
+    name, dag_id, run_id, seeded = gate_run
+    as_user("alice").wait_for_gate(dag_id, run_id)
+    candidate = mlflow_client.client().get_model_version_by_alias(name, "challenger").version
+    return Gate(name, dag_id, run_id, seeded, candidate)
 
 
 # Both evaluation curves of a version are on the page and loaded (a broken image has no natural width).
@@ -169,6 +176,7 @@ ROUTES = [
 ]
 
 
+@pytest.mark.usefixtures("gate_run")  # (the browser tests' run reaches its gate meanwhile)
 def test_every_route_needs_an_airflow_login_with_read_access_to_the_models_dags(airflow) -> None:
     name = "fraud-detector"
     base = airflow.airflow_url

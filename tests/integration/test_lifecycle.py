@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 
@@ -496,13 +497,23 @@ def test_registry_writes_still_refuse_a_prompt_and_ask_once_per_model() -> None:
 
     name = unique("asked")
     v = register(name)
-    client = mlflow_client.client()
-    asked: list[str] = []
-    for method in ("get_registered_model", "search_registered_models"):
-        real = getattr(client, method)
-        setattr(client, method, lambda *a, _real=real, _name=method, **k: asked.append(_name) or _real(*a, **k))
+
+    def counting_client() -> tuple[Any, list[str]]:
+        client, asked = mlflow_client.client(), []
+        for method in ("get_registered_model", "search_registered_models"):
+            real = getattr(client, method)
+            setattr(client, method, lambda *a, _real=real, _name=method, **k: asked.append(_name) or _real(*a, **k))
+        return client, asked
+
+    client, asked = counting_client()
     mlflow_client.set_tags(client, name, v, {"a": "1", "b": "2"})
     client.set_registered_model_alias(name, "bench", v)
     assert asked == ["search_registered_models"]  # one cheap question for three writes (MLflow asked three times)
+    # a model the client has just read by name (the audit anchor's read, then its write) is not asked about again
+    client, asked = counting_client()
+    assert mlflow_client.find_registered_model(client, name).name == name
+    client.set_registered_model_tag(name, "c", "3")
+    assert asked == ["search_registered_models"]
     written = mlflow_client.client().get_model_version(name, v)
     assert (written.tags["a"], written.tags["b"], written.aliases) == ("1", "2", ["bench"])
+    assert mlflow_client.client().get_registered_model(name).tags["c"] == "3"

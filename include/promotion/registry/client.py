@@ -46,7 +46,8 @@ def _client_class() -> type[MlflowClient]:
     10,000 versions, docs/scale.md): a rollback's 7 writes paid it 7 times, a promotion's 5. This client answers the
     same question with the name search (which lists registered models only, never prompts, and computes in SQL) and
     remembers a model found there for its own lifetime, one registry change. A name the search does not list gets
-    MLflow's own check, which refuses a prompt and reports a missing model as before.
+    MLflow's own check, which refuses a prompt and reports a missing model as before. A model this client already
+    found by name (``find_registered_model``: the audit anchor's read before its write) needs no second search.
     """
     from mlflow import MlflowClient
     from mlflow.prompt.registry_utils import has_prompt_tag
@@ -56,6 +57,11 @@ def _client_class() -> type[MlflowClient]:
             super().__init__(*args, **kwargs)
             self._not_prompts: set[str] = set()
 
+        def remember(self, registered: RegisteredModel) -> None:
+            """``registered`` was listed by the name search: a registered model, a prompt only if tagged so."""
+            if not has_prompt_tag(registered.tags):
+                self._not_prompts.add(registered.name)
+
         def _raise_if_prompt(self, name: str) -> None:
             if name in self._not_prompts:
                 return
@@ -63,11 +69,11 @@ def _client_class() -> type[MlflowClient]:
                 found = self.search_registered_models(f"name = {quote(name)}", max_results=10)
             except ValueError:  # a name no filter can quote: MLflow's own check
                 found = []
-            listed = [m for m in found if m.name == name]
-            if listed and not has_prompt_tag(listed[0].tags):
-                self._not_prompts.add(name)
-                return
-            super()._raise_if_prompt(name)
+            for registered in found:
+                if registered.name == name:
+                    self.remember(registered)
+            if name not in self._not_prompts:
+                super()._raise_if_prompt(name)
 
     return GovernedClient
 
@@ -134,6 +140,8 @@ def find_registered_model(mlflow_client: MlflowClient, name: str) -> RegisteredM
 
     for registered in mlflow_client.search_registered_models(f"name = {quote(name)}", max_results=10):
         if registered.name == name:
+            if remember := getattr(mlflow_client, "remember", None):  # a GovernedClient (``client``)
+                remember(registered)
             return registered
     try:
         return mlflow_client.get_registered_model(name)
