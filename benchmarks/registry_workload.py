@@ -88,14 +88,18 @@ def fill(name: str, count: int) -> None:
 
 class ClientProxy:
     """The real MlflowClient; ``before(method, args)`` runs before each call of a method in ``methods`` (every
-    method when None): to count the calls the package makes, or to crash between two registry writes."""
+    method of MLflow's ``MlflowClient`` when None, not the package's own helpers on it): to count the calls the
+    package makes, or to crash between two registry writes."""
 
     def __init__(self, real: Any, before: Callable[[str, tuple], None], methods: Collection[str] | None = None):
         self._real, self._before, self._methods = real, before, methods
 
     def __getattr__(self, attr: str) -> Any:
+        from mlflow import MlflowClient
+
         target = getattr(self._real, attr)
-        if not callable(target) or (self._methods is not None and attr not in self._methods):
+        counted = hasattr(MlflowClient, attr) if self._methods is None else attr in self._methods
+        if not callable(target) or not counted:
             return target
 
         def call(*args: Any, **kwargs: Any) -> Any:
