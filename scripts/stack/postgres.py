@@ -56,19 +56,37 @@ def _pg_bin() -> Path:
     return POSTGRES_BIN_PATH
 
 
-def _ensure_os_user(name: str) -> pwd.struct_passwd:
+def _ensure_os_user(name: str, timeout: float = 60) -> pwd.struct_passwd:
     """The system user ``name``, created when missing, once: on a new machine two processes starting a stack at the
     same time (the test workers) both found no user and both ran ``useradd``; one kept the uid and gid of a user
-    that no longer existed afterwards, chowned its state folder to that gid and its ``initdb`` was refused."""
+    that no longer existed afterwards, chowned its state folder to that gid and its ``initdb`` was refused.
+
+    The lock file is root's own, in the PostgreSQL wheel's folder (not in the shared temp folder, where another user
+    could plant a symlink for root to follow, or hold the lock), opened without following a link.
+    """
     import fcntl
     import pwd
 
-    with open(Path(tempfile.gettempdir()) / f".{name}-user.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    path = _pg_bin().parent / ".os-user.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when fd closes
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StackError(f"{path} stayed locked for {timeout:.0f} s: is a stack stuck starting?") from None
+                time.sleep(0.1)
         with contextlib.suppress(KeyError):
             return pwd.getpwnam(name)
-        subprocess.run(["useradd", "-s", "/bin/bash", name], check=True, capture_output=True, text=True)
-        return pwd.getpwnam(name)
+        created = subprocess.run(["useradd", "-s", "/bin/bash", name], capture_output=True, text=True, check=False)
+        with contextlib.suppress(KeyError):  # also when created meanwhile by something not taking this lock
+            return pwd.getpwnam(name)
+        raise StackError(f"could not create the system user {name!r} PostgreSQL runs as: {created.stderr.strip()}")
+    finally:
+        os.close(fd)
 
 
 @dataclass

@@ -485,7 +485,9 @@ def test_promotion_refuses_an_approval_by_the_runs_triggerer() -> None:
 
 def test_registry_writes_still_refuse_a_prompt_and_ask_once_per_model() -> None:
     import mlflow
+    from mlflow.entities.model_registry import RegisteredModel, RegisteredModelTag
     from mlflow.exceptions import MlflowException
+    from mlflow.prompt.constants import IS_PROMPT_TAG_KEY
 
     client = mlflow_client.client()
     prompt = unique("prompt")
@@ -494,6 +496,10 @@ def test_registry_writes_still_refuse_a_prompt_and_ask_once_per_model() -> None:
         client.set_registered_model_alias(prompt, "champion", "1")
     with pytest.raises(MlflowException, match="not found"):
         client.set_model_version_tag(prompt, "1", "promotion_status", "production")
+    # a prompt listed by a search (a file store lists one whose name holds the prompt tag's key) stays a prompt
+    client.remember(RegisteredModel(prompt, tags=[RegisteredModelTag(IS_PROMPT_TAG_KEY, "true")]))
+    with pytest.raises(MlflowException, match="not found"):
+        client.set_registered_model_alias(prompt, "champion", "1")
 
     name = unique("asked")
     v = register(name)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +31,16 @@ def test_an_account_is_a_persons_or_a_programs(tmp_path: Path) -> None:
         StackConfig(state_dir=tmp_path, users={"labeler": "admin"})
 
 
-def _user_of_a_racing_process(name: str, start: float, found: Any) -> None:
+def _user_of_a_racing_process(name: str, start: Any, found: Any) -> None:
     from scripts.stack.postgres import _ensure_os_user
 
-    while time.time() < start:  # both processes ask at the same moment, as two test workers on a new machine do
-        pass
+    start.wait()  # all ask at the same moment, as the test workers on a new machine do
     entry = _ensure_os_user(name)
     found.put((entry.pw_uid, entry.pw_gid))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the stack creates a system user for PostgreSQL only as root")
-def test_two_processes_creating_the_postgres_user_at_once_get_the_user_that_exists() -> None:
+def test_processes_creating_the_postgres_user_at_once_all_get_the_user_that_exists() -> None:
     import multiprocessing
     import pwd
     import subprocess
@@ -50,15 +48,18 @@ def test_two_processes_creating_the_postgres_user_at_once_get_the_user_that_exis
 
     name = f"promo_race_{uuid.uuid4().hex[:8]}"
     context = multiprocessing.get_context("spawn")
-    found = context.Queue()
-    start = time.time() + 3
+    found, start = context.Queue(), context.Barrier(3)
     racers = [context.Process(target=_user_of_a_racing_process, args=(name, start, found)) for _ in range(3)]
     try:
         for racer in racers:
             racer.start()
         for racer in racers:
             racer.join(60)
+        assert [racer.exitcode for racer in racers] == [0, 0, 0]
         entry = pwd.getpwnam(name)
         assert [found.get(timeout=5) for _ in racers] == [(entry.pw_uid, entry.pw_gid)] * 3
     finally:
+        for racer in racers:
+            if racer.is_alive():
+                racer.kill()
         subprocess.run(["userdel", name], capture_output=True, check=False)

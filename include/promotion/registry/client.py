@@ -59,7 +59,8 @@ def _client_class() -> type[MlflowClient]:
 
         def remember(self, registered: RegisteredModel) -> None:
             """``registered`` was listed by the name search: a registered model, a prompt only if tagged so."""
-            if not has_prompt_tag(registered.tags):
+            # MLflow's own check reads ``_tags``: ``tags`` leaves out the prompt tag (it is not user-facing)
+            if not has_prompt_tag(registered._tags):
                 self._not_prompts.add(registered.name)
 
         def _raise_if_prompt(self, name: str) -> None:
